@@ -1,0 +1,93 @@
+"""The ``longred`` command line.
+
+``longred fit|validate|test ...`` is a LightningCLI over :class:`LongReDModule` and
+:class:`MixedLengthDataModule` (``--help`` lists every key of the YAML configs). The
+other sub-commands are the tools around training:
+
+* ``longred prepare``        write token shards from text files or an embedded corpus;
+* ``longred build-teacher``  train the small real teacher of the embedded default;
+* ``longred demo``           the embedded default end to end (teacher, data, fit, export);
+* ``longred export CKPT OUT`` a checkpoint's student as a Hugging Face directory.
+
+``main(args)`` runs in-process, so tests and notebooks call the CLI directly.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+
+def lightning_cli(args: Sequence[str], run: bool = True) -> Any:
+    """LightningCLI over the LongReD module and data module."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from longred_pl.data.datamodule import MixedLengthDataModule
+    from longred_pl.module import LongReDModule
+
+    return LightningCLI(
+        LongReDModule,
+        MixedLengthDataModule,
+        args=list(args) if run else list(args[1:]),
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"default_env": False},
+    )
+
+
+def _export(argv: Sequence[str]) -> None:
+    import argparse
+
+    from longred_pl.export import export_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="longred export", description="Write a checkpoint's student as a Hugging Face directory."
+    )
+    parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a LongReDModule run")
+    parser.add_argument("out_dir", help="output directory")
+    ns = parser.parse_args(list(argv))
+    print(f"[longred] exported to {export_checkpoint(ns.ckpt, ns.out_dir)}")
+
+
+def _prepare(argv: Sequence[str]) -> Any:
+    from longred_pl.data.prepare import prepare_main
+
+    return prepare_main(list(argv))
+
+
+def _build_teacher(argv: Sequence[str]) -> Any:
+    from longred_pl.teacher import build_teacher_main
+
+    return build_teacher_main(list(argv))
+
+
+def _demo(argv: Sequence[str]) -> Any:
+    from longred_pl.demo import demo_main
+
+    return demo_main(list(argv))
+
+
+TOOLS: dict[str, Callable[[Sequence[str]], Any]] = {
+    "prepare": _prepare,
+    "build-teacher": _build_teacher,
+    "demo": _demo,
+    "export": _export,
+}
+
+
+def main(args: Sequence[str] | None = None) -> Any:
+    """Entry point of the ``longred`` console script; ``args`` defaults to ``sys.argv[1:]``."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in TOOLS:
+        return TOOLS[argv[0]](argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        tools = ", ".join(TOOLS)
+        print(f"usage: longred {{{', '.join(LIGHTNING_COMMANDS)}}} ... | {{{tools}}} ...\n")
+    return lightning_cli(argv)
+
+
+if __name__ == "__main__":
+    main()

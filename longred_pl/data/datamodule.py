@@ -1,0 +1,237 @@
+"""``MixedLengthDataModule``: the long, short and s2l streams, one micro-batch per step.
+
+Each training micro-step ``n`` (counted over the whole run) has a kind given by the
+schedule (``schedule.py``) and gets ``batch_size`` samples of that kind's stream. With
+``W`` data-loader workers, PyTorch takes batch ``i`` of an iterator from worker
+``i % W``; the worker that serves micro-step ``n`` therefore serves the residue class
+``n % W`` and reads that class's own share of each stream (``shards.consumer_stream``).
+Shares are disjoint across ranks and residue classes, so no sample is read twice within
+an epoch of a stream.
+
+Exact resume: each batch carries its micro-step number ``index``; the data module
+records the last one the trainer actually used (``on_before_batch_transfer``) and saves
+it in the checkpoint (``state_dict``). On resume every share skips exactly the samples
+it had served, so the run continues with the samples it would have seen. This does not
+depend on Lightning's own loader-state restore (see Lightning issue #20550).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from longred_pl.data.schedule import KINDS, build_schedule, count_before, kind_at
+from longred_pl.data.shards import StreamConfig, consumer_stream, expand_urls, read_shard
+
+
+class MixedLengthStream(IterableDataset):
+    """Endless micro-batches ``{"kind", "input_ids", "index"}`` for one rank."""
+
+    def __init__(
+        self,
+        streams: Mapping[str, StreamConfig],
+        schedule: list[str],
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        seed: int,
+        shuffle_buffer: int,
+        start: int = 0,
+    ) -> None:
+        self.shards = {k: expand_urls(c.urls, f"data.{k}.urls") for k, c in streams.items()}
+        self.streams = dict(streams)
+        self.schedule = schedule
+        self.rank, self.world_size = rank, world_size
+        self.num_workers = max(1, num_workers)
+        self.seed, self.shuffle_buffer = seed, shuffle_buffer
+        self.start = start
+
+    def _stream(self, kind: str, residue: int) -> Iterator[np.ndarray]:
+        cfg = self.streams[kind]
+        served = count_before(self.schedule, kind, self.start, residue, self.num_workers)
+        return consumer_stream(
+            self.shards[kind],
+            cfg.seq_len,
+            consumer=self.rank * self.num_workers + residue,
+            num_consumers=self.world_size * self.num_workers,
+            seed=self.seed,
+            name=kind,
+            shuffle_buffer=self.shuffle_buffer,
+            skip=served * cfg.batch_size,
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        if info is not None and info.num_workers != self.num_workers:
+            raise RuntimeError("MixedLengthStream built for a different number of workers")
+        first = self.start + worker
+        residue = first % self.num_workers
+        iters = {k: self._stream(k, residue) for k in self.streams}
+        n = first
+        while True:
+            kind = kind_at(self.schedule, n)
+            rows = [next(iters[kind]) for _ in range(self.streams[kind].batch_size)]
+            yield {"kind": kind, "input_ids": torch.from_numpy(np.stack(rows)), "index": n}
+            n += self.num_workers
+
+
+class FixedStream(IterableDataset):
+    """A finite, ordered pass over validation shards: ``{"kind", "input_ids"}`` batches."""
+
+    def __init__(
+        self, kind: str, cfg: StreamConfig, rank: int, world_size: int, max_batches: int | None
+    ) -> None:
+        self.kind, self.cfg = kind, cfg
+        self.shards = expand_urls(cfg.urls, f"data.{kind}.urls")
+        self.rank, self.world_size, self.max_batches = rank, world_size, max_batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rows: list[np.ndarray] = []
+        emitted = 0
+        samples = (s for url in self.shards for s in read_shard(url, self.cfg.seq_len))
+        for i, sample in enumerate(samples):
+            if i % self.world_size != self.rank:
+                continue
+            rows.append(sample)
+            if len(rows) == self.cfg.batch_size:
+                yield {"kind": self.kind, "input_ids": torch.from_numpy(np.stack(rows))}
+                rows, emitted = [], emitted + 1
+                if self.max_batches is not None and emitted >= self.max_batches:
+                    return
+
+
+class MixedLengthDataModule(L.LightningDataModule):
+    """Streams the long, short and s2l corpora for LongReD and its baselines.
+
+    Args:
+        long: the long stream (``L_long``), samples of the target window.
+        short: the short stream (``L_short``), e.g. 1/8 of the original window.
+        s2l: the short-to-long stream (``L_s2l``), samples of the original window.
+        val_short: held-out short texts for ``val/`` perplexity of student and teacher.
+        val_long: held-out long texts for the student's ``val/`` long perplexity.
+        schedule: the kind of each micro-step within a period; default the published
+            16-step pattern (long at even steps, s2l at 1 and 3, short at the others).
+        ratios: instead of ``schedule``, micro-steps per period for each kind, spread evenly.
+        num_workers: data-loader worker processes per rank (0 reads in the main process).
+        seed: seeds the order of every stream; same seed, same samples.
+        shuffle_buffer: samples held for the within-stream shuffle (1 = file order).
+        val_batches: at most this many batches per validation stream.
+    """
+
+    def __init__(
+        self,
+        long: StreamConfig | None = None,
+        short: StreamConfig | None = None,
+        s2l: StreamConfig | None = None,
+        val_short: StreamConfig | None = None,
+        val_long: StreamConfig | None = None,
+        schedule: list[str] | None = None,
+        ratios: dict[str, int] | None = None,
+        num_workers: int = 1,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        val_batches: int | None = 8,
+    ) -> None:
+        super().__init__()
+        self.streams = {k: c for k, c in (("long", long), ("short", short), ("s2l", s2l)) if c}
+        self.val_streams = {
+            k: c for k, c in (("short", val_short), ("long", val_long)) if c is not None
+        }
+        self.schedule = build_schedule(schedule, ratios)
+        for kind in sorted(set(self.schedule)):
+            if kind not in self.streams:
+                raise ValueError(
+                    f"data.schedule uses the {kind!r} stream but data.{kind} is not set; "
+                    f"give data.{kind} (urls, seq_len, batch_size) or drop {kind!r} from the schedule"
+                )
+        for name, cfg in [*self.streams.items(), *(("val_" + k, c) for k, c in self.val_streams.items())]:
+            if cfg.batch_size <= 0:
+                raise ValueError(f"data.{name}.batch_size must be >= 1, got {cfg.batch_size}")
+            if cfg.seq_len <= 1:
+                raise ValueError(f"data.{name}.seq_len must be >= 2, got {cfg.seq_len}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.num_workers, self.seed = num_workers, seed
+        self.shuffle_buffer, self.val_batches = shuffle_buffer, val_batches
+        self.consumed = 0  # micro-steps the trainer has used (the resume cursor)
+
+    def seq_len(self, kind: str) -> int:
+        return self.streams[kind].seq_len
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        dataset = MixedLengthStream(
+            self.streams,
+            self.schedule,
+            rank=rank,
+            world_size=world,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer,
+            start=self.consumed,
+        )
+        return self._loader(dataset, self.num_workers)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        rank, world = self._rank_world()
+        return [
+            self._loader(FixedStream(kind, cfg, rank, world, self.val_batches), 0)
+            for kind, cfg in self.val_streams.items()
+        ]
+
+    @staticmethod
+    def _loader(dataset: IterableDataset, num_workers: int) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),
+            prefetch_factor=4 if num_workers > 0 else None,
+            persistent_workers=False,
+        )
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training and "index" in batch:
+            self.consumed = int(batch["index"]) + 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        rank, world = self._rank_world()
+        return {
+            "consumed": self.consumed,
+            "world_size": world,
+            "num_workers": self.num_workers,
+            "schedule": list(self.schedule),
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _, world = self._rank_world()
+        for key, now in (("world_size", world), ("num_workers", self.num_workers), ("seed", self.seed)):
+            if state_dict.get(key, now) != now:
+                raise ValueError(
+                    f"cannot resume the data streams exactly: the checkpoint was written with "
+                    f"{key}={state_dict[key]} but this run has {key}={now}; resume with the "
+                    f"same value (data.{key if key != 'world_size' else 'trainer devices x nodes'})"
+                )
+        if list(state_dict.get("schedule", self.schedule)) != list(self.schedule):
+            raise ValueError(
+                "cannot resume the data streams exactly: data.schedule differs from the checkpoint's"
+            )
+        self.consumed = int(state_dict["consumed"])
+
+
+__all__ = ["KINDS", "MixedLengthDataModule", "MixedLengthStream", "StreamConfig"]

@@ -1,0 +1,87 @@
+"""Writing the trained student as a Hugging Face directory.
+
+The directory holds the student's weights (safetensors), its config (with the extended
+``rope_parameters`` and ``max_position_embeddings``) and the teacher's tokenizer files,
+so ``AutoModelForCausalLM.from_pretrained(out_dir)`` gives the long-context model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+def copy_tokenizer(src_dir: str, out_dir: str) -> list[str]:
+    """Copy the tokenizer files that exist in ``src_dir``; returns their names."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        src = os.path.join(src_dir, name)
+        if os.path.isfile(src):
+            shutil.copy2(src, os.path.join(out_dir, name))
+            copied.append(name)
+    return copied
+
+
+def save_student(module: Any, out_dir: str | os.PathLike, state_dict: dict | None = None) -> Path:
+    """Save ``module.student`` (or ``state_dict`` for it) with the teacher's tokenizer."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    module.student.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+    copy_tokenizer(module.hparams.teacher_path, str(out))
+    return out
+
+
+def student_state_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The student's weights in a Lightning checkpoint, keys relative to the student."""
+    prefix = "student."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError("the checkpoint holds no 'student.' weights; is it a LongReDModule checkpoint?")
+    return state
+
+
+def export_checkpoint(ckpt_path: str, out_dir: str) -> Path:
+    """``longred export``: a LongReD checkpoint to a Hugging Face directory of the student."""
+    from longred_pl.module import LongReDModule
+
+    if not os.path.exists(ckpt_path):
+        raise FileNotFoundError(f"checkpoint {ckpt_path!r} does not exist")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    hparams = dict(ckpt["hyper_parameters"])
+    hparams["method"] = "long_cpt"  # the export needs the student only: skip loading a teacher
+    module = LongReDModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    module.configure_model()
+    module.student.load_state_dict(student_state_from_checkpoint(ckpt), strict=True)
+    return save_student(module, out_dir)
+
+
+class ExportStudent(L.Callback):
+    """At the end of ``fit``, write the student as a Hugging Face directory.
+
+    Args:
+        dirpath: output directory (created).
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            out = save_student(pl_module, self.dirpath)
+            print(f"[longred] student exported to {out}")

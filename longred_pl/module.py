@@ -1,0 +1,309 @@
+"""``LongReDModule``: restoration distillation while extending the context window.
+
+Reads like the objective of LONGRED.md (Dong et al. 2025, Sec. 3)::
+
+    L = L_long + short_weight * L_short + s2l_weight * L_s2l
+
+Each micro-batch comes from one stream (the data module's schedule), so one
+``training_step`` computes one of the three terms; Lightning accumulates them over the
+micro-steps of an optimizer step. Baselines: ``long_cpt`` (only ``L_long``) and
+``mix_cpt`` (next-token loss on every stream, contiguous positions).
+
+The teacher is loaded from ``teacher_path`` in ``configure_model``, frozen, kept in eval
+mode, left out of the optimizer, and left out of checkpoints (it is re-loaded from its
+path). It never runs its LM head during training. The baselines load no teacher.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from longred_pl import positions, rope
+from longred_pl.models import (
+    capture_hidden_states,
+    freeze,
+    load_causal_lm,
+    load_config,
+)
+from longred_pl.objectives import (
+    chunked_next_token_loss,
+    hidden_cosine_loss,
+    shift_labels,
+)
+
+Method = Literal["longred", "long_cpt", "mix_cpt"]
+
+
+def default_distill_layers(n_layers: int) -> list[int]:
+    """Layer 1 and the final state: the two ends the paper always distils (LONGRED.md)."""
+    return sorted({1, n_layers}) if n_layers > 1 else [n_layers]
+
+
+def published_adamw(params: Iterable[Any]) -> torch.optim.Optimizer:
+    """The published optimizer: AdamW, lr 2e-5, betas (0.9, 0.95), weight decay 0.1."""
+    return torch.optim.AdamW(params, lr=2e-5, betas=(0.9, 0.95), weight_decay=0.1)
+
+
+class LongReDModule(L.LightningModule):
+    """Student + frozen teacher, trained with the LongReD objective.
+
+    Args:
+        teacher_path: local Hugging Face directory of the original (short-window) model.
+        method: ``longred`` (the paper's), or the baselines ``long_cpt`` / ``mix_cpt``.
+        rope_method: how the student's RoPE is extended (``rope.ROPE_METHODS``).
+        target_length: the student's context window (must exceed the teacher's).
+        rope_kwargs: extra parameters of the RoPE method, e.g. ``{"rope_theta": 2e7}``.
+        distill_layers: hidden-state indices for ``L_short`` (0 = embeddings,
+            n_layers = final normed output); default layer 1 and the final one.
+        short_weight: ``a1``, weight of ``L_short`` (published 5).
+        s2l_weight: ``a2``, weight of ``L_s2l`` (published 10).
+        s2l_positions: skipped-position scheme for s2l samples (``positions.POSITION_SCHEMES``).
+        position_kwargs: extra parameters of that scheme.
+        attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` (CUDA).
+        dtype: weights' dtype when loaded; keep ``float32`` with ``bf16-mixed`` precision.
+        loss_chunk_size: tokens per chunk of the next-token loss (logits never materialised
+            for the whole sequence); ``0`` computes them at once.
+        gradient_checkpointing: recompute the student's decoder layers in backward.
+        trust_remote_code: allow custom modelling code in the model directory.
+        seed: seeds the skipped position ids (per micro-step and rank, so resumes agree).
+        optimizer: factory ``params -> Optimizer``; default the published AdamW.
+        lr_scheduler: factory ``optimizer -> LRScheduler`` stepped every optimizer step;
+            default constant learning rate (published).
+    """
+
+    def __init__(
+        self,
+        teacher_path: str,
+        method: Method = "longred",
+        rope_method: str = "abf",
+        target_length: int = 32768,
+        rope_kwargs: dict[str, Any] | None = None,
+        distill_layers: list[int] | None = None,
+        short_weight: float = 5.0,
+        s2l_weight: float = 10.0,
+        s2l_positions: str = "cream",
+        position_kwargs: dict[str, Any] | None = None,
+        attn_implementation: str = "sdpa",
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        loss_chunk_size: int = 4096,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        seed: int = 0,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        if method not in ("longred", "long_cpt", "mix_cpt"):
+            raise ValueError(f"model.method must be longred, long_cpt or mix_cpt, got {method!r}")
+        for name, value in (("short_weight", short_weight), ("s2l_weight", s2l_weight)):
+            if value < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {value}")
+        self.teacher_config = load_config(teacher_path, trust_remote_code)
+        self.student_config = rope.extend_rope(
+            self.teacher_config, rope_method, target_length, **(rope_kwargs or {})
+        )
+        self.n_layers = int(self.teacher_config.num_hidden_layers)
+        self.distill_layers = self._check_layers(distill_layers)
+        self.position_scheme = positions.get_position_scheme(s2l_positions)
+        self.optimizer_factory = optimizer or published_adamw
+        self.scheduler_factory = lr_scheduler
+        self.student: nn.Module | None = None
+        self.teacher: nn.Module | None = None
+        self._stats: dict[str, float] = defaultdict(float)
+        self._tic = 0.0
+
+    def _check_layers(self, layers: list[int] | None) -> list[int]:
+        chosen = default_distill_layers(self.n_layers) if layers is None else sorted(set(layers))
+        bad = [i for i in chosen if not 0 <= i <= self.n_layers]
+        if bad or not chosen:
+            raise ValueError(
+                f"model.distill_layers: indices {bad or chosen} are outside [0, {self.n_layers}] "
+                f"(0 = embeddings, {self.n_layers} = final normed output of this "
+                f"{self.n_layers}-layer teacher)"
+            )
+        return chosen
+
+    # ------------------------------------------------------------------ models
+    def configure_model(self) -> None:
+        """Load teacher and student (called by the Trainer, inside the strategy's context)."""
+        if self.student is not None:
+            return
+        hp = self.hparams
+        self.student = load_causal_lm(
+            hp.teacher_path, self.student_config, hp.attn_implementation, hp.dtype, hp.trust_remote_code
+        )
+        if hp.gradient_checkpointing:
+            self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.student.config.use_cache = False
+        if hp.method == "longred":
+            teacher = load_causal_lm(
+                hp.teacher_path, self.teacher_config, hp.attn_implementation, hp.dtype, hp.trust_remote_code
+            )
+            self.teacher = freeze(teacher)
+            self.teacher.register_state_dict_post_hook(_drop_own_keys)
+            self.teacher.register_load_state_dict_post_hook(_forgive_own_missing_keys)
+
+    def train(self, mode: bool = True) -> LongReDModule:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    # -------------------------------------------------------------- objectives
+    def next_token_loss(self, input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor | None = None) -> torch.Tensor:
+        """``L_long``: chunked next-token cross-entropy of the student."""
+        hidden_BTD = self._base_forward(self.student, input_ids_BT, position_ids_BT).last_hidden_state
+        head = self.student.get_output_embeddings()
+        return chunked_next_token_loss(hidden_BTD, head.weight, shift_labels(input_ids_BT), self.hparams.loss_chunk_size)
+
+    def distill_loss(
+        self, input_ids_BT: torch.Tensor, layers: list[int], student_position_ids_BT: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``sum_l (1 - cos)`` between student and teacher hidden states ``layers``.
+
+        The teacher always reads contiguous positions; the student reads
+        ``student_position_ids_BT`` (skipped positions for ``L_s2l``) or contiguous ones.
+        """
+        with torch.no_grad(), capture_hidden_states(self.teacher, layers) as teacher_states:
+            self._base_forward(self.teacher, input_ids_BT, None)
+        with capture_hidden_states(self.student, layers) as student_states:
+            self._base_forward(self.student, input_ids_BT, student_position_ids_BT)
+        return hidden_cosine_loss(student_states, teacher_states, layers)
+
+    @staticmethod
+    def _base_forward(model: nn.Module, input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor | None):
+        # An explicit all-ones mask: without it transformers reads any gap in position_ids
+        # as the start of a new packed sequence and blocks attention across it (NOTES.md).
+        mask_BT = torch.ones_like(input_ids_BT) if position_ids_BT is not None else None
+        return model.base_model(input_ids=input_ids_BT, position_ids=position_ids_BT, attention_mask=mask_BT, use_cache=False)
+
+    def s2l_position_ids(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Skipped ids for an s2l micro-batch, drawn from (seed, micro-step, rank)."""
+        if batch.get("position_ids") is not None:
+            return batch["position_ids"]
+        input_ids = batch["input_ids"]
+        gen = torch.Generator().manual_seed(_mix(self.hparams.seed, int(batch.get("index", 0)), self.global_rank))
+        ids = self.position_scheme(
+            input_ids.shape[0],
+            input_ids.shape[1],
+            self.hparams.target_length,
+            generator=gen,
+            **(self.hparams.position_kwargs or {}),
+        )
+        return ids.to(input_ids.device)
+
+    def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weighted loss to optimise, unweighted term for logging)`` of one micro-batch."""
+        kind, input_ids = batch["kind"], batch["input_ids"]
+        if kind == "long" or self.hparams.method == "mix_cpt":
+            term = self.next_token_loss(input_ids)
+            return term, term
+        if self.hparams.method == "long_cpt":
+            raise ValueError(f"model.method=long_cpt trains on the long stream only, got a {kind!r} batch; use a long-only data.schedule")
+        if kind == "short":
+            term = self.distill_loss(input_ids, self.distill_layers)
+            return self.hparams.short_weight * term, term
+        if kind == "s2l":
+            term = self.distill_loss(input_ids, [self.n_layers], self.s2l_position_ids(batch))
+            return self.hparams.s2l_weight * term, term
+        raise ValueError(f"unknown batch kind {kind!r}; expected long, short or s2l")
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, term = self.compute_loss(batch)
+        kind = batch["kind"]
+        self._stats[f"loss_{kind}"] += float(term.detach())
+        self._stats[f"n_{kind}"] += 1
+        self._stats["loss"] += float(loss.detach())
+        self._stats["n"] += 1
+        self._stats[f"tokens_{kind}"] += batch["input_ids"].numel()
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._tic = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._stats[f"time_{batch['kind']}"] += time.perf_counter() - self._tic
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the means over the micro-steps of this optimizer step."""
+        s, metrics = self._stats, {}
+        if s["n"]:
+            metrics["train/loss"] = s["loss"] / s["n"]
+        for kind in ("long", "short", "s2l"):
+            if s[f"n_{kind}"]:
+                metrics[f"train/loss_{kind}"] = s[f"loss_{kind}"] / s[f"n_{kind}"]
+            if s[f"time_{kind}"] > 0:
+                metrics[f"train/tokens_per_sec_{kind}"] = s[f"tokens_{kind}"] / s[f"time_{kind}"]
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, sync_dist=True)
+        if "train/loss" in metrics:
+            self.log("loss", metrics["train/loss"], on_step=True, prog_bar=True, logger=False)
+        self._stats = defaultdict(float)
+
+    # -------------------------------------------------------------- validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        input_ids, kind = batch["input_ids"], batch["kind"]
+        loss = self._lm_loss(self.student, input_ids)
+        self.log(f"val/loss_{kind}", loss, add_dataloader_idx=False, sync_dist=True)
+        if kind == "short" and self.teacher is not None:
+            self.log("val/loss_short_teacher", self._lm_loss(self.teacher, input_ids), add_dataloader_idx=False, sync_dist=True)
+
+    def _lm_loss(self, model: nn.Module, input_ids_BT: torch.Tensor) -> torch.Tensor:
+        hidden_BTD = self._base_forward(model, input_ids_BT, None).last_hidden_state
+        weight = model.get_output_embeddings().weight
+        return chunked_next_token_loss(hidden_BTD, weight, shift_labels(input_ids_BT), self.hparams.loss_chunk_size)
+
+    def on_validation_epoch_end(self) -> None:
+        logged = self.trainer.callback_metrics
+        for name in ("short", "long", "short_teacher"):
+            key = f"val/loss_{name}"
+            if key in logged:
+                self.log(f"val/ppl_{name}", math.exp(min(float(logged[key]), 50.0)), sync_dist=False)
+        if "val/loss_short" in logged and "val/loss_short_teacher" in logged:
+            retention = math.exp(float(logged["val/loss_short_teacher"]) - float(logged["val/loss_short"]))
+            self.log("val/ppl_retention", retention)
+
+    # --------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        for param in self.student.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _mix(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (no Python hash randomisation)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & ((1 << 64) - 1)
+    return value >> 1
+
+
+def _drop_own_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """State-dict post-hook: the teacher writes nothing into checkpoints."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        del state_dict[key]
+
+
+def _forgive_own_missing_keys(module: nn.Module, incompatible_keys: Any) -> None:
+    """Load post-hook: the teacher's weights are absent from checkpoints by design."""
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if not k.startswith("teacher.")]
