@@ -22,7 +22,11 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
 def lightning_cli(args: Sequence[str], run: bool = True) -> Any:
-    """LightningCLI over the LongReD module and data module."""
+    """LightningCLI over the LongReD module and data module.
+
+    With ``run=False`` ``args`` carry no sub-command and the CLI only builds the trainer,
+    model and data module (``cli.trainer``, ``cli.model``, ``cli.datamodule``).
+    """
     from lightning.pytorch.cli import LightningCLI
 
     from longred_pl.data.datamodule import MixedLengthDataModule
@@ -31,11 +35,15 @@ def lightning_cli(args: Sequence[str], run: bool = True) -> Any:
     return LightningCLI(
         LongReDModule,
         MixedLengthDataModule,
-        args=list(args) if run else list(args[1:]),
+        args=list(args),
         run=run,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": False},
     )
+
+
+def build_cli(args: Sequence[str]) -> Any:
+    """The configured objects of a config, without running a sub-command."""
+    return lightning_cli(args, run=False)
 
 
 def _export(argv: Sequence[str]) -> None:

@@ -1,0 +1,147 @@
+"""``longred demo``: the embedded default end to end, offline.
+
+1. build (or reuse) the demo teacher: a small Llama trained on Shakespeare at window
+   256 (``longred_pl.teacher``, recipe ``configs/teacher/tiny-llama.yaml``);
+2. write the shards the config's ``data:`` section points to, from the embedded corpus
+   (train plays for long/short/s2l, held-out plays for validation), unless present;
+3. ``longred validate`` (the extended, untrained student), then ``longred fit``;
+4. print a summary: wall time, short-text perplexity of teacher and student before and
+   after training, long perplexity, checkpoint sizes, the exported directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# How each stream of the quickstart config is made from the embedded corpus:
+# (split, pack). Long samples never cross play boundaries, as long web documents would not.
+DEMO_STREAMS = {
+    "long": ("train", False),
+    "short": ("train", True),
+    "s2l": ("train", True),
+    "val_short": ("val", True),
+    "val_long": ("val", False),
+}
+
+
+def _config_value(config: dict[str, Any], *keys: str) -> Any:
+    node: Any = config
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(f"the demo config has no {'.'.join(keys)}")
+        node = node[key]
+    return node
+
+
+def prepare_demo_data(config: dict[str, Any], teacher_dir: str, corpus: str = "shakespeare") -> None:
+    """Write every stream of ``config['data']`` that is not on disk yet."""
+    from longred_pl.data.corpora import load_corpus
+    from longred_pl.data.prepare import tokenize_documents, write_shards
+    from longred_pl.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(teacher_dir)
+    for stream, (split, pack) in DEMO_STREAMS.items():
+        spec = config["data"].get(stream)
+        if not spec:
+            continue
+        out, seq_len = Path(spec["urls"]), int(spec["seq_len"])
+        index = out / "index.json"
+        if index.exists() and json.loads(index.read_text()).get("seq_len") == seq_len:
+            continue
+        print(f"[longred] writing {stream} shards ({corpus}/{split}, {seq_len} tokens) to {out}")
+        docs = tokenize_documents(load_corpus(corpus, split), tokenizer, progress=True)
+        write_shards(
+            docs,
+            out,
+            seq_len,
+            samples_per_shard=64 if seq_len >= 1024 else 256,
+            pack=pack,
+            vocab_size=len(tokenizer),
+            tokenizer_name=teacher_dir,
+            source={"corpus": corpus, "split": split},
+            overwrite=True,
+        )
+
+
+def _last_metrics(log_root: Path) -> dict[str, float]:
+    """The latest value of every metric in the newest CSVLogger run under ``log_root``."""
+    files = sorted(log_root.glob("**/metrics.csv"), key=os.path.getmtime)
+    if not files:
+        return {}
+    latest: dict[str, float] = {}
+    with open(files[-1]) as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if value not in ("", None) and key not in ("step", "epoch"):
+                    latest[key] = float(value)
+    return latest
+
+
+def _size_mb(path: Path) -> float:
+    return path.stat().st_size / 2**20 if path.exists() else float("nan")
+
+
+def demo_main(argv: list[str] | None = None) -> dict[str, Any]:
+    from longred_pl.cli import main as cli_main
+    from longred_pl.teacher import TeacherRecipe, ensure_teacher
+
+    parser = argparse.ArgumentParser(prog="longred demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/quickstart.yaml", help="LightningCLI fit config")
+    parser.add_argument("--recipe", default="configs/teacher/tiny-llama.yaml", help="teacher recipe")
+    parser.add_argument("--skip-validate", action="store_true", help="no validation before training")
+    ns, extra = parser.parse_known_args(argv)
+    start = time.perf_counter()
+    config = yaml.safe_load(Path(ns.config).read_text())
+    teacher_dir = _config_value(config, "model", "teacher_path")
+    recipe = TeacherRecipe.from_file(ns.recipe) if os.path.exists(ns.recipe) else TeacherRecipe()
+    ensure_teacher(teacher_dir, recipe)
+    prepare_demo_data(config, teacher_dir)
+    log_root = Path(_config_value(config, "trainer", "default_root_dir"))
+    before: dict[str, float] = {}
+    if not ns.skip_validate:
+        print("[longred] validating the extended student before training")
+        before = validate_metrics(ns.config, extra)
+    cli_main(["fit", "--config", ns.config, *extra])
+    after = _last_metrics(log_root)
+    ckpt = log_root / "checkpoints" / "last.ckpt"
+    teacher_weights = Path(teacher_dir) / "model.safetensors"
+    summary = {
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "teacher_ppl_short": after.get("val/ppl_short_teacher"),
+        "student_ppl_short_before": before.get("val/ppl_short"),
+        "student_ppl_short_after": after.get("val/ppl_short"),
+        "student_ppl_long_before": before.get("val/ppl_long"),
+        "student_ppl_long_after": after.get("val/ppl_long"),
+        "checkpoint_mb": round(_size_mb(ckpt), 2),
+        "teacher_weights_mb": round(_size_mb(teacher_weights), 2),
+        "exported_student": _exported_dir(config),
+    }
+    (log_root / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("\n[longred] demo summary")
+    for key, value in summary.items():
+        print(f"  {key:28s} {value}")
+    return summary
+
+
+def _exported_dir(config: dict[str, Any]) -> str | None:
+    for callback in config.get("trainer", {}).get("callbacks", []) or []:
+        if str(callback.get("class_path", "")).endswith("ExportStudent"):
+            return callback["init_args"]["dirpath"]
+    return None
+
+
+def validate_metrics(config_path: str, extra: list[str]) -> dict[str, float]:
+    """Run validation in-process on the config (no logger) and return its metrics."""
+    from longred_pl.cli import build_cli
+
+    cli = build_cli(["--config", config_path, "--trainer.logger=false", *extra])
+    results = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=True)
+    return {k: float(v) for k, v in (results[0] if results else {}).items()}
