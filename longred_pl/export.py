@@ -56,13 +56,33 @@ def student_state_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, torch.Tenso
     return state
 
 
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """A Lightning checkpoint as one dict, consolidating sharded (FSDP2/DCP) directories.
+
+    Loads with ``weights_only=True``: no pickled code runs, whatever the file holds.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if not os.path.isdir(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    meta = os.path.join(path, "meta.pt")
+    ckpt = torch.load(meta, map_location="cpu", weights_only=True) if os.path.exists(meta) else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        merged = os.path.join(tmp, "consolidated.pt")
+        dcp_to_torch_save(path, merged)
+        ckpt.update(torch.load(merged, map_location="cpu", weights_only=True))
+    return ckpt
+
+
 def export_checkpoint(ckpt_path: str, out_dir: str) -> Path:
     """``longred export``: a LongReD checkpoint to a Hugging Face directory of the student."""
     from longred_pl.module import LongReDModule
 
-    if not os.path.exists(ckpt_path):
-        raise FileNotFoundError(f"checkpoint {ckpt_path!r} does not exist")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(ckpt_path)
     hparams = dict(ckpt["hyper_parameters"])
     hparams["method"] = "long_cpt"  # the export needs the student only: skip loading a teacher
     module = LongReDModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})

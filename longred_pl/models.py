@@ -132,3 +132,27 @@ class capture_hidden_states:  # noqa: N801  (used as a context manager, reads li
         for handle in self.handles:
             handle.remove()
         self.handles = []
+
+
+def shard_fsdp2(model: nn.Module, mesh: Any, param_dtype: torch.dtype | None = None) -> nn.Module:
+    """FSDP2: ``fully_shard`` every decoder layer, then the whole model (the root unit).
+
+    The root unit holds the embeddings, the final norm and the LM head; it is gathered for
+    the whole forward and backward, so ``get_output_embeddings().weight`` can be used by the
+    chunked loss after a forward. Frozen models (the teacher) are sharded the same way.
+
+    Args:
+        model: a Llama-like causal LM.
+        mesh: the data-parallel device mesh (``LightningModule.device_mesh["data_parallel"]``).
+        param_dtype: compute dtype of gathered parameters (e.g. bf16); reductions stay fp32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kwargs: dict[str, Any] = {"mesh": mesh}
+    if param_dtype is not None:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    _, _, layers, _ = decoder_parts(model)
+    for layer in layers:
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model

@@ -33,6 +33,7 @@ from longred_pl.models import (
     freeze,
     load_causal_lm,
     load_config,
+    shard_fsdp2,
 )
 from longred_pl.objectives import (
     chunked_next_token_loss,
@@ -152,6 +153,22 @@ class LongReDModule(L.LightningModule):
             self.teacher = freeze(teacher)
             self.teacher.register_state_dict_post_hook(_drop_own_keys)
             self.teacher.register_load_state_dict_post_hook(_forgive_own_missing_keys)
+        mesh = self._data_parallel_mesh()
+        if mesh is not None:
+            param_dtype = torch.bfloat16 if str(self.trainer.precision).startswith("bf16") else None
+            for model in (self.student, self.teacher):
+                if model is not None:
+                    shard_fsdp2(model, mesh, param_dtype)
+
+    def _data_parallel_mesh(self) -> Any:
+        """The data-parallel mesh under ``ModelParallelStrategy`` (FSDP2), else None."""
+        try:
+            mesh = self.device_mesh
+        except (AttributeError, RuntimeError):
+            return None
+        if mesh is None:
+            return None
+        return mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
 
     def train(self, mode: bool = True) -> LongReDModule:
         super().train(mode)
@@ -160,10 +177,12 @@ class LongReDModule(L.LightningModule):
         return self
 
     # -------------------------------------------------------------- objectives
-    def next_token_loss(self, input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor | None = None) -> torch.Tensor:
-        """``L_long``: chunked next-token cross-entropy of the student."""
-        hidden_BTD = self._base_forward(self.student, input_ids_BT, position_ids_BT).last_hidden_state
-        head = self.student.get_output_embeddings()
+    def next_token_loss(
+        self, model: nn.Module, input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``L_long``: next-token cross-entropy, chunked over the vocabulary projection."""
+        hidden_BTD = self.hidden_states(model, input_ids_BT, [self.n_layers], position_ids_BT)[self.n_layers]
+        head = model.get_output_embeddings()
         return chunked_next_token_loss(hidden_BTD, head.weight, shift_labels(input_ids_BT), self.hparams.loss_chunk_size)
 
     def distill_loss(
@@ -174,18 +193,32 @@ class LongReDModule(L.LightningModule):
         The teacher always reads contiguous positions; the student reads
         ``student_position_ids_BT`` (skipped positions for ``L_s2l``) or contiguous ones.
         """
-        with torch.no_grad(), capture_hidden_states(self.teacher, layers) as teacher_states:
-            self._base_forward(self.teacher, input_ids_BT, None)
-        with capture_hidden_states(self.student, layers) as student_states:
-            self._base_forward(self.student, input_ids_BT, student_position_ids_BT)
+        with torch.no_grad():
+            teacher_states = self.hidden_states(self.teacher, input_ids_BT, layers)
+        student_states = self.hidden_states(self.student, input_ids_BT, layers, student_position_ids_BT)
         return hidden_cosine_loss(student_states, teacher_states, layers)
 
     @staticmethod
-    def _base_forward(model: nn.Module, input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor | None):
+    def hidden_states(
+        model: nn.Module, input_ids_BT: torch.Tensor, indices: list[int], position_ids_BT: torch.Tensor | None = None
+    ) -> dict[int, torch.Tensor]:
+        """Hidden states ``indices`` of ``model`` (see ``models.capture_hidden_states``).
+
+        The model's own forward runs, so that sharding wrappers (FSDP2 ``fully_shard``) see
+        their hooks, but with ``logits_to_keep=1``: the LM head projects one position only.
+        """
         # An explicit all-ones mask: without it transformers reads any gap in position_ids
         # as the start of a new packed sequence and blocks attention across it (NOTES.md).
         mask_BT = torch.ones_like(input_ids_BT) if position_ids_BT is not None else None
-        return model.base_model(input_ids=input_ids_BT, position_ids=position_ids_BT, attention_mask=mask_BT, use_cache=False)
+        with capture_hidden_states(model, indices) as states:
+            model(
+                input_ids=input_ids_BT,
+                position_ids=position_ids_BT,
+                attention_mask=mask_BT,
+                use_cache=False,
+                logits_to_keep=1,
+            )
+        return states
 
     def s2l_position_ids(self, batch: dict[str, Any]) -> torch.Tensor:
         """Skipped ids for an s2l micro-batch, drawn from (seed, micro-step, rank)."""
@@ -206,7 +239,7 @@ class LongReDModule(L.LightningModule):
         """``(weighted loss to optimise, unweighted term for logging)`` of one micro-batch."""
         kind, input_ids = batch["kind"], batch["input_ids"]
         if kind == "long" or self.hparams.method == "mix_cpt":
-            term = self.next_token_loss(input_ids)
+            term = self.next_token_loss(self.student, input_ids)
             return term, term
         if self.hparams.method == "long_cpt":
             raise ValueError(f"model.method=long_cpt trains on the long stream only, got a {kind!r} batch; use a long-only data.schedule")
@@ -255,15 +288,11 @@ class LongReDModule(L.LightningModule):
     # -------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         input_ids, kind = batch["input_ids"], batch["kind"]
-        loss = self._lm_loss(self.student, input_ids)
+        loss = self.next_token_loss(self.student, input_ids)
         self.log(f"val/loss_{kind}", loss, add_dataloader_idx=False, sync_dist=True)
         if kind == "short" and self.teacher is not None:
-            self.log("val/loss_short_teacher", self._lm_loss(self.teacher, input_ids), add_dataloader_idx=False, sync_dist=True)
-
-    def _lm_loss(self, model: nn.Module, input_ids_BT: torch.Tensor) -> torch.Tensor:
-        hidden_BTD = self._base_forward(model, input_ids_BT, None).last_hidden_state
-        weight = model.get_output_embeddings().weight
-        return chunked_next_token_loss(hidden_BTD, weight, shift_labels(input_ids_BT), self.hparams.loss_chunk_size)
+            teacher_loss = self.next_token_loss(self.teacher, input_ids)
+            self.log("val/loss_short_teacher", teacher_loss, add_dataloader_idx=False, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         logged = self.trainer.callback_metrics

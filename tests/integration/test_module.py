@@ -37,8 +37,8 @@ def test_skipped_positions_attend_across_gaps(tiny_llama):
     changed = ids.clone()
     changed[0, 0] = (ids[0, 0] + 1) % 128
     with torch.no_grad():
-        a = module._base_forward(module.student, ids, pos).last_hidden_state[0, -1]
-        b = module._base_forward(module.student, changed, pos).last_hidden_state[0, -1]
+        a = module.hidden_states(module.student, ids, [2], pos)[2][0, -1]
+        b = module.hidden_states(module.student, changed, [2], pos)[2][0, -1]
     assert not torch.allclose(a, b)
 
 
