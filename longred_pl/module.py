@@ -135,6 +135,17 @@ class LongReDModule(L.LightningModule):
         return chosen
 
     # ------------------------------------------------------------------ models
+    def setup(self, stage: str) -> None:
+        """Cross-check the data against the models before any weights are loaded."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "check_model"):
+            datamodule.check_model(
+                teacher_window=int(self.teacher_config.max_position_embeddings),
+                target_length=int(self.hparams.target_length),
+                vocab_size=int(self.teacher_config.vocab_size),
+                method=self.hparams.method,
+            )
+
     def configure_model(self) -> None:
         """Load teacher and student (called by the Trainer, inside the strategy's context)."""
         if self.student is not None:

@@ -42,6 +42,7 @@ class MixedLengthStream(IterableDataset):
         seed: int,
         shuffle_buffer: int,
         start: int = 0,
+        vocab_size: int | None = None,
     ) -> None:
         self.shards = {k: expand_urls(c.urls, f"data.{k}.urls") for k, c in streams.items()}
         self.streams = dict(streams)
@@ -50,6 +51,7 @@ class MixedLengthStream(IterableDataset):
         self.num_workers = max(1, num_workers)
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.start = start
+        self.vocab_size = vocab_size
 
     def _stream(self, kind: str, residue: int) -> Iterator[np.ndarray]:
         cfg = self.streams[kind]
@@ -77,8 +79,35 @@ class MixedLengthStream(IterableDataset):
         while True:
             kind = kind_at(self.schedule, n)
             rows = [next(iters[kind]) for _ in range(self.streams[kind].batch_size)]
+            if self.vocab_size is not None:
+                check_vocab(rows, self.vocab_size, kind)
             yield {"kind": kind, "input_ids": torch.from_numpy(np.stack(rows)), "index": n}
             n += self.num_workers
+
+
+def check_vocab(rows: list[np.ndarray], vocab_size: int, kind: str) -> None:
+    """Token ids must index the model's embedding table."""
+    top = max(int(r.max()) for r in rows)
+    if top >= vocab_size:
+        raise ValueError(
+            f"data.{kind}: token id {top} is >= the model's vocabulary size {vocab_size}; the "
+            f"shards were tokenised with another tokenizer: re-run `longred prepare` with the "
+            f"teacher's tokenizer"
+        )
+
+
+def _read_index(urls: str | list[str]) -> dict[str, Any] | None:
+    """``index.json`` beside local shards (written by ``longred prepare``), if any."""
+    import json
+    import os
+
+    first = urls if isinstance(urls, str) else (urls[0] if urls else "")
+    folder = first if os.path.isdir(first) else os.path.dirname(first)
+    path = os.path.join(folder, "index.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
 
 
 class FixedStream(IterableDataset):
@@ -150,7 +179,7 @@ class MixedLengthDataModule(L.LightningDataModule):
                     f"data.schedule uses the {kind!r} stream but data.{kind} is not set; "
                     f"give data.{kind} (urls, seq_len, batch_size) or drop {kind!r} from the schedule"
                 )
-        for name, cfg in [*self.streams.items(), *(("val_" + k, c) for k, c in self.val_streams.items())]:
+        for name, cfg in self._all_streams():
             if cfg.batch_size <= 0:
                 raise ValueError(f"data.{name}.batch_size must be >= 1, got {cfg.batch_size}")
             if cfg.seq_len <= 1:
@@ -160,6 +189,35 @@ class MixedLengthDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.shuffle_buffer, self.val_batches = shuffle_buffer, val_batches
         self.consumed = 0  # micro-steps the trainer has used (the resume cursor)
+        self.vocab_size: int | None = None  # set by check_model; ids are checked against it
+        for name, cfg in self._all_streams():
+            expand_urls(cfg.urls, f"data.{name}.urls")  # fail now, not after loading models
+
+    def _all_streams(self) -> list[tuple[str, StreamConfig]]:
+        vals = [("val_" + k, c) for k, c in self.val_streams.items()]
+        return [*self.streams.items(), *vals]
+
+    def check_model(self, teacher_window: int, target_length: int, vocab_size: int, method: str) -> None:
+        """Errors for lengths or vocabularies that do not fit the models (see ``LongReDModule.setup``)."""
+        limits = {"long": target_length, "val_long": target_length, "short": teacher_window,
+                  "s2l": teacher_window, "val_short": teacher_window}  # fmt: skip
+        if method != "longred":  # the baselines read every stream with the student only
+            limits.update(short=target_length, s2l=target_length)
+        for name, cfg in self._all_streams():
+            if cfg.seq_len > limits[name]:
+                window = "model.target_length" if limits[name] == target_length else "the teacher's window"
+                raise ValueError(
+                    f"data.{name}.seq_len={cfg.seq_len} is above {window} ({limits[name]}); "
+                    f"prepare {name} shards of at most {limits[name]} tokens"
+                )
+            index = _read_index(cfg.urls)
+            if index and int(index.get("vocab_size", 0)) > vocab_size:
+                raise ValueError(
+                    f"data.{name}: shards were tokenised with a vocabulary of {index['vocab_size']} "
+                    f"({index.get('tokenizer')}), larger than the model's {vocab_size}; re-run "
+                    f"`longred prepare --tokenizer <teacher dir>` with the teacher's tokenizer"
+                )
+        self.vocab_size = vocab_size
 
     def seq_len(self, kind: str) -> int:
         return self.streams[kind].seq_len
@@ -181,6 +239,7 @@ class MixedLengthDataModule(L.LightningDataModule):
             seed=self.seed,
             shuffle_buffer=self.shuffle_buffer,
             start=self.consumed,
+            vocab_size=self.vocab_size,
         )
         return self._loader(dataset, self.num_workers)
 
