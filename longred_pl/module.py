@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from longred_pl import positions, rope
@@ -40,6 +40,7 @@ from longred_pl.objectives import (
     hidden_cosine_loss,
     shift_labels,
 )
+from longred_pl.stats import StepStats
 
 Method = Literal["longred", "long_cpt", "mix_cpt"]
 
@@ -76,6 +77,8 @@ class LongReDModule(L.LightningModule):
         gradient_checkpointing: recompute the student's decoder layers in backward.
         trust_remote_code: allow custom modelling code in the model directory.
         seed: seeds the skipped position ids (per micro-step and rank, so resumes agree).
+        max_skipped_steps: an optimizer step whose loss is NaN/Inf on any micro-step is
+            skipped with a warning; this many in a row stop the run.
         optimizer: factory ``params -> Optimizer``; default the published AdamW.
         lr_scheduler: factory ``optimizer -> LRScheduler`` stepped every optimizer step;
             default constant learning rate (published).
@@ -99,6 +102,7 @@ class LongReDModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         seed: int = 0,
+        max_skipped_steps: int = 3,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -106,6 +110,8 @@ class LongReDModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         if method not in ("longred", "long_cpt", "mix_cpt"):
             raise ValueError(f"model.method must be longred, long_cpt or mix_cpt, got {method!r}")
+        if max_skipped_steps < 1:
+            raise ValueError(f"model.max_skipped_steps must be >= 1, got {max_skipped_steps}")
         for name, value in (("short_weight", short_weight), ("s2l_weight", s2l_weight)):
             if value < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {value}")
@@ -120,7 +126,9 @@ class LongReDModule(L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.student: nn.Module | None = None
         self.teacher: nn.Module | None = None
-        self._stats: dict[str, float] = defaultdict(float)
+        self.step_stats = StepStats()
+        self.skipped_steps = 0
+        self.nonfinite_streak = 0
         self._tic = 0.0
 
     def _check_layers(self, layers: list[int] | None) -> list[int]:
@@ -265,36 +273,51 @@ class LongReDModule(L.LightningModule):
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, term = self.compute_loss(batch)
-        kind = batch["kind"]
-        self._stats[f"loss_{kind}"] += float(term.detach())
-        self._stats[f"n_{kind}"] += 1
-        self._stats["loss"] += float(loss.detach())
-        self._stats["n"] += 1
-        self._stats[f"tokens_{kind}"] += batch["input_ids"].numel()
+        self.step_stats.add(batch["kind"], loss.detach(), term.detach(), batch["input_ids"].numel())
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._tic = time.perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self._stats[f"time_{batch['kind']}"] += time.perf_counter() - self._tic
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # per-stream tokens/s needs finished kernels
+        self.step_stats.add_time(batch["kind"], time.perf_counter() - self._tic)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the means over the micro-steps of this optimizer step."""
-        s, metrics = self._stats, {}
-        if s["n"]:
-            metrics["train/loss"] = s["loss"] / s["n"]
-        for kind in ("long", "short", "s2l"):
-            if s[f"n_{kind}"]:
-                metrics[f"train/loss_{kind}"] = s[f"loss_{kind}"] / s[f"n_{kind}"]
-            if s[f"time_{kind}"] > 0:
-                metrics[f"train/tokens_per_sec_{kind}"] = s[f"tokens_{kind}"] / s[f"time_{kind}"]
-        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, sync_dist=True)
+        """Log the step's means; skip the update if any micro-step's loss was not finite."""
+        metrics = self.step_stats.metrics()
+        bad = self.step_stats.nonfinite_kinds()
+        self.step_stats.reset()
+        if self.trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            self._skip_step(optimizer, bad)
+        else:
+            self.nonfinite_streak = 0
+        metrics["train/skipped_steps"] = float(self.skipped_steps)
+        self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
         if "train/loss" in metrics:
             self.log("loss", metrics["train/loss"], on_step=True, prog_bar=True, logger=False)
-        self._stats = defaultdict(float)
+
+    def _skip_step(self, optimizer: torch.optim.Optimizer, kinds: list[str]) -> None:
+        optimizer.zero_grad(set_to_none=True)  # no gradient: the optimizer leaves weights alone
+        self.skipped_steps += 1
+        self.nonfinite_streak += 1
+        where = f"stream(s) {kinds or ['(another rank)']} at optimizer step {self.global_step}"
+        if self.nonfinite_streak >= self.hparams.max_skipped_steps:
+            raise FloatingPointError(
+                f"non-finite loss in {where}, {self.nonfinite_streak} steps in a row; stopping. "
+                f"Lower the learning rate, check the data of that stream, or resume from the "
+                f"last checkpoint (model.max_skipped_steps sets how many are tolerated)"
+            )
+        rank_zero_warn(f"non-finite loss in {where}: update skipped ({self.skipped_steps} so far)")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["longred"] = {"skipped_steps": self.skipped_steps, "nonfinite_streak": self.nonfinite_streak}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("longred", {})
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
 
     # -------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
