@@ -7,7 +7,9 @@ other sub-commands are the tools around training:
 * ``longred prepare``        write token shards from text files or an embedded corpus;
 * ``longred build-teacher``  train the small real teacher of the embedded default;
 * ``longred demo``           the embedded default end to end (teacher, data, fit, export);
-* ``longred export CKPT OUT`` a checkpoint's student as a Hugging Face directory.
+* ``longred export CKPT OUT`` a checkpoint's student as a Hugging Face directory;
+* ``longred eval MODEL_DIR...`` short/long perplexity, copy probe, passkey; JSON, markdown, plots;
+* ``longred select-layers``  per-layer drift of the extended student; recommends ``distill_layers``.
 
 ``main(args)`` runs in-process, so tests and notebooks call the CLI directly.
 """
@@ -78,11 +80,25 @@ def _demo(argv: Sequence[str]) -> Any:
     return demo_main(list(argv))
 
 
+def _eval(argv: Sequence[str]) -> Any:
+    from longred_pl.eval.evaluator import eval_main
+
+    return eval_main(list(argv))
+
+
+def _select_layers(argv: Sequence[str]) -> Any:
+    from longred_pl.drift import select_layers_main
+
+    return select_layers_main(list(argv))
+
+
 TOOLS: dict[str, Callable[[Sequence[str]], Any]] = {
     "prepare": _prepare,
     "build-teacher": _build_teacher,
     "demo": _demo,
     "export": _export,
+    "eval": _eval,
+    "select-layers": _select_layers,
 }
 
 

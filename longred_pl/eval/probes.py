@@ -1,0 +1,383 @@
+"""Probes of what a context-extended model can do, from tiny random models to real LMs.
+
+* :func:`repeat_copy_probe`: a random span, ``d`` random filler tokens, the same span
+  again; teacher-forced top-1 accuracy on the second copy. It needs no tokenizer and
+  no pre-training data, so it runs on any causal LM (chance is ``1 / vocab``; a model
+  that can attend ``span + d`` tokens back and copy scores near 1). It measures the
+  retrieval the long stream is meant to teach, as a function of distance.
+* :func:`passkey_probe`: passkey retrieval (Mohtashami & Jaggi 2023, "Landmark
+  Attention", arXiv 2305.16300): a 5-digit key hidden at a relative depth in filler
+  text, greedy-decoded after a question at the end. Only meaningful for real LMs.
+* :func:`position_bucket_perplexity`: next-token cross-entropy by position bucket, the
+  usual check that perplexity stays flat up to the extended window.
+
+A *model* here is anything whose ``model(input_ids=...)`` returns logits ``[B, T, V]``
+(or an object with ``.logits``); Hugging Face models take the faster paths
+(``logits_to_keep``, a KV cache, chunked LM-head).
+
+Shape legend: B batch, T tokens, V vocabulary, D hidden size.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longred_pl.eval.metrics import next_token_nll
+
+MAX_LOG_PPL = 50.0  # perplexities are reported as exp(min(loss, 50)) to stay finite
+
+__all__ = [
+    "bucket_edges",
+    "copy_task_ids",
+    "forward_logits",
+    "greedy_decode",
+    "passkey_probe",
+    "passkey_prompt",
+    "position_bucket_perplexity",
+    "repeat_copy_probe",
+    "token_nll",
+]
+
+
+# ----------------------------------------------------------------------------- forward
+def _accepts(model: nn.Module, name: str) -> bool:
+    params = inspect.signature(model.forward).parameters
+    return name in params
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _logits(output: Any) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output
+
+
+def forward_logits(
+    model: nn.Module, input_ids_BT: torch.Tensor, keep: int | None = None
+) -> torch.Tensor:
+    """Logits ``[B, keep or T, V]`` of the last ``keep`` positions (all when ``None``)."""
+    kwargs: dict[str, Any] = {"input_ids": input_ids_BT.to(_device(model))}
+    if _accepts(model, "use_cache"):
+        kwargs["use_cache"] = False
+    if keep is not None and _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep
+    logits_BTV = _logits(model(**kwargs))
+    return logits_BTV if keep is None else logits_BTV[:, -keep:]
+
+
+def _chunkable(model: nn.Module) -> bool:
+    """A HF model whose logits are ``lm_head(last_hidden_state)`` with nothing after."""
+    config = getattr(model, "config", None)
+    get_head: Any = getattr(model, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
+    post = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+    return (
+        head is not None
+        and getattr(model, "base_model", model) is not model
+        and not any(getattr(config, name, None) for name in post)
+    )
+
+
+@torch.no_grad()
+def token_nll(model: nn.Module, input_ids_BT: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """Per-token next-token NLL ``[B, T-1]`` (fp32), entry ``t`` for target position ``t+1``.
+
+    For Hugging Face causal LMs the LM head runs ``chunk_size`` positions at a time
+    (``<= 0``: all at once), so ``[B, T, V]`` logits of a long sequence never exist at once.
+    """
+    input_ids_BT = input_ids_BT.to(_device(model))
+    if not _chunkable(model):
+        return next_token_nll(forward_logits(model, input_ids_BT), input_ids_BT)
+    base: Any = model.base_model
+    head: Any = model.get_output_embeddings()  # type: ignore[operator]
+    hidden_BTD = base(input_ids=input_ids_BT, use_cache=False).last_hidden_state
+    length = input_ids_BT.shape[1]
+    step = chunk_size if chunk_size > 0 else length
+    pieces = []
+    for start in range(0, length - 1, step):
+        stop = min(start + step, length - 1)
+        logits_BCV = head(hidden_BTD[:, start:stop]).float()
+        targets_BC = input_ids_BT[:, start + 1 : stop + 1]
+        pieces.append(F.cross_entropy(logits_BCV.transpose(1, 2), targets_BC, reduction="none"))
+    return torch.cat(pieces, dim=1)
+
+
+# ------------------------------------------------------------------------ repeat-copy
+def copy_task_ids(
+    trials: int,
+    span: int,
+    distance: int,
+    vocab_size: int,
+    generator: torch.Generator | None = None,
+    low: int = 0,
+    bos_token_id: int | None = None,
+) -> torch.Tensor:
+    """``[trials, (1) + 2 * span + distance]``: ``[bos] span filler span``, random ids in ``[low, vocab_size)``."""
+    span_BS = torch.randint(low, vocab_size, (trials, span), generator=generator)
+    filler_BD = torch.randint(low, vocab_size, (trials, distance), generator=generator)
+    parts = [span_BS, filler_BD, span_BS]
+    if bos_token_id is not None:
+        parts.insert(0, torch.full((trials, 1), bos_token_id, dtype=torch.long))
+    return torch.cat(parts, dim=1)
+
+
+@torch.no_grad()
+def repeat_copy_probe(
+    model: nn.Module,
+    vocab_size: int,
+    distances: Sequence[int],
+    span: int = 16,
+    trials: int = 8,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    low: int = 0,
+    bos_token_id: int | None = None,
+    progress: bool = False,
+) -> dict[int, float]:
+    """Top-1 accuracy of copying a random span after ``d`` filler tokens, for each ``d``.
+
+    Each trial is ``[bos] S F S`` with ``S`` a random span of ``span`` tokens and ``F``
+    ``d`` random filler tokens, so each token of the second copy sits ``span + d``
+    positions after its original. Teacher-forced: the model sees the whole sequence and
+    the argmax of its logits at the second copy's positions is compared with the next
+    token. The copy's first token is excluded (nothing before it announces the copy), so
+    each trial scores ``span - 1`` tokens. Sequences are ``(1) + 2 * span + d`` long.
+
+    Args:
+        model: a causal LM (see the module docstring).
+        vocab_size: ids are drawn from ``[low, vocab_size)``; chance is ``1 / (vocab_size - low)``.
+        distances: filler lengths ``d``.
+        span: tokens per copy (``>= 2``).
+        trials: random sequences per distance.
+        generator: source of the random ids (reproducible runs).
+        batch_size: sequences per forward (default all ``trials``).
+        low: lowest id drawn (skip special tokens of real vocabularies).
+        bos_token_id: prepended when given (real LMs expect their BOS).
+        progress: show a tqdm bar over distances.
+
+    Returns:
+        ``{d: accuracy}`` in the order of ``distances``.
+    """
+    from tqdm.auto import tqdm
+
+    if span < 2 or trials < 1 or not 0 <= low < vocab_size:
+        raise ValueError(
+            f"repeat_copy_probe needs span >= 2, trials >= 1 and 0 <= low < vocab_size "
+            f"(got span={span}, trials={trials}, low={low}, vocab_size={vocab_size})"
+        )
+    scores: dict[int, float] = {}
+    for distance in tqdm(distances, desc="repeat-copy", unit="d", disable=not progress):
+        if distance < 0:
+            raise ValueError(f"distances must be >= 0, got {distance}")
+        ids_BT = copy_task_ids(
+            trials, span, int(distance), vocab_size, generator, low, bos_token_id
+        )
+        correct = 0
+        for chunk_BT in ids_BT.split(batch_size or trials):
+            logits_BSV = forward_logits(model, chunk_BT, keep=span)
+            predicted_BS = logits_BSV[:, : span - 1].argmax(dim=-1).cpu()
+            correct += int((predicted_BS == chunk_BT[:, -(span - 1) :]).sum())
+        scores[int(distance)] = correct / (trials * (span - 1))
+    return scores
+
+
+# ---------------------------------------------------------------------------- passkey
+PASSKEY_INTRO = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and "
+    "memorize it. I will quiz you about the important information there."
+)
+PASSKEY_FILLER = (
+    " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+)
+PASSKEY_NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
+PASSKEY_QUESTION = " What is the pass key? The pass key is"
+
+
+def passkey_prompt(tokenizer: Any, length: int, depth: float, key: int) -> str:
+    """Intro, filler with the needle at relative ``depth``, question; about ``length`` tokens."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"passkey depths must be in [0, 1], got {depth}")
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    needle = PASSKEY_NEEDLE.format(key=key)
+    fixed = count(PASSKEY_INTRO) + count(needle) + count(PASSKEY_QUESTION)
+    repeats = max(0, (length - fixed) // max(1, count(PASSKEY_FILLER)))
+    before = round(depth * repeats)
+    return (
+        PASSKEY_INTRO
+        + PASSKEY_FILLER * before
+        + needle
+        + PASSKEY_FILLER * (repeats - before)
+        + PASSKEY_QUESTION
+    )
+
+
+def _cache_argument(model: nn.Module) -> str | None:
+    """Name of the KV-cache argument of ``model.forward`` (``cache`` since transformers 5.x)."""
+    for name in ("cache", "past_key_values"):
+        if _accepts(model, name):
+            return name
+    return None
+
+
+@torch.no_grad()
+def greedy_decode(model: nn.Module, input_ids_1T: torch.Tensor, max_new_tokens: int) -> list[int]:
+    """Greedy continuation of one prompt; uses the model's KV cache when it has one."""
+    ids_1T = input_ids_1T.to(_device(model))
+    cache_name = _cache_argument(model)
+    new: list[int] = []
+    cache, step_ids = None, ids_1T
+    for _ in range(max_new_tokens):
+        if cache_name is None:
+            out = model(input_ids=ids_1T)
+        else:
+            kwargs: dict[str, Any] = {cache_name: cache, "use_cache": True}
+            if _accepts(model, "logits_to_keep"):
+                kwargs["logits_to_keep"] = 1
+            out = model(input_ids=step_ids, **kwargs)
+            cache = getattr(out, cache_name)
+        token_11 = _logits(out)[:, -1].argmax(dim=-1, keepdim=True)
+        new.append(int(token_11))
+        ids_1T = torch.cat([ids_1T, token_11], dim=1)
+        step_ids = token_11
+    return new
+
+
+@torch.no_grad()
+def passkey_probe(
+    model: nn.Module,
+    tokenizer: Any,
+    lengths: Sequence[int],
+    depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    trials: int = 1,
+    generator: torch.Generator | None = None,
+    max_new_tokens: int = 8,
+    progress: bool = False,
+) -> dict[int, dict[float, float]]:
+    """Passkey retrieval accuracy for each prompt length and needle depth.
+
+    A random 5-digit key is hidden at relative ``depth`` of about ``length`` tokens of
+    filler; after "What is the pass key? The pass key is" the model decodes greedily
+    ``max_new_tokens`` tokens, and the first run of digits must equal the key.
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer (``encode(text, add_special_tokens=...)``, ``decode``).
+        lengths: approximate prompt lengths in tokens.
+        depths: relative needle positions in ``[0, 1]`` (0 = start of the filler).
+        trials: keys per (length, depth).
+        generator: source of the keys.
+        max_new_tokens: tokens decoded after the question.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``{length: {depth: accuracy}}``.
+    """
+    from tqdm.auto import tqdm
+
+    cells = [(length, depth) for length in lengths for depth in depths]
+    scores: dict[int, dict[float, float]] = {int(length): {} for length in lengths}
+    for length, depth in tqdm(cells, desc="passkey", unit="prompt", disable=not progress):
+        hits = 0
+        for _ in range(trials):
+            key = int(torch.randint(10000, 100000, (1,), generator=generator))
+            prompt = passkey_prompt(tokenizer, int(length), float(depth), key)
+            ids_1T = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long)
+            answer = tokenizer.decode(greedy_decode(model, ids_1T, max_new_tokens))
+            found = re.search(r"\d+", answer)
+            hits += int(found is not None and found.group() == str(key))
+        scores[int(length)][float(depth)] = hits / trials
+    return scores
+
+
+# ------------------------------------------------------------------ position buckets
+def bucket_edges(buckets: int | Sequence[int], seq_len: int) -> list[int]:
+    """Edges ``e_0 < ... < e_n`` of target-position buckets ``[e_j, e_{j+1})``.
+
+    An ``int`` gives that many equal-width buckets over ``[0, seq_len)``.
+    """
+    if isinstance(buckets, int):
+        if not 1 <= buckets < seq_len:
+            raise ValueError(f"buckets must be in [1, seq_len) = [1, {seq_len}), got {buckets}")
+        return [round(j * seq_len / buckets) for j in range(buckets + 1)]
+    edges = [int(e) for e in buckets]
+    if (
+        len(edges) < 2
+        or edges[0] < 0
+        or any(b <= a for a, b in zip(edges, edges[1:], strict=False))
+    ):
+        raise ValueError(f"bucket edges must be >= 0 and strictly increasing, got {edges}")
+    return edges
+
+
+@torch.no_grad()
+def position_bucket_perplexity(
+    model: nn.Module,
+    input_ids_BT: torch.Tensor | Iterable[torch.Tensor],
+    buckets: int | Sequence[int] = 8,
+    chunk_size: int = 4096,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Mean next-token cross-entropy and perplexity per bucket of target positions.
+
+    The token at position ``t`` (``1 <= t < T``), predicted from positions ``0..t-1``,
+    falls in the bucket ``[e_j, e_{j+1})`` that holds ``t``.
+
+    Args:
+        model: a causal LM.
+        input_ids_BT: one ``[B, T]`` batch or an iterable of batches of equal ``T``.
+        buckets: number of equal-width buckets over ``[0, T)``, or explicit edges.
+        chunk_size: positions per LM-head chunk (see :func:`token_nll`).
+        progress: show a tqdm bar over batches.
+
+    Returns:
+        One dict per bucket: ``start``, ``end``, ``tokens``, ``loss``, ``ppl``.
+    """
+    from tqdm.auto import tqdm
+
+    batches = iter([input_ids_BT] if isinstance(input_ids_BT, torch.Tensor) else input_ids_BT)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("position_bucket_perplexity got no batch")
+    edges = bucket_edges(buckets, first.shape[1])
+    sums = torch.zeros(len(edges) - 1, dtype=torch.float64)
+    counts = torch.zeros(len(edges) - 1, dtype=torch.float64)
+    inner = torch.tensor(edges[1:-1])
+    for batch_BT in tqdm(
+        itertools.chain([first], batches), desc="position ppl", unit="batch", disable=not progress
+    ):
+        nll_BT = token_nll(model, batch_BT, chunk_size).double().cpu()
+        positions_T = torch.arange(1, batch_BT.shape[1])
+        inside_T = (positions_T >= edges[0]) & (positions_T < edges[-1])
+        index_T = torch.bucketize(positions_T, inner, right=True)[inside_T]
+        sums.index_add_(0, index_T, nll_BT.sum(0)[inside_T])
+        counts.index_add_(
+            0, index_T, torch.full_like(index_T, batch_BT.shape[0], dtype=torch.float64)
+        )
+    rows = []
+    for j in range(len(edges) - 1):
+        loss = float(sums[j] / counts[j]) if counts[j] else float("nan")
+        ppl = math.exp(min(loss, MAX_LOG_PPL)) if counts[j] else float("nan")
+        rows.append(
+            {
+                "start": edges[j],
+                "end": edges[j + 1],
+                "tokens": int(counts[j]),
+                "loss": loss,
+                "ppl": ppl,
+            }
+        )
+    return rows

@@ -1,0 +1,144 @@
+"""`longred eval` and `longred select-layers` in-process on a tiny saved Llama and tiny shards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from longred_pl.eval.evaluator import eval_main, select_layers_main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tiny_llama, tmp_path_factory) -> str:
+    """The tiny teacher's weights with an ABF RoPE for a 4x window, saved as an HF directory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from longred_pl.rope import extend_rope
+
+    config = extend_rope(AutoConfig.from_pretrained(tiny_llama), "abf", 256, rope_theta=1e6)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, config=config)
+    path = tmp_path_factory.mktemp("student")
+    model.save_pretrained(path)
+    return str(path)
+
+
+def test_eval_writes_results_tables_and_plots(tiny_llama, tiny_student, tiny_shards, tmp_path):
+    out = tmp_path / "eval"
+    # fmt: off
+    results = eval_main([
+        tiny_student, "--teacher", tiny_llama,
+        "--short-data", tiny_shards["short"], "--short-seq-len", "16",
+        "--long-data", tiny_shards["long"], "--long-seq-len", "256",
+        "--num-short", "8", "--num-long", "2", "--buckets", "4",
+        "--copy-span", "8", "--copy-trials", "2",
+        "--out", str(out), "--device", "cpu", "--no-progress",
+    ])
+    # fmt: on
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["teacher"] == tiny_llama
+    teacher, student = saved["models"]
+    assert teacher["is_teacher"] and not student["is_teacher"]
+    assert teacher["short_retention"] == pytest.approx(1.0)
+    assert student["short_retention"] == pytest.approx(
+        teacher["short"]["ppl"] / student["short"]["ppl"], rel=1e-5
+    )
+    assert student["short"]["tokens"] == 8 * 15
+    assert [b["start"] for b in student["long"]["buckets"]] == [0, 64, 128, 192]
+    assert sum(b["tokens"] for b in student["long"]["buckets"]) == 2 * 255
+    # copy distances reach each model's own window: 64 - 2 * 8 - 1 (BOS) and 256 - 17.
+    assert max(map(int, teacher["copy"]["accuracy"])) == 47
+    assert max(map(int, student["copy"]["accuracy"])) == 239
+    assert all(0.0 <= a <= 1.0 for a in student["copy"]["accuracy"].values())
+    assert teacher["passkey"] is None
+
+    table = (out / "results.md").read_text()
+    assert "| model | window |" in table and "(teacher)" in table
+    assert "| 192-256 |" in table and "| 239 | - |" in table
+    for name in ("ppl_by_position.png", "copy_accuracy.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    assert len(results["plots"]) == 2
+
+
+def test_eval_errors_name_the_flag(tiny_llama, tiny_shards, tmp_path, capsys):
+    base = ["--short-data", tiny_shards["short"], "--short-seq-len", "16", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        eval_main([tiny_llama, *base, "--long-data", tiny_shards["long"]])
+    assert "--long-data and --long-seq-len go together" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_main([str(tmp_path / "missing"), *base])
+    assert "MODEL_DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_main([tiny_llama, *base[:1], str(tmp_path), *base[2:]])
+    assert "--short-data" in capsys.readouterr().err
+
+
+def test_select_layers_writes_a_distill_layers_snippet(tiny_llama, tiny_shards, tmp_path):
+    out = tmp_path / "select"
+    # fmt: off
+    result = select_layers_main([
+        "--teacher", tiny_llama, "--rope-method", "abf", "--target-length", "256",
+        "--rope-kwargs", '{"rope_theta": 1e6}',
+        "--data", tiny_shards["short"], "--seq-len", "16", "--num-samples", "4",
+        "--batch-size", "2", "--k", "1", "--out", str(out), "--device", "cpu", "--no-progress",
+    ])
+    # fmt: on
+    layers = yaml.safe_load((out / "distill_layers.yaml").read_text())["model"]["distill_layers"]
+    n_layers = 2
+    assert layers == result["distill_layers"]
+    assert all(0 <= i <= n_layers for i in layers) and n_layers in layers
+    assert len(layers) == 2
+    drift = json.loads((out / "drift.json").read_text())
+    assert len(drift["cosine"]) == n_layers + 1 and drift["num_tokens"] == 4 * 16
+    assert drift["drift"][n_layers] > 0
+    assert (out / "drift.png").read_bytes()[:8] == PNG
+    assert "| index | cosine |" in (out / "drift.md").read_text()
+
+
+def test_select_layers_errors_name_the_flag(tiny_llama, tiny_shards, tmp_path, capsys):
+    base = ["--teacher", tiny_llama, "--data", tiny_shards["short"], "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        select_layers_main(
+            [*base, "--seq-len", "16", "--target-length", "256", "--rope-kwargs", '{"theta": 1}']
+        )
+    assert "--rope-kwargs has unknown key(s) ['theta']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        select_layers_main([*base, "--seq-len", "16"])
+    assert "--target-length is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        select_layers_main([*base, "--seq-len", "128", "--target-length", "256"])
+    assert "--seq-len must be in [2, 64]" in capsys.readouterr().err
+
+
+def test_evaluate_model_runs_passkey_with_the_model_directory_tokenizer(tmp_path, tiny_shards):
+    from conftest import save_tiny_llama
+
+    from longred_pl.data.corpora import Document
+    from longred_pl.data.tokenizer import train_tokenizer
+    from longred_pl.eval.evaluator import evaluate_model
+
+    model_dir = save_tiny_llama(tmp_path / "lm", vocab_size=300, window=512)
+    text = "The pass key is 12345. Remember it. The grass is green. The sky is blue."
+    train_tokenizer([Document("a", text)], 300, model_dir)
+    result = evaluate_model(
+        model_dir,
+        tiny_shards["short"],
+        16,
+        num_short=4,
+        copy_span=4,
+        copy_trials=1,
+        copy_distances=[0],
+        passkey=True,
+        passkey_lengths=[320],
+        passkey_depths=[0.5],
+        device="cpu",
+        progress=False,
+    )
+    assert result["passkey"] == {"320": {"0.5": 0.0}}  # a random model never finds the key
+    assert result["copy"]["accuracy"].keys() == {"0"}
+    no_tokenizer = save_tiny_llama(tmp_path / "lm2")
+    with pytest.raises(ValueError, match="--passkey needs a tokenizer"):
+        evaluate_model(no_tokenizer, tiny_shards["short"], 16, passkey=True, progress=False)
