@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from longred_pl import positions, rope
+from longred_pl.eval.metrics import TokenPerplexity
 from longred_pl.models import (
     capture_hidden_states,
     freeze,
@@ -37,6 +38,7 @@ from longred_pl.models import (
 )
 from longred_pl.objectives import (
     chunked_next_token_loss,
+    chunked_token_nll,
     hidden_cosine_loss,
     shift_labels,
 )
@@ -126,6 +128,7 @@ class LongReDModule(L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.student: nn.Module | None = None
         self.teacher: nn.Module | None = None
+        self.val_ppl = nn.ModuleDict({k: TokenPerplexity() for k in ("short", "short_teacher", "long")})
         self.step_stats = StepStats()
         self.skipped_steps = 0
         self.nonfinite_streak = 0
@@ -321,22 +324,29 @@ class LongReDModule(L.LightningModule):
 
     # -------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Token-weighted perplexity of the student (and, on short text, the teacher)."""
         input_ids, kind = batch["input_ids"], batch["kind"]
-        loss = self.next_token_loss(self.student, input_ids)
-        self.log(f"val/loss_{kind}", loss, add_dataloader_idx=False, sync_dist=True)
+        self.val_ppl[kind].update(self.token_nll(self.student, input_ids))
         if kind == "short" and self.teacher is not None:
-            teacher_loss = self.next_token_loss(self.teacher, input_ids)
-            self.log("val/loss_short_teacher", teacher_loss, add_dataloader_idx=False, sync_dist=True)
+            self.val_ppl["short_teacher"].update(self.token_nll(self.teacher, input_ids))
+
+    @torch.no_grad()
+    def token_nll(self, model: nn.Module, input_ids_BT: torch.Tensor) -> torch.Tensor:
+        hidden_BTD = self.hidden_states(model, input_ids_BT, [self.n_layers])[self.n_layers]
+        weight = model.get_output_embeddings().weight
+        return chunked_token_nll(hidden_BTD, weight, input_ids_BT, self.hparams.loss_chunk_size)
 
     def on_validation_epoch_end(self) -> None:
-        logged = self.trainer.callback_metrics
-        for name in ("short", "long", "short_teacher"):
-            key = f"val/loss_{name}"
-            if key in logged:
-                self.log(f"val/ppl_{name}", math.exp(min(float(logged[key]), 50.0)), sync_dist=False)
-        if "val/loss_short" in logged and "val/loss_short_teacher" in logged:
-            retention = math.exp(float(logged["val/loss_short_teacher"]) - float(logged["val/loss_short"]))
-            self.log("val/ppl_retention", retention)
+        """``val/loss_*``, ``val/ppl_*`` and ``val/ppl_retention`` (teacher ppl / student ppl)."""
+        losses = {}
+        for name, metric in self.val_ppl.items():
+            if metric.update_called:
+                losses[name] = float(metric.compute_loss())
+                self.log(f"val/loss_{name}", losses[name])
+                self.log(f"val/ppl_{name}", math.exp(min(losses[name], 50.0)))
+            metric.reset()
+        if "short" in losses and "short_teacher" in losses:
+            self.log("val/ppl_retention", math.exp(losses["short_teacher"] - losses["short"]))
 
     # --------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:

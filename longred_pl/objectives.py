@@ -106,3 +106,19 @@ def chunked_next_token_loss(
             use_reentrant=False,
         )
     return total / count
+
+
+@torch.no_grad()
+def chunked_token_nll(
+    hidden_BTD: torch.Tensor, lm_head_weight_VD: torch.Tensor, input_ids_BT: torch.Tensor, chunk_size: int = 4096
+) -> torch.Tensor:
+    """Per-token next-token NLL ``[B, T-1]`` in fp32, logits ``chunk_size`` positions at a time."""
+    length = input_ids_BT.shape[1]
+    step = chunk_size if chunk_size > 0 else length
+    pieces = []
+    for start in range(0, length - 1, step):
+        stop = min(start + step, length - 1)
+        logits_BCV = (hidden_BTD[:, start:stop] @ lm_head_weight_VD.t()).float()
+        targets_BC = input_ids_BT[:, start + 1 : stop + 1]
+        pieces.append(F.cross_entropy(logits_BCV.transpose(1, 2), targets_BC, reduction="none"))
+    return torch.cat(pieces, dim=1)

@@ -70,3 +70,15 @@ def test_chunked_equals_plain_value_and_grads(chunk):
     torch.testing.assert_close(out, ref)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 4, 100])
+def test_chunked_token_nll_equals_plain(chunk):
+    from longred_pl.objectives import chunked_token_nll
+
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(2, 9, 8, generator=g)
+    weight = torch.randn(20, 8, generator=g)
+    ids = torch.randint(0, 20, (2, 9), generator=g)
+    plain = F.cross_entropy((hidden[:, :-1] @ weight.t()).transpose(1, 2), ids[:, 1:], reduction="none")
+    torch.testing.assert_close(chunked_token_nll(hidden, weight, ids, chunk), plain)
