@@ -48,6 +48,7 @@ def prepare_demo_data(config: dict[str, Any], teacher_dir: str, corpus: str = "s
     from longred_pl.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(teacher_dir)
+    tokenized: dict[str, list] = {}  # one tokenisation per split, shared by its streams
     for stream, (split, pack) in DEMO_STREAMS.items():
         spec = config["data"].get(stream)
         if not spec:
@@ -57,9 +58,10 @@ def prepare_demo_data(config: dict[str, Any], teacher_dir: str, corpus: str = "s
         if index.exists() and json.loads(index.read_text()).get("seq_len") == seq_len:
             continue
         print(f"[longred] writing {stream} shards ({corpus}/{split}, {seq_len} tokens) to {out}")
-        docs = tokenize_documents(load_corpus(corpus, split), tokenizer, progress=True)
+        if split not in tokenized:
+            tokenized[split] = list(tokenize_documents(load_corpus(corpus, split), tokenizer))
         write_shards(
-            docs,
+            tokenized[split],
             out,
             seq_len,
             samples_per_shard=64 if seq_len >= 1024 else 256,

@@ -91,8 +91,25 @@ def export_checkpoint(ckpt_path: str, out_dir: str) -> Path:
     return save_student(module, out_dir)
 
 
+def full_student_state(module: Any) -> dict[str, torch.Tensor] | None:
+    """The student's full state dict when its parameters are sharded (FSDP2), else None.
+
+    A collective: every rank must call it. Tensors are gathered to CPU.
+    """
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in module.student.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(module.student, options=options)
+
+
 class ExportStudent(L.Callback):
     """At the end of ``fit``, write the student as a Hugging Face directory.
+
+    Works on one device, DDP and FSDP2 (sharded weights are gathered first; rank 0 writes).
 
     Args:
         dirpath: output directory (created).
@@ -102,6 +119,27 @@ class ExportStudent(L.Callback):
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = full_student_state(pl_module)
         if trainer.is_global_zero:
-            out = save_student(pl_module, self.dirpath)
+            if state is None:
+                out = save_student(pl_module, self.dirpath)
+            else:
+                out = save_student_config_and_weights(pl_module, self.dirpath, state)
             print(f"[longred] student exported to {out}")
+        trainer.strategy.barrier("export_student")
+
+
+def save_student_config_and_weights(module: Any, out_dir: str, state: dict[str, torch.Tensor]) -> Path:
+    """Save a gathered state dict through a fresh, unsharded copy of the student."""
+    from transformers import AutoModelForCausalLM
+
+    config = module.student.config
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config)
+    fresh.load_state_dict(state, strict=False, assign=True)
+    fresh.tie_weights()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fresh.save_pretrained(out, safe_serialization=True)
+    copy_tokenizer(module.hparams.teacher_path, str(out))
+    return out

@@ -73,7 +73,9 @@ class LongReDModule(L.LightningModule):
         s2l_positions: skipped-position scheme for s2l samples (``positions.POSITION_SCHEMES``).
         position_kwargs: extra parameters of that scheme.
         attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` (CUDA).
-        dtype: weights' dtype when loaded; keep ``float32`` with ``bf16-mixed`` precision.
+        dtype: the student's weights' dtype when loaded; keep ``float32`` with ``bf16-mixed``.
+        teacher_dtype: the frozen teacher's dtype (default: ``dtype``); ``bfloat16`` halves
+            its memory, it is never updated.
         loss_chunk_size: tokens per chunk of the next-token loss (logits never materialised
             for the whole sequence); ``0`` computes them at once.
         gradient_checkpointing: recompute the student's decoder layers in backward.
@@ -100,6 +102,7 @@ class LongReDModule(L.LightningModule):
         position_kwargs: dict[str, Any] | None = None,
         attn_implementation: str = "sdpa",
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        teacher_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         loss_chunk_size: int = 4096,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
@@ -169,8 +172,9 @@ class LongReDModule(L.LightningModule):
             self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.student.config.use_cache = False
         if hp.method == "longred":
+            teacher_dtype = hp.teacher_dtype or hp.dtype
             teacher = load_causal_lm(
-                hp.teacher_path, self.teacher_config, hp.attn_implementation, hp.dtype, hp.trust_remote_code
+                hp.teacher_path, self.teacher_config, hp.attn_implementation, teacher_dtype, hp.trust_remote_code
             )
             self.teacher = freeze(teacher)
             self.teacher.register_state_dict_post_hook(_drop_own_keys)

@@ -81,7 +81,7 @@ class MixedLengthStream(IterableDataset):
             rows = [next(iters[kind]) for _ in range(self.streams[kind].batch_size)]
             if self.vocab_size is not None:
                 check_vocab(rows, self.vocab_size, kind)
-            yield {"kind": kind, "input_ids": torch.from_numpy(np.stack(rows)), "index": n}
+            yield {"kind": kind, "input_ids": torch.from_numpy(np.stack(rows).astype(np.int64)), "index": n}
             n += self.num_workers
 
 
@@ -129,7 +129,7 @@ class FixedStream(IterableDataset):
                 continue
             rows.append(sample)
             if len(rows) == self.cfg.batch_size:
-                yield {"kind": self.kind, "input_ids": torch.from_numpy(np.stack(rows))}
+                yield {"kind": self.kind, "input_ids": torch.from_numpy(np.stack(rows).astype(np.int64))}
                 rows, emitted = [], emitted + 1
                 if self.max_batches is not None and emitted >= self.max_batches:
                     return

@@ -79,7 +79,7 @@ def _samples(urls: str | Sequence[str], seq_len: int, vocab_size: int | None, fl
                     f"{flag}: token id {int(sample.max())} >= the model's vocab_size {vocab_size}; "
                     f"the shards were prepared with another tokenizer"
                 )
-            yield torch.from_numpy(sample)
+            yield torch.from_numpy(sample).long()
 
 
 def default_copy_distances(window: int, span: int, bos: bool = True) -> list[int]:

@@ -48,7 +48,8 @@ def run_fit(root, teacher, out, devices, max_steps, ckpt_path=None):
             "default_root_dir": str(out),
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}},
             "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"dirpath": str(out / "ckpt"), "every_n_train_steps": 2, "save_top_k": -1}}],
+                           "init_args": {"dirpath": str(out / "ckpt"), "every_n_train_steps": 2, "save_top_k": -1}},
+                          {"class_path": "longred_pl.export.ExportStudent", "init_args": {"dirpath": str(out / "student")}}],
         },
         "model": {
             "teacher_path": teacher, "target_length": 256, "rope_kwargs": {"rope_theta": 40000.0},
@@ -102,6 +103,9 @@ def test_fsdp2_two_processes_match_single_and_resume(setup, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(export_checkpoint(dcp, str(tmp_path / "hf")))
     assert model.config.max_position_embeddings == 256
+    at_fit_end = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp2" / "student")  # ExportStudent, gathered
+    for (name, a), (_, b) in zip(model.state_dict().items(), at_fit_end.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
 
     (half,) = glob.glob(str(tmp_path / "fsdp2" / "ckpt" / "*step=2.ckpt"))
     run_fit(root, teacher, tmp_path / "resumed", 2, 4, ckpt_path=half)
