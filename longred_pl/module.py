@@ -17,7 +17,7 @@ path). It never runs its LM head during training. The baselines load no teacher.
 from __future__ import annotations
 
 import math
-import time
+import warnings
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -45,6 +45,9 @@ from longred_pl.objectives import (
 from longred_pl.stats import StepStats
 
 Method = Literal["longred", "long_cpt", "mix_cpt"]
+
+# The frozen teacher is in eval mode by design; Lightning warns about it at every fit.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def default_distill_layers(n_layers: int) -> list[int]:
@@ -103,7 +106,7 @@ class LongReDModule(L.LightningModule):
         attn_implementation: str = "sdpa",
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         teacher_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
-        loss_chunk_size: int = 4096,
+        loss_chunk_size: int = 1024,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         seed: int = 0,
@@ -135,7 +138,6 @@ class LongReDModule(L.LightningModule):
         self.step_stats = StepStats()
         self.skipped_steps = 0
         self.nonfinite_streak = 0
-        self._tic = 0.0
 
     def _check_layers(self, layers: list[int] | None) -> list[int]:
         chosen = default_distill_layers(self.n_layers) if layers is None else sorted(set(layers))
@@ -244,6 +246,8 @@ class LongReDModule(L.LightningModule):
                 use_cache=False,
                 logits_to_keep=1,
             )
+        if not torch.is_grad_enabled():
+            _reshard(model)
         return states
 
     def s2l_position_ids(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -284,12 +288,10 @@ class LongReDModule(L.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._tic = time.perf_counter()
+        self.step_stats.start(self.device)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # per-stream tokens/s needs finished kernels
-        self.step_stats.add_time(batch["kind"], time.perf_counter() - self._tic)
+        self.step_stats.stop(batch["kind"])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Log the step's means; skip the update if any micro-step's loss was not finite."""
@@ -364,6 +366,18 @@ class LongReDModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _reshard(model: nn.Module) -> None:
+    """Free an FSDP2 root's gathered weights after a forward without backward.
+
+    FSDP2 keeps the root unit (embeddings, final norm, LM head) gathered after forward,
+    expecting a backward; the frozen teacher never has one, so without this its root
+    stays unsharded for the whole run.
+    """
+    reshard = getattr(model, "reshard", None)
+    if callable(reshard):
+        reshard()
 
 
 def _mix(*parts: int) -> int:

@@ -2,12 +2,15 @@
 
 Losses are summed as detached tensors and read back once per optimizer step (one host
 sync per step instead of one per micro-step). Tokens/s of a stream is its tokens over
-the wall time of its micro-steps (forward and backward).
+the time of its micro-steps (forward and backward): wall time on CPU, CUDA events on GPU
+(read once per step, so timing adds no per-micro-step synchronisation).
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from typing import Any
 
 import torch
 
@@ -26,6 +29,8 @@ class StepStats:
         self.count: dict[str, int] = defaultdict(int)
         self.tokens: dict[str, int] = defaultdict(int)
         self.seconds: dict[str, float] = defaultdict(float)
+        self.events: list[tuple[str, Any, Any]] = []
+        self._open: Any = None
 
     def add(self, kind: str, loss: torch.Tensor, term: torch.Tensor, tokens: int) -> None:
         """One micro-step: its weighted ``loss``, unweighted ``term`` and token count."""
@@ -34,8 +39,33 @@ class StepStats:
         self.count[kind] += 1
         self.tokens[kind] += tokens
 
-    def add_time(self, kind: str, seconds: float) -> None:
-        self.seconds[kind] += seconds
+    def start(self, device: torch.device) -> None:
+        """Mark the start of a micro-step on ``device``."""
+        if device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._open = event
+        else:
+            self._open = time.perf_counter()
+
+    def stop(self, kind: str) -> None:
+        """Mark the end of the micro-step started last, of stream ``kind``."""
+        if self._open is None:
+            return
+        if isinstance(self._open, float):
+            self.seconds[kind] += time.perf_counter() - self._open
+        else:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.events.append((kind, self._open, end))
+        self._open = None
+
+    def _read_events(self) -> None:
+        if self.events:
+            self.events[-1][2].synchronize()
+            for kind, begin, end in self.events:
+                self.seconds[kind] += begin.elapsed_time(end) / 1000.0
+            self.events = []
 
     def nonfinite_kinds(self) -> list[str]:
         """Streams whose loss was NaN or infinite at some micro-step of this step."""
@@ -43,6 +73,7 @@ class StepStats:
 
     def metrics(self) -> dict[str, float]:
         """``train/loss`` (mean weighted loss), ``train/loss_<kind>``, ``train/tokens_per_sec_<kind>``."""
+        self._read_events()
         out: dict[str, float] = {}
         steps = sum(self.count.values())
         if steps:

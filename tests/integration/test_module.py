@@ -131,3 +131,17 @@ def test_bad_arguments(tiny_llama, kwargs, match):
 def test_missing_teacher_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.teacher_path"):
         LongReDModule(teacher_path=str(tmp_path / "nope"), target_length=256)
+
+
+def test_frozen_forward_reshards_fsdp_root(tiny_llama):
+    """A forward without grad asks an FSDP2 root to free its gathered weights."""
+    module = make_module(tiny_llama)
+    calls = []
+    module.teacher.reshard = lambda: calls.append("reshard")
+    ids = torch.randint(0, 128, (1, 8))
+    with torch.no_grad():
+        module.hidden_states(module.teacher, ids, [2])
+    assert calls == ["reshard"]
+    module.student.reshard = lambda: calls.append("student")
+    module.hidden_states(module.student, ids, [2])  # with grad: backward will reshard
+    assert calls == ["reshard"]

@@ -82,3 +82,29 @@ def test_chunked_token_nll_equals_plain(chunk):
     ids = torch.randint(0, 20, (2, 9), generator=g)
     plain = F.cross_entropy((hidden[:, :-1] @ weight.t()).transpose(1, 2), ids[:, 1:], reduction="none")
     torch.testing.assert_close(chunked_token_nll(hidden, weight, ids, chunk), plain)
+
+
+def test_chunked_loss_mixed_dtypes_match_fp32():
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 8, 16, generator=g)
+    weight = torch.randn(32, 16, generator=g, requires_grad=True)
+    labels = shift_labels(torch.randint(0, 32, (2, 8), generator=g))
+    h16 = hidden.bfloat16().requires_grad_()
+    out = chunked_next_token_loss(h16, weight, labels, chunk_size=5)
+    out.backward()
+    assert h16.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32
+    ref_h = hidden.clone().requires_grad_()
+    ref_w = weight.detach().clone().requires_grad_()
+    ref = chunked_next_token_loss(ref_h, ref_w, labels, chunk_size=0)
+    ref.backward()
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(weight.grad, ref_w.grad, rtol=5e-2, atol=5e-3)
+
+
+def test_chunked_loss_all_ignored_is_zero():
+    hidden = torch.randn(1, 4, 8, requires_grad=True)
+    weight = torch.randn(10, 8)
+    labels = torch.full((1, 4), IGNORE_INDEX)
+    out = chunked_next_token_loss(hidden, weight, labels, chunk_size=2)
+    out.backward()
+    assert out.item() == 0.0 and torch.count_nonzero(hidden.grad) == 0
