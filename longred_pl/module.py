@@ -303,6 +303,7 @@ class LongReDModule(L.LightningModule):
         else:
             self.nonfinite_streak = 0
         metrics["train/skipped_steps"] = float(self.skipped_steps)
+        metrics["train/bad_shards"] = float(getattr(self.trainer.datamodule, "bad_shards", 0))
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
         if "train/loss" in metrics:
             self.log("loss", metrics["train/loss"], on_step=True, prog_bar=True, logger=False)

@@ -26,7 +26,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from longred_pl.data.schedule import KINDS, build_schedule, count_before, kind_at
-from longred_pl.data.shards import StreamConfig, consumer_stream, expand_urls, read_shard
+from longred_pl.data.shards import (
+    ShardFaults,
+    StreamConfig,
+    consumer_stream,
+    expand_urls,
+    read_shard,
+)
 
 
 class MixedLengthStream(IterableDataset):
@@ -45,6 +51,7 @@ class MixedLengthStream(IterableDataset):
         vocab_size: int | None = None,
     ) -> None:
         self.shards = {k: expand_urls(c.urls, f"data.{k}.urls") for k, c in streams.items()}
+        self.expected = {k: _shard_counts(c.urls) for k, c in streams.items()}
         self.streams = dict(streams)
         self.schedule = schedule
         self.rank, self.world_size = rank, world_size
@@ -53,7 +60,7 @@ class MixedLengthStream(IterableDataset):
         self.start = start
         self.vocab_size = vocab_size
 
-    def _stream(self, kind: str, residue: int) -> Iterator[np.ndarray]:
+    def _stream(self, kind: str, residue: int, faults: ShardFaults) -> Iterator[np.ndarray]:
         cfg = self.streams[kind]
         served = count_before(self.schedule, kind, self.start, residue, self.num_workers)
         return consumer_stream(
@@ -65,6 +72,7 @@ class MixedLengthStream(IterableDataset):
             name=kind,
             shuffle_buffer=self.shuffle_buffer,
             skip=served * cfg.batch_size,
+            faults=faults,
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -74,14 +82,20 @@ class MixedLengthStream(IterableDataset):
             raise RuntimeError("MixedLengthStream built for a different number of workers")
         first = self.start + worker
         residue = first % self.num_workers
-        iters = {k: self._stream(k, residue) for k in self.streams}
+        faults = {k: ShardFaults(k, self.expected[k]) for k in self.streams}
+        iters = {k: self._stream(k, residue, faults[k]) for k in self.streams}
         n = first
         while True:
             kind = kind_at(self.schedule, n)
             rows = [next(iters[kind]) for _ in range(self.streams[kind].batch_size)]
             if self.vocab_size is not None:
                 check_vocab(rows, self.vocab_size, kind)
-            yield {"kind": kind, "input_ids": torch.from_numpy(np.stack(rows).astype(np.int64)), "index": n}
+            yield {
+                "kind": kind,
+                "input_ids": torch.from_numpy(np.stack(rows).astype(np.int64)),
+                "index": n,
+                "bad_shards": sum(len(f.bad) for f in faults.values()),
+            }
             n += self.num_workers
 
 
@@ -108,6 +122,11 @@ def _read_index(urls: str | list[str]) -> dict[str, Any] | None:
         return None
     with open(path) as handle:
         return json.load(handle)
+
+
+def _shard_counts(urls: str | list[str]) -> dict[str, int]:
+    index = _read_index(urls) or {}
+    return {s["name"]: int(s["num_samples"]) for s in index.get("shards", []) if "name" in s}
 
 
 class FixedStream(IterableDataset):
@@ -189,6 +208,7 @@ class MixedLengthDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.shuffle_buffer, self.val_batches = shuffle_buffer, val_batches
         self.consumed = 0  # micro-steps the trainer has used (the resume cursor)
+        self.bad_shards = 0  # unreadable shards met so far by this rank's latest worker
         self.vocab_size: int | None = None  # set by check_model; ids are checked against it
         for name, cfg in self._all_streams():
             expand_urls(cfg.urls, f"data.{name}.urls")  # fail now, not after loading models
@@ -265,6 +285,7 @@ class MixedLengthDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training and "index" in batch:
             self.consumed = int(batch["index"]) + 1
+            self.bad_shards = max(self.bad_shards, int(batch.get("bad_shards", 0)))
         return batch
 
     def state_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,9 @@ class _ShardWriter:
 
         if self._tar is None:
             name = f"shard-{len(self.shards):05d}.tar"
-            self._file = (self.out_dir / name).open("wb")
+            # written under a temporary name and renamed when complete: a killed prepare
+            # never leaves a truncated `*.tar` for a reader to pick up
+            self._file = (self.out_dir / (name + ".partial")).open("wb")
             self._tar = TarWriter(self._file, mtime=0.0)  # fixed mtime: reproducible bytes
             self.shards.append({"name": name, "num_samples": 0})
         key = f"{self.num_samples:0{KEY_DIGITS}d}"
@@ -142,6 +145,8 @@ class _ShardWriter:
         if self._tar is not None:
             self._tar.close()
             self._file.close()
+            final = self.out_dir / self.shards[-1]["name"]
+            os.replace(final.with_name(final.name + ".partial"), final)
             self._tar = self._file = None
 
 

@@ -24,6 +24,8 @@ import hashlib
 import itertools
 import os
 import tarfile
+import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -131,6 +133,46 @@ def _shuffled(items: Iterator[np.ndarray], buffer: int, rng: np.random.Generator
         yield pool[j]
 
 
+class ShardFaults:
+    """Shards of a stream that could not be read (corrupt or truncated tar files).
+
+    A bad shard is skipped with a warning that names it, once per shard and process; the
+    count travels with each batch (``bad_shards``) so the trainer can log it.
+    """
+
+    def __init__(self, name: str, expected: dict[str, int] | None = None) -> None:
+        self.name = name
+        self.expected = expected or {}  # shard file name -> samples, from index.json
+        self.bad: dict[str, str] = {}
+
+    def read(self, url: str, seq_len: int) -> Iterator[np.ndarray]:
+        """The samples of ``url``; a read error ends the shard early and is recorded.
+
+        A tar stream cut at a member boundary reads as a shorter, valid archive; when the
+        shard's sample count is known (``index.json``), a shortfall is a fault too.
+        """
+        count = 0
+        try:
+            for sample in read_shard(url, seq_len):
+                count += 1
+                yield sample
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+            self._record(url, f"{type(err).__name__}: {err}")
+            return
+        want = self.expected.get(os.path.basename(url))
+        if want is not None and count < want:
+            self._record(url, f"truncated: {count} of {want} samples listed in index.json")
+
+    def _record(self, url: str, why: str) -> None:
+        if url not in self.bad:
+            warnings.warn(
+                f"stream {self.name!r}: skipping unreadable shard {url} ({why}); "
+                f"{len(self.bad) + 1} bad shard(s) so far",
+                stacklevel=3,
+            )
+        self.bad[url] = why
+
+
 def consumer_epoch(
     shards: Sequence[str],
     seq_len: int,
@@ -140,15 +182,17 @@ def consumer_epoch(
     seed: int,
     name: str,
     shuffle_buffer: int,
+    faults: ShardFaults | None = None,
 ) -> Iterator[np.ndarray]:
     """The samples one consumer reads in one epoch of a stream, in their final order."""
+    read = (faults or ShardFaults(name)).read
     rng = np.random.default_rng(stable_seed(seed, name, epoch))
     order = [shards[i] for i in rng.permutation(len(shards))]
     whole = len(order) // num_consumers * num_consumers
     mine = order[consumer:whole:num_consumers]
-    rest = (s for url in order[whole:] for s in read_shard(url, seq_len))
+    rest = (s for url in order[whole:] for s in read(url, seq_len))
     samples = itertools.chain(
-        (s for url in mine for s in read_shard(url, seq_len)),
+        (s for url in mine for s in read(url, seq_len)),
         (s for i, s in enumerate(rest) if i % num_consumers == consumer),
     )
     if shuffle_buffer <= 1:
@@ -166,19 +210,27 @@ def consumer_stream(
     name: str,
     shuffle_buffer: int = 1000,
     skip: int = 0,
+    faults: ShardFaults | None = None,
 ) -> Iterator[np.ndarray]:
     """Endless samples of one consumer, epoch after epoch, after skipping ``skip`` of them."""
+    faults = faults or ShardFaults(name)
     epoch = 0
     while True:
         produced = 0
         for sample in consumer_epoch(
-            shards, seq_len, epoch, consumer, num_consumers, seed, name, shuffle_buffer
+            shards, seq_len, epoch, consumer, num_consumers, seed, name, shuffle_buffer, faults
         ):
             produced += 1
             if skip:
                 skip -= 1
                 continue
             yield sample
+        if produced == 0 and len(faults.bad) == len(shards):
+            first = next(iter(faults.bad.items()))
+            raise ValueError(
+                f"stream {name!r}: none of its {len(shards)} shard(s) could be read "
+                f"(first: {first[0]}: {first[1]}); re-write them with `longred prepare`"
+            )
         if produced == 0:
             raise ValueError(
                 f"stream {name!r}: consumer {consumer} of {num_consumers} received no sample "
