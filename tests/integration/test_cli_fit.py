@@ -5,60 +5,10 @@ import os
 
 import pytest
 import torch
-import yaml
+from tests_helpers import fit_config as write_config
 
 from longred_pl.cli import main
 from longred_pl.export import export_checkpoint
-
-
-def write_config(tmp_path, tiny_llama, tiny_shards, max_steps, **trainer):
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_steps": max_steps,
-            "accumulate_grad_batches": 4,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}},
-            "enable_progress_bar": False,
-            "log_every_n_steps": 1,
-            "enable_model_summary": False,
-            "num_sanity_val_steps": 0,
-            "limit_val_batches": 2,
-            "val_check_interval": 8,
-            "check_val_every_n_epoch": None,
-            "default_root_dir": str(tmp_path),
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": 2, "save_top_k": -1},
-                },
-                {"class_path": "longred_pl.export.ExportStudent", "init_args": {"dirpath": str(tmp_path / "student")}},
-            ],
-            **trainer,
-        },
-        "model": {
-            "teacher_path": tiny_llama,
-            "target_length": 256,
-            "rope_method": "abf",
-            "rope_kwargs": {"rope_theta": 40000.0},
-            "distill_layers": [1, 2],
-            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
-        },
-        "data": {
-            "long": {"urls": tiny_shards["long"], "seq_len": 256, "batch_size": 1},
-            "short": {"urls": tiny_shards["short"], "seq_len": 16, "batch_size": 4},
-            "s2l": {"urls": tiny_shards["s2l"], "seq_len": 64, "batch_size": 2},
-            "val_short": {"urls": tiny_shards["val_short"], "seq_len": 64, "batch_size": 2},
-            "schedule": ["long", "s2l", "long", "short"],
-            "num_workers": 1,
-            "shuffle_buffer": 4,
-        },
-    }
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
 
 
 def test_fit_writes_lean_checkpoints_logs_and_export(tmp_path, tiny_llama, tiny_shards):
