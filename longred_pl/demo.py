@@ -104,7 +104,7 @@ def demo_main(argv: list[str] | None = None) -> dict[str, Any]:
     config = yaml.safe_load(Path(ns.config).read_text())
     teacher_dir = _config_value(config, "model", "teacher_path")
     recipe = TeacherRecipe.from_file(ns.recipe) if os.path.exists(ns.recipe) else TeacherRecipe()
-    ensure_teacher(teacher_dir, recipe)
+    ensure_teacher(teacher_dir, recipe, progress=True)
     prepare_demo_data(config, teacher_dir)
     log_root = Path(_config_value(config, "trainer", "default_root_dir"))
     before: dict[str, float] = {}
