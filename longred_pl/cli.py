@@ -113,5 +113,10 @@ def main(args: Sequence[str] | None = None) -> Any:
     return lightning_cli(argv)
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``longred`` console script: ``main`` with the exit status of a shell command."""
     main()
+
+
+if __name__ == "__main__":
+    console()
