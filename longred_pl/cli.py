@@ -9,7 +9,8 @@ other sub-commands are the tools around training:
 * ``longred demo``           the embedded default end to end (teacher, data, fit, export);
 * ``longred export CKPT OUT`` a checkpoint's student as a Hugging Face directory;
 * ``longred eval MODEL_DIR...`` short/long perplexity, copy probe, passkey; JSON, markdown, plots;
-* ``longred select-layers``  per-layer drift of the extended student; recommends ``distill_layers``.
+* ``longred select-layers``  per-layer drift of the extended student; recommends ``distill_layers``;
+* ``longred lm-eval MODEL_DIR... --tasks ...`` short-text benchmarks through lm-eval-harness.
 
 ``main(args)`` runs in-process, so tests and notebooks call the CLI directly.
 """
@@ -21,6 +22,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+
+def _save_config_callback() -> type:
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    class LogConfig(SaveConfigCallback):
+        """Writes ``config.yaml`` as usual and sends the whole config to the logger.
+
+        Dashboards (W&B) then show the trainer, data and model settings of every run, not
+        only the model's hyper-parameters.
+        """
+
+        def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            if trainer.logger is not None:
+                trainer.logger.log_hyperparams({"config": self.config.as_dict()})
+
+    return LogConfig
 
 
 def lightning_cli(args: Sequence[str], run: bool = True) -> Any:
@@ -39,6 +57,7 @@ def lightning_cli(args: Sequence[str], run: bool = True) -> Any:
         MixedLengthDataModule,
         args=list(args),
         run=run,
+        save_config_callback=_save_config_callback(),
         save_config_kwargs={"overwrite": True},
     )
 
@@ -92,6 +111,12 @@ def _select_layers(argv: Sequence[str]) -> Any:
     return select_layers_main(list(argv))
 
 
+def _lm_eval(argv: Sequence[str]) -> Any:
+    from longred_pl.eval.lm_eval_bridge import lm_eval_main
+
+    return lm_eval_main(list(argv))
+
+
 TOOLS: dict[str, Callable[[Sequence[str]], Any]] = {
     "prepare": _prepare,
     "build-teacher": _build_teacher,
@@ -99,6 +124,7 @@ TOOLS: dict[str, Callable[[Sequence[str]], Any]] = {
     "export": _export,
     "eval": _eval,
     "select-layers": _select_layers,
+    "lm-eval": _lm_eval,
 }
 
 

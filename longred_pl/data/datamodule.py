@@ -130,7 +130,12 @@ def _shard_counts(urls: str | list[str]) -> dict[str, int]:
 
 
 class FixedStream(IterableDataset):
-    """A finite, ordered pass over validation shards: ``{"kind", "input_ids"}`` batches."""
+    """A finite, ordered pass over validation shards: ``{"kind", "input_ids"}`` batches.
+
+    With ``max_batches`` set and the sample count known (``index.json``), the samples read
+    are spread evenly over the whole stream (every ``stride``-th one), so a capped
+    validation covers every held-out document rather than the first one only.
+    """
 
     def __init__(
         self, kind: str, cfg: StreamConfig, rank: int, world_size: int, max_batches: int | None
@@ -138,12 +143,16 @@ class FixedStream(IterableDataset):
         self.kind, self.cfg = kind, cfg
         self.shards = expand_urls(cfg.urls, f"data.{kind}.urls")
         self.rank, self.world_size, self.max_batches = rank, world_size, max_batches
+        total = (_read_index(cfg.urls) or {}).get("num_samples")
+        wanted = None if max_batches is None else max_batches * cfg.batch_size * world_size
+        self.stride = max(1, int(total) // wanted) if total and wanted else 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rows: list[np.ndarray] = []
         emitted = 0
         samples = (s for url in self.shards for s in read_shard(url, self.cfg.seq_len))
-        for i, sample in enumerate(samples):
+        picked = (s for i, s in enumerate(samples) if i % self.stride == 0)
+        for i, sample in enumerate(picked):
             if i % self.world_size != self.rank:
                 continue
             rows.append(sample)

@@ -129,3 +129,13 @@ def test_pickle_member_is_refused_without_unpickling(tmp_path):
         tar.addfile(info, io.BytesIO(payload))
     with pytest.raises(ValueError, match="not a token sample"):
         next(read_shard(str(path), 4))
+
+
+def test_capped_validation_spreads_over_the_stream(tiny_shards):
+    from longred_pl.data.datamodule import FixedStream
+
+    # 64 samples, 2 batches of 2 wanted: every 16th sample, i.e. samples 0, 16, 32, 48
+    capped = list(FixedStream("short", StreamConfig(tiny_shards["short"], 16, 2), 0, 1, 2))
+    everything = list(FixedStream("short", StreamConfig(tiny_shards["short"], 16, 64), 0, 1, None))
+    rows = torch.cat([b["input_ids"] for b in capped])
+    assert torch.equal(rows, everything[0]["input_ids"][[0, 16, 32, 48]])

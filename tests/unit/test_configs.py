@@ -38,7 +38,9 @@ PARTIAL_DIRS = ("trainer", "logger")  # composed after an experiment config
 RANKS = 8  # the paper configs' per-rank batch sizes assume 8 ranks
 
 ALL_YAMLS = sorted(CONFIGS.rglob("*.yaml"))
-TEACHER_YAMLS = [p for p in ALL_YAMLS if p.relative_to(CONFIGS).parts[0] == "teacher"]
+TEACHER_YAMLS = [  # teacher recipes: configs/teacher/*.yaml and any other teacher-*.yaml
+    p for p in ALL_YAMLS if p.relative_to(CONFIGS).parts[0] == "teacher" or p.name.startswith("teacher-")
+]
 CLI_YAMLS = [p for p in ALL_YAMLS if p not in TEACHER_YAMLS]
 PARTIAL_YAMLS = [p for p in CLI_YAMLS if p.relative_to(CONFIGS).parts[0] in PARTIAL_DIRS]
 EXPERIMENT_YAMLS = [p for p in CLI_YAMLS if p not in PARTIAL_YAMLS and p != BASE]
@@ -127,6 +129,19 @@ TEACHERS = {
         ),
     ),
 }
+TEACHERS["artifacts/reproduce/teacher"] = (  # configs/reproduce/teacher-two-domains.yaml
+    "LlamaConfig",
+    dict(
+        hidden_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=4,
+        intermediate_size=384,
+        vocab_size=2048,
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
+)
 SHAPE_8B = dict(
     hidden_size=4096,
     num_attention_heads=32,
@@ -145,6 +160,33 @@ LLAMA31_ROPE = {  # Llama-3.1-8B's rope_parameters
 }
 
 
+# benchmarks/reproduce.py: the two-domain teacher 256 -> 1024, ABF 10000 -> 80000 (quickstart).
+REPRODUCE = {
+    "model.teacher_path": "artifacts/reproduce/teacher",
+    "model.rope_method": "abf",
+    "model.target_length": 1024,
+    "model.rope_kwargs": {"rope_theta": 80000.0},
+    "model.optimizer.init_args.lr": 3e-4,
+    "model.lr_scheduler": None,
+    "data.long.seq_len": 1024,
+    "data.long.batch_size": 1,
+}
+REPRODUCE_THREE = {
+    **REPRODUCE,
+    "trainer.accumulate_grad_batches": 16,
+    "data.schedule": PUBLISHED_SCHEDULE,
+    "data.short.seq_len": 128,
+    "data.s2l.seq_len": 256,
+}
+REPRODUCE_LONGRED = {
+    **REPRODUCE_THREE,
+    "model.method": "longred",
+    "model.distill_layers": [1, 2, 4],
+    "model.short_weight": 5.0,
+    "model.s2l_weight": 10.0,
+}
+
+
 def _suggested(theta: float, window: int, target: int) -> Any:
     from longred_pl.rope import suggest_abf_theta
 
@@ -152,6 +194,17 @@ def _suggested(theta: float, window: int, target: int) -> Any:
 
 
 EXPECTED: dict[str, dict[str, Any]] = {
+    "reproduce/long-cpt.yaml": {
+        **REPRODUCE,
+        "model.method": "long_cpt",
+        "data.schedule": ["long"],
+        "data.short": None,
+        "data.s2l": None,
+        "trainer.accumulate_grad_batches": 8,  # the 8 long micro-steps of a LongReD step
+    },
+    "reproduce/mix-cpt.yaml": {**REPRODUCE_THREE, "model.method": "mix_cpt"},
+    "reproduce/longred-c.yaml": {**REPRODUCE_LONGRED, "model.s2l_positions": "cream"},
+    "reproduce/longred-u.yaml": {**REPRODUCE_LONGRED, "model.s2l_positions": "uniform"},
     "llama3-8b/32k-abf-longred-c.yaml": {**LONGRED, **CREAM, **ABF_32K},
     "llama3-8b/32k-abf-longred-u.yaml": {**LONGRED, **UNIFORM, **ABF_32K},
     "llama3-8b/32k-pi-longred-c.yaml": {

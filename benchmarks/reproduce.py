@@ -1,0 +1,609 @@
+"""Reproduce the paper's effect on the embedded default: Long+CPT, Mix+CPT, LongReD-C, LongReD-U.
+
+Both causes of short-text loss that LONGRED.md names are present: distribution drift (the
+student's RoPE is ABF for 1024 tokens, the teacher's window is 256) and forgetting (the
+teacher knows two domains, Shakespeare and the Python stdlib, while the long stream is
+Shakespeare only; short and s2l streams alternate both domains). Each method trains from
+``configs/reproduce/<method>.yaml`` for the same optimizer steps with the same seeds
+(``seed_everything``, ``model.seed``, ``data.seed``); the library's ``evaluate_model`` then
+measures every student, the teacher and the untrained extended student (the drift alone):
+held-out short perplexity per domain, retention ``exp(loss_teacher - loss_model)``, long
+perplexity by position bucket, repeat-copy accuracy by distance.
+
+``--budget`` (minutes for the whole study) sets the steps from measured costs: teacher
+build, shards, one evaluation, and a few calibration steps per method; the plan is printed
+before training. Outputs in ``--out``: ``reproduce.json`` (every raw figure, settings, wall
+times, machine), ``reproduce.md`` (mean +- std over seeds), ``reproduce.png``. An interrupted
+study resumes: runs already in the JSON are skipped.
+
+    python benchmarks/reproduce.py                    # about 60 minutes on 2 idle cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import datetime
+import hashlib
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_setup as setup  # noqa: E402
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = {"long-cpt": "Long+CPT", "mix-cpt": "Mix+CPT", "longred-c": "LongReD-C"}
+METHODS["longred-u"] = "LongReD-U"
+COST_OF = {name: name for name in METHODS} | {"longred-u": "longred-c"}  # same step cost
+DOMAINS = ("shakespeare", "python")
+NEAR, FAR = 64, 256  # copy filler distances: within / beyond the teacher's window
+UNTRAINED = "ABF, untrained"
+START = time.perf_counter()
+
+
+def log(message: str) -> None:
+    print(f"[reproduce {hms(time.perf_counter() - START)}] {message}", flush=True)
+
+
+def hms(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = p.add_argument
+    add("--budget", type=float, default=60.0, help="minutes for the whole study")
+    add("--seeds", type=int, default=3, help="seeds 0..N-1 of every method")
+    add("--steps", type=int, default=None, help="optimizer steps per run (skips the plan)")
+    add("--threads", type=int, default=2, help="torch intra-op threads")
+    add("--recipe", default=str(ROOT / "configs/reproduce/teacher-two-domains.yaml"))
+    add("--configs", default=str(ROOT / "configs/reproduce"), help="the method YAMLs")
+    add("--work", default=str(ROOT / "artifacts/reproduce"), help="teacher, shards, runs")
+    add("--out", default=str(ROOT / "benchmarks/results"), help="JSON, markdown, plot")
+    add("--num-short", type=int, default=128, help="held-out short samples per domain")
+    add("--num-long", type=int, default=24, help="held-out long samples per domain")
+    add("--copy-trials", type=int, default=16, help="repeat-copy sequences per distance")
+    add("--calib-steps", type=int, default=4, help="optimizer steps per calibration fit")
+    add("--fresh", action="store_true", help="discard the results of an earlier invocation")
+    return p.parse_args(argv)
+
+
+@dataclass
+class Study:
+    """What every stage shares: arguments, teacher recipe, method configs, paths."""
+
+    args: argparse.Namespace
+    recipe: Any
+    texts: dict[str, str]
+    configs: dict[str, dict]
+    lengths: dict[str, int]
+    work: Path
+    samples: dict[str, int] | None = None
+
+    @classmethod
+    def load(cls, args: argparse.Namespace) -> Study:
+        from longred_pl.teacher import TeacherRecipe
+
+        recipe = TeacherRecipe.from_file(args.recipe)
+        texts = {n: (Path(args.configs) / f"{n}.yaml").read_text() for n in METHODS}
+        configs = {n: yaml.safe_load(text) for n, text in texts.items()}
+        data = configs["longred-c"]["data"]
+        lengths = {k: data[k]["seq_len"] for k in ("long", "short", "s2l")}
+        lengths["val_short"] = recipe.window
+        return cls(args, recipe, texts, configs, lengths, Path(args.work))
+
+    @property
+    def teacher(self) -> Path:
+        return self.work / "teacher"
+
+    @property
+    def data(self) -> Path:
+        return self.work / "data"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed study must share with the runs already done."""
+        a = self.args
+        return {
+            "recipe": self.recipe.to_dict(),
+            "lengths": self.lengths,
+            "configs": {
+                n: hashlib.sha256(t.encode()).hexdigest()[:16] for n, t in self.texts.items()
+            },
+            "eval": [a.num_short, a.num_long, a.copy_trials],
+            "python": sys.version.split()[0],  # the stdlib corpus is the interpreter's
+        }
+
+
+# ------------------------------------------------------------------------ teacher, data
+def ensure_teacher(study: Study) -> dict[str, Any]:
+    """Build (minutes) or reuse the two-domain teacher; its own metrics and the wall time."""
+    from longred_pl.teacher import ensure_teacher as build
+
+    saved = study.teacher / "recipe.json"
+    cached = (study.teacher / "metrics.json").is_file() and saved.is_file()
+    cached = cached and json.loads(saved.read_text()) == study.recipe.to_dict()
+    log("teacher: cached" if cached else "teacher: building (minutes; cached afterwards)")
+    start = time.perf_counter()
+    build(study.teacher, study.recipe, progress=not cached)
+    metrics = json.loads((study.teacher / "metrics.json").read_text())
+    return {"built_now": not cached, "seconds": round(time.perf_counter() - start, 1), **metrics}
+
+
+def interleave(a: list, b: list) -> list:
+    """a0 b0 a1 b1 ...: as many samples of each domain, the longer one's surplus dropped."""
+    return [sample for pair in zip(a, b, strict=False) for sample in pair]
+
+
+def spread(samples: list, count: int) -> list:
+    """At most ``count`` evenly spaced samples, so a held-out set covers every document."""
+    if len(samples) <= count:
+        return samples
+    return [samples[i * len(samples) // count] for i in range(count)]
+
+
+def prepare_data(study: Study) -> dict[str, int]:
+    """Write every stream's shards, tokenising each corpus and split once; cached by spec."""
+    from longred_pl.data.corpora import load_corpus
+    from longred_pl.data.prepare import cut_samples, tokenize_documents, write_shards
+    from longred_pl.data.tokenizer import load_tokenizer
+
+    spec = {k: v for k, v in study.fingerprint().items() if k != "configs"}
+    manifest = study.data / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text())["spec"] == spec:
+        return json.loads(manifest.read_text())["samples"]
+    tokenizer, n, args = load_tokenizer(study.teacher), study.lengths, study.args
+    tokens = {}
+    for corpus in DOMAINS:
+        for split in ("train", "val"):
+            docs = load_corpus(corpus, split, study.recipe.corpus_max_bytes)
+            tokens[corpus, split] = list(tokenize_documents(docs, tokenizer, progress=False))
+
+    def cut(corpus: str, split: str, seq_len: int, pack: bool) -> list:
+        return list(cut_samples(tokens[corpus, split], seq_len, pack, len(tokenizer)))
+
+    streams = {"long": cut("shakespeare", "train", n["long"], False)}
+    for kind in ("short", "s2l"):
+        streams[kind] = interleave(*(cut(d, "train", n[kind], True) for d in DOMAINS))
+    for d in DOMAINS:
+        streams[f"val_short_{d}"] = spread(cut(d, "val", n["val_short"], True), args.num_short)
+        streams[f"val_long_{d}"] = spread(cut(d, "val", n["long"], False), args.num_long)
+    samples = {}
+    for name, rows in streams.items():
+        source = {"stream": name, "spec": spec}
+        index = write_shards(
+            rows, study.data / name, len(rows[0]), samples_per_shard=256, pack=False,
+            vocab_size=len(tokenizer), tokenizer_name=str(study.teacher), source=source,
+            overwrite=True,
+        )  # fmt: skip
+        samples[name] = index["num_samples"]
+    manifest.write_text(json.dumps({"spec": spec, "samples": samples}, indent=2) + "\n")
+    return samples
+
+
+# ------------------------------------------------------------------------------- training
+class StepClock(L.Callback):
+    """Wall time of every optimizer step (data, forwards, backwards, optimizer)."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.marks = [time.perf_counter()]
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step >= len(self.marks):  # an optimizer step has just finished
+            self.marks.append(time.perf_counter())
+
+    def durations(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
+
+
+def run_config(study: Study, name: str, seed: int, steps: int, run_dir: Path) -> dict:
+    """A method's YAML with this run's seeds, steps, teacher, shards and output directory."""
+    cfg = copy.deepcopy(study.configs[name])
+    cfg["seed_everything"] = cfg["model"]["seed"] = cfg["data"]["seed"] = seed
+    cfg["model"]["teacher_path"] = str(study.teacher)
+    for kind in ("long", "short", "s2l"):
+        if cfg["data"].get(kind):
+            cfg["data"][kind]["urls"] = str(study.data / kind)
+    trainer = cfg["trainer"]
+    trainer.update(max_steps=steps, default_root_dir=str(run_dir), enable_progress_bar=False)
+    trainer.update(enable_model_summary=False)
+    trainer["logger"]["init_args"]["save_dir"] = str(run_dir)
+    export = {"dirpath": str(run_dir / "student")}
+    trainer["callbacks"] = [{"class_path": "longred_pl.export.ExportStudent", "init_args": export}]
+    return cfg
+
+
+def tokens_per_step(cfg: dict) -> dict[str, int]:
+    """Training tokens of one optimizer step, per stream, from the schedule and batch sizes."""
+    from longred_pl.data.schedule import build_schedule, kind_at
+
+    schedule = build_schedule(cfg["data"].get("schedule"), cfg["data"].get("ratios"))
+    counts = {"long": 0, "short": 0, "s2l": 0}
+    for micro_step in range(cfg["trainer"]["accumulate_grad_batches"]):
+        kind = kind_at(schedule, micro_step)
+        counts[kind] += cfg["data"][kind]["seq_len"] * cfg["data"][kind]["batch_size"]
+    return counts
+
+
+def fit(cfg: dict, run_dir: Path) -> dict[str, Any]:
+    """``longred fit --config <cfg>`` in-process, in a fresh ``run_dir``, timing every step."""
+    from longred_pl.cli import build_cli
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    path = run_dir / "run_config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    start, clock = time.perf_counter(), StepClock()
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both carry arguments
+    try:
+        cli = build_cli(["--config", str(path)])  # what `longred fit --config path` builds
+    finally:
+        sys.argv = argv
+    cli.trainer.callbacks.append(clock)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    wall, steps = time.perf_counter() - start, clock.durations()
+    steady = statistics.mean(steps[1:] or steps)  # the first step also fills the data buffers
+    return {
+        "config": str(path),
+        "wall_s": round(wall, 2),
+        "step_s": [round(s, 3) for s in steps],
+        "steady_step_s": round(steady, 3),
+        "overhead_s": round(max(0.0, wall - steady * len(steps)), 2),  # start-up, export
+        "final_train_losses": last_losses(run_dir),
+    }
+
+
+def last_losses(run_dir: Path, last: int = 10) -> dict[str, float | None]:
+    """Mean of each logged ``train/loss*`` metric over the last ``last`` optimizer steps."""
+    files = sorted(run_dir.glob("logs/*/metrics.csv"))
+    rows = list(csv.DictReader(files[-1].open())) if files else []
+    out = {}
+    for key in [k for k in (rows[0] if rows else {}) if k.startswith("train/loss")]:
+        values = [float(r[key]) for r in rows if r[key]]
+        out[key] = round(statistics.mean(values[-last:]), 4) if values else None
+    return out
+
+
+def calibrate(study: Study) -> dict[str, dict[str, float]]:
+    """Steady step time and fixed cost (start-up, first step, export) of each method."""
+    costs, work = {}, study.work / "calibration"
+    for name in sorted(set(COST_OF.values())):
+        costs[name] = fit(run_config(study, name, 0, study.args.calib_steps, work), work)
+        step, fixed = costs[name]["steady_step_s"], costs[name]["overhead_s"]
+        log(f"calibration {name}: {step:.2f} s per step, {fixed:.1f} s start-up and export")
+    shutil.rmtree(work, ignore_errors=True)
+    keys = ("steady_step_s", "overhead_s")
+    return {m: {k: costs[c][k] for k in keys} for m, c in COST_OF.items()}
+
+
+def plan_steps(
+    budget_s: float,
+    elapsed_s: float,
+    costs: dict[str, dict],
+    eval_s: float,
+    seeds: int,
+    reserve_s: float = 30.0,
+    margin: float = 0.9,
+) -> int:
+    """Most optimizer steps such that ``seeds`` runs of every method (fit + eval) fit the budget.
+
+    ``costs[method]`` holds ``steady_step_s`` and ``overhead_s``; ``reserve_s`` is kept for
+    the report, and ``1 - margin`` of the rest for noise.
+    """
+    available = (budget_s - elapsed_s - reserve_s) * margin
+    fixed = seeds * sum(c["overhead_s"] + eval_s for c in costs.values())
+    per_step = seeds * sum(c["steady_step_s"] for c in costs.values())
+    steps = math.floor((available - fixed) / per_step) if per_step > 0 else 0
+    if steps < 1:
+        need = (elapsed_s + reserve_s + (fixed + per_step) / margin) / 60
+        raise SystemExit(
+            f"--budget {budget_s / 60:.1f} min leaves no room for one step per run (about "
+            f"{need:.1f} min needed); raise --budget or pass --steps"
+        )
+    return steps
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(study: Study, model_dir: Path, long: bool = True) -> dict[str, Any]:
+    """``evaluate_model`` once per domain; the copy probe (text-free) from the first call only."""
+    from longred_pl.eval.evaluator import evaluate_model
+
+    assert study.samples is not None, "prepare_data first"
+    start, n, data = time.perf_counter(), study.samples, study.data
+    out: dict[str, Any] = {"short": {}, "long": {}}
+    copy_probe: dict[str, Any] = {"copy_span": 16, "copy_trials": study.args.copy_trials}
+    for d in DOMAINS:
+        result = evaluate_model(
+            str(model_dir), str(data / f"val_short_{d}"), study.lengths["val_short"],
+            str(data / f"val_long_{d}") if long else None, study.lengths["long"] if long else None,
+            num_short=n[f"val_short_{d}"], num_long=n[f"val_long_{d}"], batch_size=8, buckets=8,
+            seed=0, device="cpu", progress=False, **copy_probe,
+        )  # fmt: skip
+        out["short"][d], out["long"][d] = result["short"], result["long"]
+        if "copy" not in out:
+            out.update(window=result["window"], rope=result["rope"], copy=result["copy"])
+            copy_probe = {"copy_span": 2, "copy_trials": 1, "copy_distances": [0]}  # done
+    return {**out, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def save_untrained_student(study: Study, out: Path) -> Path:
+    """The teacher's weights with the students' RoPE, before any training: the drift alone."""
+    from longred_pl.export import copy_tokenizer
+    from longred_pl.models import load_causal_lm, load_config
+    from longred_pl.rope import extend_rope
+
+    m = study.configs["longred-c"]["model"]
+    config = load_config(str(study.teacher))
+    config = extend_rope(config, m["rope_method"], m["target_length"], **m.get("rope_kwargs", {}))
+    model: Any = load_causal_lm(str(study.teacher), config)
+    model.save_pretrained(out)
+    copy_tokenizer(str(study.teacher), str(out))
+    return out
+
+
+# -------------------------------------------------------------------------------- report
+def scalars(ev: dict, teacher: dict) -> dict[str, float | None]:
+    """The table's figures of one evaluation; retention against the teacher's short losses."""
+    row: dict[str, float | None] = {}
+    for d in DOMAINS:
+        row[f"short_ppl/{d}"] = ev["short"][d]["ppl"]
+        row[f"retention/{d}"] = math.exp(teacher["short"][d]["loss"] - ev["short"][d]["loss"])
+        row[f"long_ppl/{d}"] = ev["long"][d]["ppl"] if ev["long"][d] else None
+    acc = {int(k): v for k, v in ev["copy"]["accuracy"].items()}
+    near, far = [v for k, v in acc.items() if k <= NEAR], [v for k, v in acc.items() if k >= FAR]
+    row["copy_near"] = statistics.mean(near) if near else None
+    row["copy_far"] = statistics.mean(far) if far else None
+    return row
+
+
+def mean_std(values: list) -> tuple[float, float] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def evals_by_row(results: dict) -> dict[str, list[dict]]:
+    rows = {"Teacher (window 256)": [results["teacher"]["eval"]]}
+    rows[UNTRAINED] = [results["untrained"]["eval"]]
+    for name, label in METHODS.items():
+        rows[label] = [r["eval"] for r in results["runs"].values() if r["method"] == name]
+    return rows
+
+
+def summary(results: dict) -> dict[str, dict]:
+    """Per row (teacher, untrained, each method): ``{metric: (mean, std)}`` and ``n`` runs."""
+    teacher, out = results["teacher"]["eval"], {}
+    for label, evals in evals_by_row(results).items():
+        per_seed = [scalars(ev, teacher) for ev in evals]
+        keys = per_seed[0] if per_seed else {}
+        out[label] = {"n": len(per_seed), **{k: mean_std([s[k] for s in per_seed]) for k in keys}}
+    return out
+
+
+def cell(value: tuple | None, spec: str, n: int = 2) -> str:
+    """``mean ± std``; the mean alone for a single run, ``-`` for no value."""
+    if value is None:
+        return "-"
+    return f"{value[0]:{spec}}" + (f" ± {value[1]:{spec}}" if n > 1 else "")
+
+
+def markdown(results: dict) -> str:
+    s = results["settings"]
+    keys = [f"{m}/{d}" for m in ("short_ppl", "retention", "long_ppl") for d in DOMAINS]
+    heads = [k.replace("_", " ").replace("/", " ") for k in keys]
+    heads += [f"copy d<={NEAR}", f"copy d>={FAR}"]
+    lines = [
+        f"Optimizer steps per run: {s['steps']}; seeds {s['seeds_done']}; mean ± std over seeds. "
+        "Retention = exp(loss_teacher - loss_model) on held-out short text (1 = the teacher's). "
+        "Long ppl: held-out 1024-token texts. Copy: top-1 repeat-copy accuracy, filler "
+        f"<= {NEAR} / >= {FAR} tokens.",
+        "",
+        "| method | runs | " + " | ".join(heads) + " |",
+        "|---|" + "---:|" * (len(heads) + 1),
+    ]
+    specs = [".4f" if k.startswith("retention") else ".2f" for k in keys] + [".3f", ".3f"]
+    for label, row in summary(results).items():
+        cells = [
+            cell(row.get(k), f, row["n"])
+            for k, f in zip([*keys, "copy_near", "copy_far"], specs, strict=True)
+        ]
+        lines.append(f"| {label} | {row['n']} | " + " | ".join(cells) + " |")
+    lines += ["", "| method | long tokens | short tokens | s2l tokens | fit s | eval s |"]
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    for name, label in METHODS.items():
+        t = s["tokens_per_run"][name]
+        runs = [r for r in results["runs"].values() if r["method"] == name]
+        fit_s = cell(mean_std([r["fit"]["wall_s"] for r in runs]), ".0f", len(runs))
+        eval_s = cell(mean_std([r["eval"]["seconds"] for r in runs]), ".0f", len(runs))
+        lines.append(f"| {label} | {t['long']} | {t['short']} | {t['s2l']} | {fit_s} | {eval_s} |")
+    built = results["teacher_build"]
+    times = [{k: v for k, v in i.items() if k != "machine"} for i in results["invocations"]]
+    lines += ["", f"Teacher: {built['num_parameters']} parameters, built in "]
+    lines[-1] += f"{built['build_seconds']} s. Invocations: {json.dumps(times)}"
+    return "\n".join(lines) + "\n"
+
+
+def band(ax: Any, label: str, evals: list[dict], domain: str) -> None:
+    """Mean long perplexity by position bucket over ``evals``, with a +- std band."""
+    buckets = [ev["long"][domain]["buckets"] for ev in evals]
+    columns = [[row[j]["ppl"] for row in buckets] for j in range(len(buckets[0]))]
+    mids = [(b["start"] + b["end"]) / 2 for b in buckets[0]]
+    mean = [statistics.mean(c) for c in columns]
+    std = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in columns]
+    style = "--" if label == UNTRAINED else "-"
+    line = ax.plot(mids, mean, style, marker="o", ms=3, label=label)[0]
+    low = [m - e for m, e in zip(mean, std, strict=True)]
+    high = [m + e for m, e in zip(mean, std, strict=True)]
+    ax.fill_between(mids, low, high, color=line.get_color(), alpha=0.2)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Retention per domain (mean, std error bars); long perplexity by position per domain."""
+    from longred_pl.drift import pyplot
+
+    plt, table, rows = pyplot(), summary(results), evals_by_row(results)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    labels = [k for k in table if not k.startswith("Teacher")]
+    for i, d in enumerate(DOMAINS):
+        values = [table[k].get(f"retention/{d}") or (math.nan, 0.0) for k in labels]
+        xs = [j + (i - 0.5) * 0.2 for j in range(len(labels))]
+        means, stds = [v[0] for v in values], [v[1] for v in values]
+        axes[0].errorbar(xs, means, stds, fmt="o", capsize=3, label=d)
+    axes[0].axhline(1.0, color="grey", ls="--", lw=1)
+    axes[0].set_xticks(range(len(labels)), labels, rotation=20, fontsize="small")
+    axes[0].set(ylabel="ppl_teacher / ppl_model", title="short-text retention (1 = teacher)")
+    for ax, d in zip(axes[1:], DOMAINS, strict=True):
+        for label in [k for k in labels if rows[k]]:
+            band(ax, label, rows[label], d)
+        ax.axvline(256, ls=":", color="grey")
+        ax.set(xlabel="target position (dotted: teacher window)", ylabel="perplexity")
+        ax.set_title(f"held-out long {d}: perplexity by position")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save(results: dict, out: Path) -> None:
+    """Write the JSON atomically; the table and the plot once the steps are chosen."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reproduce.json.tmp").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "reproduce.json.tmp").replace(out / "reproduce.json")
+    if results["settings"].get("tokens_per_run"):
+        (out / "reproduce.md").write_text(markdown(results))
+        plot(results, out / "reproduce.png")
+
+
+# ---------------------------------------------------------------------------------- main
+def load_results(study: Study) -> dict[str, Any]:
+    """The results of an earlier invocation of the same study (resume), else a new record."""
+    path, args = Path(study.args.out) / "reproduce.json", study.args
+    if args.fresh or not path.is_file():
+        settings = {"steps": args.steps, "seeds_done": []}
+        new = {"benchmark": "reproduce", "fingerprint": study.fingerprint(), "settings": settings}
+        return new | {"runs": {}, "invocations": []}
+    results = json.loads(path.read_text())
+    done = results["settings"]["steps"]
+    if results["fingerprint"] != study.fingerprint():
+        raise SystemExit(f"{path} holds another study (recipe, configs or evaluation sizes "
+                         "differ); pass --fresh to start over, or another --out")  # fmt: skip
+    if args.steps is not None and done not in (None, args.steps):
+        raise SystemExit(f"{path} holds runs of {done} steps; drop --steps or pass --fresh")
+    results["settings"]["steps"] = done or args.steps
+    return results
+
+
+def references(study: Study, results: dict) -> None:
+    """Evaluate the teacher and the untrained extended student, once per study."""
+    if not results.get("untrained"):
+        results["teacher"] = {"eval": evaluate(study, study.teacher, long=False)}
+        untrained = save_untrained_student(study, study.work / "untrained")
+        results["untrained"] = {"eval": evaluate(study, untrained)}
+        save(results, Path(study.args.out))
+    log(f"teacher and untrained student evaluated ({results['untrained']['eval']['seconds']} s)")
+
+
+def choose_steps(study: Study, results: dict, invocation: dict) -> int:
+    """``--steps``, else the steps of the runs already done, else the budget plan."""
+    if results["settings"]["steps"] is None:
+        start, eval_s = time.perf_counter(), results["untrained"]["eval"]["seconds"]
+        costs = calibrate(study)
+        invocation["calibration_s"] = round(time.perf_counter() - start, 1)
+        elapsed, seeds = time.perf_counter() - START, study.args.seeds
+        steps = plan_steps(study.args.budget * 60, elapsed, costs, eval_s, seeds)
+        run_s = {n: c["overhead_s"] + steps * c["steady_step_s"] + eval_s for n, c in costs.items()}
+        total = elapsed + seeds * sum(run_s.values())
+        results["plan"] = {"costs": costs, "eval_s": eval_s, "run_s": run_s, "total_s": total}
+        results["settings"]["steps"] = steps
+        each = ", ".join(f"{METHODS[n]} {s:.0f} s" for n, s in run_s.items())
+        log(f"plan: {steps} steps per run ({each}); study about {total / 60:.0f} min")
+    steps = results["settings"]["steps"]
+    tokens = {
+        n: {k: v * steps for k, v in tokens_per_step(c).items()} for n, c in study.configs.items()
+    }
+    results["settings"]["tokens_per_run"] = tokens
+    passes = (
+        tokens["longred-c"]["long"] / study.lengths["long"] / results["settings"]["samples"]["long"]
+    )
+    results["settings"]["long_stream_passes"] = round(passes, 3)  # > 1: long samples repeat
+    log(
+        f"{steps} optimizer steps per run ({passes:.2f} passes over the long samples); "
+        f"training tokens per run: {json.dumps(tokens)}"
+    )
+    return steps
+
+
+def run_all(study: Study, results: dict, steps: int) -> None:
+    """Train and evaluate every (method, seed) not yet in ``results``, seed after seed."""
+    todo = [(n, s) for s in range(study.args.seeds) for n in METHODS]
+    todo = [(n, s) for n, s in todo if f"{n}/seed{s}" not in results["runs"]]
+    cost: dict[str, float] = dict(results.get("plan", {}).get("run_s", {}))
+    for i, (name, seed) in enumerate(todo):
+        log(f"run {i + 1}/{len(todo)}: {METHODS[name]} seed {seed}, {steps} steps")
+        run_dir = study.work / "runs" / name / f"seed{seed}"
+        record: dict[str, Any] = {"method": name, "seed": seed, "steps": steps}
+        record["fit"] = fit(run_config(study, name, seed, steps, run_dir), run_dir)
+        record["eval"] = evaluate(study, run_dir / "student")
+        results["runs"][f"{name}/seed{seed}"] = record
+        results["settings"]["seeds_done"] = sorted({r["seed"] for r in results["runs"].values()})
+        save(results, Path(study.args.out))
+        cost[name] = record["fit"]["wall_s"] + record["eval"]["seconds"]
+        left = sum(cost.get(n, cost[name]) for n, _ in todo[i + 1 :])
+        row = scalars(record["eval"], results["teacher"]["eval"])
+        kept = ", ".join(f"{d} {row[f'retention/{d}']:.3f}" for d in DOMAINS)
+        log(f"  {cost[name]:.0f} s; short-text retention {kept}; ETA {hms(left)}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    global START
+    START = time.perf_counter()  # the budget counts from here
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    setup.quiet()
+    study = Study.load(args)
+    results = load_results(study)
+    invocation: dict[str, Any] = {
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "machine": setup.machine_info(torch.device("cpu")),
+    }
+    results["invocations"].append(invocation)
+    given = {k: v for k, v in vars(args).items() if k != "steps"}  # steps: choose_steps
+    results["settings"].update(given | {"lengths": study.lengths})
+    results["teacher_build"] = ensure_teacher(study)
+    invocation["teacher_s"] = results["teacher_build"]["seconds"]
+    start = time.perf_counter()
+    study.samples = results["settings"]["samples"] = prepare_data(study)
+    invocation["data_s"] = round(time.perf_counter() - start, 1)
+    log(f"shards in {study.data}: {study.samples}")
+    references(study, results)
+    steps = choose_steps(study, results, invocation)
+    run_all(study, results, steps)
+    invocation["total_s"] = round(time.perf_counter() - START, 1)
+    results["complete"] = len(results["runs"]) >= len(METHODS) * args.seeds
+    save(results, Path(args.out))
+    print(markdown(results))
+    log(f"wrote {args.out}/reproduce.json, reproduce.md, reproduce.png")
+    return results
+
+
+if __name__ == "__main__":
+    main()
