@@ -73,7 +73,8 @@ def _export(argv: Sequence[str]) -> None:
     from longred_pl.export import export_checkpoint
 
     parser = argparse.ArgumentParser(
-        prog="longred export", description="Write a checkpoint's student as a Hugging Face directory."
+        prog="longred export",
+        description="Write a checkpoint's student as a Hugging Face directory.",
     )
     parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a LongReDModule run")
     parser.add_argument("out_dir", help="output directory")

@@ -41,7 +41,9 @@ def _config_value(config: dict[str, Any], *keys: str) -> Any:
     return node
 
 
-def prepare_demo_data(config: dict[str, Any], teacher_dir: str, corpus: str = "shakespeare") -> None:
+def prepare_demo_data(
+    config: dict[str, Any], teacher_dir: str, corpus: str = "shakespeare"
+) -> None:
     """Write every stream of ``config['data']`` that is not on disk yet."""
     from longred_pl.data.corpora import load_corpus
     from longred_pl.data.prepare import tokenize_documents, write_shards
@@ -96,9 +98,15 @@ def demo_main(argv: list[str] | None = None) -> dict[str, Any]:
     from longred_pl.teacher import TeacherRecipe, ensure_teacher
 
     parser = argparse.ArgumentParser(prog="longred demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/quickstart.yaml", help="LightningCLI fit config")
-    parser.add_argument("--recipe", default="configs/teacher/tiny-llama.yaml", help="teacher recipe")
-    parser.add_argument("--skip-validate", action="store_true", help="no validation before training")
+    parser.add_argument(
+        "--config", default="configs/quickstart.yaml", help="LightningCLI fit config"
+    )
+    parser.add_argument(
+        "--recipe", default="configs/teacher/tiny-llama.yaml", help="teacher recipe"
+    )
+    parser.add_argument(
+        "--skip-validate", action="store_true", help="no validation before training"
+    )
     ns, extra = parser.parse_known_args(argv)
     start = time.perf_counter()
     config = yaml.safe_load(Path(ns.config).read_text())

@@ -52,7 +52,9 @@ def student_state_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, torch.Tenso
     prefix = "student."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not state:
-        raise ValueError("the checkpoint holds no 'student.' weights; is it a LongReDModule checkpoint?")
+        raise ValueError(
+            "the checkpoint holds no 'student.' weights; is it a LongReDModule checkpoint?"
+        )
     return state
 
 
@@ -129,7 +131,9 @@ class ExportStudent(L.Callback):
         trainer.strategy.barrier("export_student")
 
 
-def save_student_config_and_weights(module: Any, out_dir: str, state: dict[str, torch.Tensor]) -> Path:
+def save_student_config_and_weights(
+    module: Any, out_dir: str, state: dict[str, torch.Tensor]
+) -> Path:
     """Save a gathered state dict through a fresh, unsharded copy of the student."""
     from transformers import AutoModelForCausalLM
 

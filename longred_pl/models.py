@@ -35,8 +35,12 @@ def load_config(path: str, trust_remote_code: bool = False, field: str = "model.
             f"or `longred build-teacher`"
         )
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{field}: {path!r} has no config.json; it is not a Hugging Face model directory")
-    return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+        raise FileNotFoundError(
+            f"{field}: {path!r} has no config.json; it is not a Hugging Face model directory"
+        )
+    return AutoConfig.from_pretrained(
+        path, local_files_only=True, trust_remote_code=trust_remote_code
+    )
 
 
 def check_attn_implementation(name: str) -> str:
@@ -50,7 +54,9 @@ def check_attn_implementation(name: str) -> str:
                 "`pip install 'longred_pl[flash]'` on a CUDA machine, or use sdpa"
             ) from err
         if not torch.cuda.is_available():
-            raise RuntimeError("model.attn_implementation=flash_attention_2 needs a CUDA device; use sdpa")
+            raise RuntimeError(
+                "model.attn_implementation=flash_attention_2 needs a CUDA device; use sdpa"
+            )
     return name
 
 
@@ -150,7 +156,9 @@ def shard_fsdp2(model: nn.Module, mesh: Any, param_dtype: torch.dtype | None = N
 
     kwargs: dict[str, Any] = {"mesh": mesh}
     if param_dtype is not None:
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        kwargs["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=param_dtype, reduce_dtype=torch.float32
+        )
     _, _, layers, _ = decoder_parts(model)
     for layer in layers:
         fully_shard(layer, **kwargs)

@@ -134,7 +134,9 @@ class LongReDModule(L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.student: nn.Module | None = None
         self.teacher: nn.Module | None = None
-        self.val_ppl = nn.ModuleDict({k: TokenPerplexity() for k in ("short", "short_teacher", "long")})
+        self.val_ppl = nn.ModuleDict(
+            {k: TokenPerplexity() for k in ("short", "short_teacher", "long")}
+        )
         self.step_stats = StepStats()
         self.skipped_steps = 0
         self.nonfinite_streak = 0
@@ -168,15 +170,25 @@ class LongReDModule(L.LightningModule):
             return
         hp = self.hparams
         self.student = load_causal_lm(
-            hp.teacher_path, self.student_config, hp.attn_implementation, hp.dtype, hp.trust_remote_code
+            hp.teacher_path,
+            self.student_config,
+            hp.attn_implementation,
+            hp.dtype,
+            hp.trust_remote_code,
         )
         if hp.gradient_checkpointing:
-            self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.student.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         self.student.config.use_cache = False
         if hp.method == "longred":
             teacher_dtype = hp.teacher_dtype or hp.dtype
             teacher = load_causal_lm(
-                hp.teacher_path, self.teacher_config, hp.attn_implementation, teacher_dtype, hp.trust_remote_code
+                hp.teacher_path,
+                self.teacher_config,
+                hp.attn_implementation,
+                teacher_dtype,
+                hp.trust_remote_code,
             )
             self.teacher = freeze(teacher)
             self.teacher.register_state_dict_post_hook(_drop_own_keys)
@@ -206,15 +218,25 @@ class LongReDModule(L.LightningModule):
 
     # -------------------------------------------------------------- objectives
     def next_token_loss(
-        self, model: nn.Module, input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor | None = None
+        self,
+        model: nn.Module,
+        input_ids_BT: torch.Tensor,
+        position_ids_BT: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``L_long``: next-token cross-entropy, chunked over the vocabulary projection."""
-        hidden_BTD = self.hidden_states(model, input_ids_BT, [self.n_layers], position_ids_BT)[self.n_layers]
+        hidden_BTD = self.hidden_states(model, input_ids_BT, [self.n_layers], position_ids_BT)[
+            self.n_layers
+        ]
         head = model.get_output_embeddings()
-        return chunked_next_token_loss(hidden_BTD, head.weight, shift_labels(input_ids_BT), self.hparams.loss_chunk_size)
+        return chunked_next_token_loss(
+            hidden_BTD, head.weight, shift_labels(input_ids_BT), self.hparams.loss_chunk_size
+        )
 
     def distill_loss(
-        self, input_ids_BT: torch.Tensor, layers: list[int], student_position_ids_BT: torch.Tensor | None = None
+        self,
+        input_ids_BT: torch.Tensor,
+        layers: list[int],
+        student_position_ids_BT: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``sum_l (1 - cos)`` between student and teacher hidden states ``layers``.
 
@@ -223,12 +245,17 @@ class LongReDModule(L.LightningModule):
         """
         with torch.no_grad():
             teacher_states = self.hidden_states(self.teacher, input_ids_BT, layers)
-        student_states = self.hidden_states(self.student, input_ids_BT, layers, student_position_ids_BT)
+        student_states = self.hidden_states(
+            self.student, input_ids_BT, layers, student_position_ids_BT
+        )
         return hidden_cosine_loss(student_states, teacher_states, layers)
 
     @staticmethod
     def hidden_states(
-        model: nn.Module, input_ids_BT: torch.Tensor, indices: list[int], position_ids_BT: torch.Tensor | None = None
+        model: nn.Module,
+        input_ids_BT: torch.Tensor,
+        indices: list[int],
+        position_ids_BT: torch.Tensor | None = None,
     ) -> dict[int, torch.Tensor]:
         """Hidden states ``indices`` of ``model`` (see ``models.capture_hidden_states``).
 
@@ -255,7 +282,9 @@ class LongReDModule(L.LightningModule):
         if batch.get("position_ids") is not None:
             return batch["position_ids"]
         input_ids = batch["input_ids"]
-        gen = torch.Generator().manual_seed(_mix(self.hparams.seed, int(batch.get("index", 0)), self.global_rank))
+        gen = torch.Generator().manual_seed(
+            _mix(self.hparams.seed, int(batch.get("index", 0)), self.global_rank)
+        )
         ids = self.position_scheme(
             input_ids.shape[0],
             input_ids.shape[1],
@@ -272,7 +301,9 @@ class LongReDModule(L.LightningModule):
             term = self.next_token_loss(self.student, input_ids)
             return term, term
         if self.hparams.method == "long_cpt":
-            raise ValueError(f"model.method=long_cpt trains on the long stream only, got a {kind!r} batch; use a long-only data.schedule")
+            raise ValueError(
+                f"model.method=long_cpt trains on the long stream only, got a {kind!r} batch; use a long-only data.schedule"
+            )
         if kind == "short":
             term = self.distill_loss(input_ids, self.distill_layers)
             return self.hparams.short_weight * term, term
@@ -322,7 +353,10 @@ class LongReDModule(L.LightningModule):
         rank_zero_warn(f"non-finite loss in {where}: update skipped ({self.skipped_steps} so far)")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["longred"] = {"skipped_steps": self.skipped_steps, "nonfinite_streak": self.nonfinite_streak}
+        checkpoint["longred"] = {
+            "skipped_steps": self.skipped_steps,
+            "nonfinite_streak": self.nonfinite_streak,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("longred", {})
@@ -330,7 +364,9 @@ class LongReDModule(L.LightningModule):
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
 
     # -------------------------------------------------------------- validation
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         """Token-weighted perplexity of the student (and, on short text, the teacher)."""
         input_ids, kind = batch["input_ids"], batch["kind"]
         self.val_ppl[kind].update(self.token_nll(self.student, input_ids))
@@ -366,7 +402,10 @@ class LongReDModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 def _reshard(model: nn.Module) -> None:
@@ -385,11 +424,15 @@ def _mix(*parts: int) -> int:
     """A deterministic 63-bit seed from integers (no Python hash randomisation)."""
     value = 0x9E3779B97F4A7C15
     for part in parts:
-        value = (value ^ (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & ((1 << 64) - 1)
+        value = (value ^ (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & (
+            (1 << 64) - 1
+        )
     return value >> 1
 
 
-def _drop_own_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+def _drop_own_keys(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
     """State-dict post-hook: the teacher writes nothing into checkpoints."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
         del state_dict[key]

@@ -79,7 +79,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         count = valid_N.sum().clamp(min=1)
         weight = weight_VD.to(hidden_ND.dtype)
         grad_hidden = torch.empty_like(hidden_ND) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight_VD, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        grad_weight = (
+            torch.zeros_like(weight_VD, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        )
         total = hidden_ND.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden_ND.shape[0], chunk_size):
             stop = start + chunk_size
@@ -144,7 +146,10 @@ def chunked_next_token_loss(
 
 @torch.no_grad()
 def chunked_token_nll(
-    hidden_BTD: torch.Tensor, lm_head_weight_VD: torch.Tensor, input_ids_BT: torch.Tensor, chunk_size: int = 4096
+    hidden_BTD: torch.Tensor,
+    lm_head_weight_VD: torch.Tensor,
+    input_ids_BT: torch.Tensor,
+    chunk_size: int = 4096,
 ) -> torch.Tensor:
     """Per-token next-token NLL ``[B, T-1]`` in fp32, logits ``chunk_size`` positions at a time."""
     length = input_ids_BT.shape[1]

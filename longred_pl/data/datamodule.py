@@ -157,7 +157,10 @@ class FixedStream(IterableDataset):
                 continue
             rows.append(sample)
             if len(rows) == self.cfg.batch_size:
-                yield {"kind": self.kind, "input_ids": torch.from_numpy(np.stack(rows).astype(np.int64))}
+                yield {
+                    "kind": self.kind,
+                    "input_ids": torch.from_numpy(np.stack(rows).astype(np.int64)),
+                }
                 rows, emitted = [], emitted + 1
                 if self.max_batches is not None and emitted >= self.max_batches:
                     return
@@ -226,7 +229,9 @@ class MixedLengthDataModule(L.LightningDataModule):
         vals = [("val_" + k, c) for k, c in self.val_streams.items()]
         return [*self.streams.items(), *vals]
 
-    def check_model(self, teacher_window: int, target_length: int, vocab_size: int, method: str) -> None:
+    def check_model(
+        self, teacher_window: int, target_length: int, vocab_size: int, method: str
+    ) -> None:
         """Errors for lengths or vocabularies that do not fit the models (see ``LongReDModule.setup``)."""
         limits = {"long": target_length, "val_long": target_length, "short": teacher_window,
                   "s2l": teacher_window, "val_short": teacher_window}  # fmt: skip
@@ -234,7 +239,11 @@ class MixedLengthDataModule(L.LightningDataModule):
             limits.update(short=target_length, s2l=target_length)
         for name, cfg in self._all_streams():
             if cfg.seq_len > limits[name]:
-                window = "model.target_length" if limits[name] == target_length else "the teacher's window"
+                window = (
+                    "model.target_length"
+                    if limits[name] == target_length
+                    else "the teacher's window"
+                )
                 raise ValueError(
                     f"data.{name}.seq_len={cfg.seq_len} is above {window} ({limits[name]}); "
                     f"prepare {name} shards of at most {limits[name]} tokens"
@@ -309,7 +318,11 @@ class MixedLengthDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         _, world = self._rank_world()
-        for key, now in (("world_size", world), ("num_workers", self.num_workers), ("seed", self.seed)):
+        for key, now in (
+            ("world_size", world),
+            ("num_workers", self.num_workers),
+            ("seed", self.seed),
+        ):
             if state_dict.get(key, now) != now:
                 raise ValueError(
                     f"cannot resume the data streams exactly: the checkpoint was written with "

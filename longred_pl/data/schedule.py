@@ -87,4 +87,3 @@ def count_before(pattern: Sequence[str], kind: str, stop: int, residue: int, mod
     full, rest = divmod(stop, period)
     tail = sum(1 for n in range(residue, rest, modulus) if pattern[n % len(pattern)] == kind)
     return full * per_period + tail
-

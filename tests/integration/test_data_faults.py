@@ -21,7 +21,9 @@ def copy_with_damage(src, dst, damage):
 
 
 def batches(path, n, seq_len=16, batch=2):
-    ds = MixedLengthStream({"short": StreamConfig(str(path), seq_len, batch)}, ["short"], 0, 1, 1, 0, 1)
+    ds = MixedLengthStream(
+        {"short": StreamConfig(str(path), seq_len, batch)}, ["short"], 0, 1, 1, 0, 1
+    )
     return list(itertools.islice(iter(DataLoader(ds, batch_size=None)), n))
 
 
@@ -39,5 +41,8 @@ def test_bad_shard_in_the_middle_is_skipped(tiny_shards, tmp_path, how):
 
 def test_every_shard_bad_is_a_clear_error(tiny_shards, tmp_path):
     copy_with_damage(tiny_shards["short"], tmp_path / "short", dict.fromkeys(range(8), "garbage"))
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"none of its 8 shard\(s\) could be read"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(ValueError, match=r"none of its 8 shard\(s\) could be read"),
+    ):
         batches(tmp_path / "short", 1)

@@ -56,7 +56,11 @@ def test_no_duplicates_across_ranks_and_workers(tiny_shards, world, workers):
 def test_resume_continues_exactly(tiny_shards, workers, cut):
     cfg = streams(tiny_shards)
     full = take(MixedLengthStream(cfg, list(PUBLISHED_SCHEDULE), 0, 1, workers, 7, 4), 60, workers)
-    resumed = take(MixedLengthStream(cfg, list(PUBLISHED_SCHEDULE), 0, 1, workers, 7, 4, start=cut), 60 - cut, workers)
+    resumed = take(
+        MixedLengthStream(cfg, list(PUBLISHED_SCHEDULE), 0, 1, workers, 7, 4, start=cut),
+        60 - cut,
+        workers,
+    )
     assert [b["index"] for b in resumed] == list(range(cut, 60))
     for a, b in zip(full[cut:], resumed):
         assert a["kind"] == b["kind"]
@@ -77,7 +81,9 @@ def test_datamodule_state_roundtrip_and_checks(tiny_shards):
     other.load_state_dict(state)
     assert other.consumed == 37
     assert other.train_dataloader().dataset.start == 37
-    changed = MixedLengthDataModule(**{k: v for k, v in streams(tiny_shards).items()}, num_workers=3)
+    changed = MixedLengthDataModule(
+        **{k: v for k, v in streams(tiny_shards).items()}, num_workers=3
+    )
     with pytest.raises(ValueError, match="num_workers"):
         changed.load_state_dict(state)
 

@@ -28,8 +28,16 @@ def setup(tmp_path_factory, tiny_llama):
     rng = np.random.default_rng(0)
     for name, length in LENGTHS.items():
         one = rng.integers(0, 128, size=length)
-        write_shards([one] * 8, root / name, length, samples_per_shard=2, pack=False,
-                     vocab_size=128, tokenizer_name="random", source="tests")
+        write_shards(
+            [one] * 8,
+            root / name,
+            length,
+            samples_per_shard=2,
+            pack=False,
+            vocab_size=128,
+            tokenizer_name="random",
+            source="tests",
+        )
     return root, tiny_llama
 
 
@@ -46,24 +54,47 @@ def run_fit(root, teacher, out, devices, max_steps, ckpt_path=None):
             "enable_model_summary": False,
             "num_sanity_val_steps": 0,
             "default_root_dir": str(out),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}},
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"dirpath": str(out / "ckpt"), "every_n_train_steps": 2, "save_top_k": -1}},
-                          {"class_path": "longred_pl.export.ExportStudent", "init_args": {"dirpath": str(out / "student")}}],
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(out)},
+            },
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(out / "ckpt"),
+                        "every_n_train_steps": 2,
+                        "save_top_k": -1,
+                    },
+                },
+                {
+                    "class_path": "longred_pl.export.ExportStudent",
+                    "init_args": {"dirpath": str(out / "student")},
+                },
+            ],
         },
         "model": {
-            "teacher_path": teacher, "target_length": 256, "rope_kwargs": {"rope_theta": 40000.0},
-            "distill_layers": [1, 2], "s2l_positions": "none",
+            "teacher_path": teacher,
+            "target_length": 256,
+            "rope_kwargs": {"rope_theta": 40000.0},
+            "distill_layers": [1, 2],
+            "s2l_positions": "none",
             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
         },
         "data": {
-            **{k: {"urls": str(root / k), "seq_len": n, "batch_size": 2 if k == "short" else 1}
-               for k, n in LENGTHS.items()},
-            "schedule": ["long", "s2l", "long", "short"], "num_workers": 0, "shuffle_buffer": 1,
+            **{
+                k: {"urls": str(root / k), "seq_len": n, "batch_size": 2 if k == "short" else 1}
+                for k, n in LENGTHS.items()
+            },
+            "schedule": ["long", "s2l", "long", "short"],
+            "num_workers": 0,
+            "shuffle_buffer": 1,
         },
     }
     if devices > 1:
-        config["trainer"]["strategy"] = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}
+        config["trainer"]["strategy"] = {
+            "class_path": "lightning.pytorch.strategies.ModelParallelStrategy"
+        }
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "longred_pl.cli", "fit", "--config", str(out / "config.yaml")]
@@ -78,7 +109,12 @@ def losses(out):
     (path,) = glob.glob(str(out / "**" / "metrics.csv"), recursive=True)
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
-    return {(int(r["step"]), k): float(v) for r in rows for k, v in r.items() if k.startswith("train/loss") and v}
+    return {
+        (int(r["step"]), k): float(v)
+        for r in rows
+        for k, v in r.items()
+        if k.startswith("train/loss") and v
+    }
 
 
 def test_fsdp2_two_processes_match_single_and_resume(setup, tmp_path):
@@ -103,7 +139,9 @@ def test_fsdp2_two_processes_match_single_and_resume(setup, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(export_checkpoint(dcp, str(tmp_path / "hf")))
     assert model.config.max_position_embeddings == 256
-    at_fit_end = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp2" / "student")  # ExportStudent, gathered
+    at_fit_end = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "fsdp2" / "student"
+    )  # ExportStudent, gathered
     for (name, a), (_, b) in zip(model.state_dict().items(), at_fit_end.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
 

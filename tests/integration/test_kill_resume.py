@@ -24,8 +24,13 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_llama, tiny_sh
     killed = tmp_path / "killed"
     config = fit_config(killed, tiny_llama, tiny_shards, max_steps=6, every=1, slow=0.3)
     env = {**os.environ, "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "longred_pl.cli", "fit", "--config", config],
-                            cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "longred_pl.cli", "fit", "--config", config],
+        cwd=killed,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 300
     while not glob.glob(str(killed / "ckpt" / "*step=3.ckpt")) and time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -44,9 +49,20 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_llama, tiny_sh
     last = max(ckpts, key=lambda p: int(re.search(r"step=(\d+)", p).group(1)))
 
     resumed = tmp_path / "resumed"
-    main(["fit", "--config", fit_config(resumed, tiny_llama, tiny_shards, max_steps=6, every=1),
-          "--ckpt_path", last])
-    want = torch.load(glob.glob(str(full / "ckpt" / "*step=6.ckpt"))[0], weights_only=True)["state_dict"]
-    got = torch.load(glob.glob(str(resumed / "ckpt" / "*step=6.ckpt"))[0], weights_only=True)["state_dict"]
+    main(
+        [
+            "fit",
+            "--config",
+            fit_config(resumed, tiny_llama, tiny_shards, max_steps=6, every=1),
+            "--ckpt_path",
+            last,
+        ]
+    )
+    want = torch.load(glob.glob(str(full / "ckpt" / "*step=6.ckpt"))[0], weights_only=True)[
+        "state_dict"
+    ]
+    got = torch.load(glob.glob(str(resumed / "ckpt" / "*step=6.ckpt"))[0], weights_only=True)[
+        "state_dict"
+    ]
     for key, value in want.items():
         torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=key)

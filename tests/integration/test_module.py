@@ -81,7 +81,9 @@ def test_steps_train_student_only_and_loss_goes_down(tiny_llama):
         assert last[kind] < first[kind], kind
     for k, v in module.teacher.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k
-    assert any(not torch.equal(v, student_before[k]) for k, v in module.student.state_dict().items())
+    assert any(
+        not torch.equal(v, student_before[k]) for k, v in module.student.state_dict().items()
+    )
 
 
 def test_teacher_not_in_state_dict_and_reloads(tiny_llama):

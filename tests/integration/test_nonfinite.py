@@ -24,8 +24,13 @@ class Poisoned(LongReDModule):
 
 def fit(tiny_llama, tiny_shards, poison, max_steps, tmp_path):
     Poisoned.poison = poison
-    module = Poisoned(teacher_path=tiny_llama, target_length=256, rope_kwargs={"rope_theta": 40000.0},
-                      distill_layers=[1, 2], optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    module = Poisoned(
+        teacher_path=tiny_llama,
+        target_length=256,
+        rope_kwargs={"rope_theta": 40000.0},
+        distill_layers=[1, 2],
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
+    )
     data = MixedLengthDataModule(
         long=StreamConfig(tiny_shards["long"], 256, 1),
         short=StreamConfig(tiny_shards["short"], 16, 2),
@@ -37,17 +42,29 @@ def fit(tiny_llama, tiny_shards, poison, max_steps, tmp_path):
     class Snap(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if (batch_idx + 1) % 2 == 0:
-                weights.append(pl_module.student.model.layers[0].mlp.up_proj.weight.detach().clone())
+                weights.append(
+                    pl_module.student.model.layers[0].mlp.up_proj.weight.detach().clone()
+                )
 
-    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, accumulate_grad_batches=2, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[Snap()], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        accumulate_grad_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Snap()],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=data)
     return module, weights
 
 
 def test_nan_step_is_skipped_and_counted(tiny_llama, tiny_shards, tmp_path):
-    with pytest.warns(UserWarning, match=r"non-finite loss in stream\(s\) \['short'\] at optimizer step 1"):
+    with pytest.warns(
+        UserWarning, match=r"non-finite loss in stream\(s\) \['short'\] at optimizer step 1"
+    ):
         module, weights = fit(tiny_llama, tiny_shards, {3}, 3, tmp_path)
     assert module.skipped_steps == 1
     assert torch.equal(weights[0], weights[1])  # step 1 (micro-steps 2, 3) changed nothing
@@ -56,5 +73,7 @@ def test_nan_step_is_skipped_and_counted(tiny_llama, tiny_shards, tmp_path):
 
 
 def test_nan_steps_in_a_row_stop_the_run(tiny_llama, tiny_shards, tmp_path):
-    with pytest.raises(FloatingPointError, match=r"stream\(s\) \['long'\] at optimizer step 3.*3 steps in a row"):
+    with pytest.raises(
+        FloatingPointError, match=r"stream\(s\) \['long'\] at optimizer step 3.*3 steps in a row"
+    ):
         fit(tiny_llama, tiny_shards, {2, 4, 6}, 6, tmp_path)

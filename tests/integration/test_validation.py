@@ -22,8 +22,12 @@ def dm(shards, **over):
 
 
 def test_s2l_longer_than_teacher_window(tiny_shards):
-    with pytest.raises(ValueError, match=r"data.s2l.seq_len=64 is above the teacher's window \(32\)"):
-        dm(tiny_shards).check_model(teacher_window=32, target_length=256, vocab_size=128, method="longred")
+    with pytest.raises(
+        ValueError, match=r"data.s2l.seq_len=64 is above the teacher's window \(32\)"
+    ):
+        dm(tiny_shards).check_model(
+            teacher_window=32, target_length=256, vocab_size=128, method="longred"
+        )
 
 
 def test_short_longer_than_teacher_window(tiny_shards):
@@ -32,19 +36,25 @@ def test_short_longer_than_teacher_window(tiny_shards):
 
 
 def test_long_longer_than_target(tiny_shards):
-    with pytest.raises(ValueError, match=r"data.long.seq_len=256 is above model.target_length \(128\)"):
+    with pytest.raises(
+        ValueError, match=r"data.long.seq_len=256 is above model.target_length \(128\)"
+    ):
         dm(tiny_shards).check_model(64, 128, 128, "longred")
 
 
 def test_shards_from_a_bigger_vocabulary(tiny_shards):
-    with pytest.raises(ValueError, match=r"data.long: shards were tokenised with a vocabulary of 128"):
+    with pytest.raises(
+        ValueError, match=r"data.long: shards were tokenised with a vocabulary of 128"
+    ):
         dm(tiny_shards).check_model(64, 256, 100, "longred")
 
 
 def test_token_ids_above_vocab_in_a_batch(tiny_shards, tmp_path):
     streams = {"short": StreamConfig(tiny_shards["short"], 16, 2)}
     ds = MixedLengthStream(streams, ["short"], 0, 1, 1, 0, 1, vocab_size=10)
-    with pytest.raises(ValueError, match=r"data.short: token id \d+ is >= the model's vocabulary size 10"):
+    with pytest.raises(
+        ValueError, match=r"data.short: token id \d+ is >= the model's vocabulary size 10"
+    ):
         list(itertools.islice(iter(DataLoader(ds, batch_size=None)), 1))
 
 

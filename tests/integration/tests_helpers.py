@@ -10,9 +10,16 @@ def fit_config(tmp_path, tiny_llama, tiny_shards, max_steps, every=2, slow=None,
     callbacks = [
         {
             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": every, "save_top_k": -1},
+            "init_args": {
+                "dirpath": str(tmp_path / "ckpt"),
+                "every_n_train_steps": every,
+                "save_top_k": -1,
+            },
         },
-        {"class_path": "longred_pl.export.ExportStudent", "init_args": {"dirpath": str(tmp_path / "student")}},
+        {
+            "class_path": "longred_pl.export.ExportStudent",
+            "init_args": {"dirpath": str(tmp_path / "student")},
+        },
     ]
     if slow:
         callbacks.append({"class_path": "killable.Slow", "init_args": {"seconds": slow}})
@@ -23,7 +30,10 @@ def fit_config(tmp_path, tiny_llama, tiny_shards, max_steps, every=2, slow=None,
             "devices": 1,
             "max_steps": max_steps,
             "accumulate_grad_batches": 4,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}},
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp_path)},
+            },
             "enable_progress_bar": False,
             "log_every_n_steps": 1,
             "enable_model_summary": False,

@@ -1,7 +1,6 @@
 """The console script's exit status and dispatch."""
 
 import sys
-import tomllib
 from pathlib import Path
 
 from longred_pl import cli
@@ -15,5 +14,5 @@ def test_console_returns_none_whatever_main_returns(monkeypatch):
 
 
 def test_entry_point_is_console():
-    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["longred"] == "longred_pl.cli:console"
+    text = (Path(__file__).parents[2] / "pyproject.toml").read_text()  # tomllib needs 3.11
+    assert 'longred = "longred_pl.cli:console"' in text

@@ -39,7 +39,9 @@ RANKS = 8  # the paper configs' per-rank batch sizes assume 8 ranks
 
 ALL_YAMLS = sorted(CONFIGS.rglob("*.yaml"))
 TEACHER_YAMLS = [  # teacher recipes: configs/teacher/*.yaml and any other teacher-*.yaml
-    p for p in ALL_YAMLS if p.relative_to(CONFIGS).parts[0] == "teacher" or p.name.startswith("teacher-")
+    p
+    for p in ALL_YAMLS
+    if p.relative_to(CONFIGS).parts[0] == "teacher" or p.name.startswith("teacher-")
 ]
 CLI_YAMLS = [p for p in ALL_YAMLS if p not in TEACHER_YAMLS]
 PARTIAL_YAMLS = [p for p in CLI_YAMLS if p.relative_to(CONFIGS).parts[0] in PARTIAL_DIRS]

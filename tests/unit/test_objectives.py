@@ -63,7 +63,9 @@ def test_chunked_equals_plain_value_and_grads(chunk):
     ids = torch.randint(0, 20, (3, 9), generator=g)
     labels = shift_labels(ids)
     labels[0, 2] = IGNORE_INDEX
-    ref = F.cross_entropy((hidden @ weight.t()).reshape(-1, 20), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    ref = F.cross_entropy(
+        (hidden @ weight.t()).reshape(-1, 20), labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
     ref_grads = torch.autograd.grad(ref, [hidden, weight])
     out = chunked_next_token_loss(hidden, weight, labels, chunk_size=chunk)
     grads = torch.autograd.grad(out, [hidden, weight])
@@ -80,7 +82,9 @@ def test_chunked_token_nll_equals_plain(chunk):
     hidden = torch.randn(2, 9, 8, generator=g)
     weight = torch.randn(20, 8, generator=g)
     ids = torch.randint(0, 20, (2, 9), generator=g)
-    plain = F.cross_entropy((hidden[:, :-1] @ weight.t()).transpose(1, 2), ids[:, 1:], reduction="none")
+    plain = F.cross_entropy(
+        (hidden[:, :-1] @ weight.t()).transpose(1, 2), ids[:, 1:], reduction="none"
+    )
     torch.testing.assert_close(chunked_token_nll(hidden, weight, ids, chunk), plain)
 
 

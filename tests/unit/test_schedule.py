@@ -53,6 +53,8 @@ def test_count_before_matches_brute_force(modulus, stop):
     for residue in range(modulus):
         for kind in ("long", "short", "s2l"):
             brute = sum(
-                1 for n in range(stop) if n % modulus == residue and kind_at(PUBLISHED_SCHEDULE, n) == kind
+                1
+                for n in range(stop)
+                if n % modulus == residue and kind_at(PUBLISHED_SCHEDULE, n) == kind
             )
             assert count_before(PUBLISHED_SCHEDULE, kind, stop, residue, modulus) == brute

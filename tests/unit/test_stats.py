@@ -8,7 +8,11 @@ from longred_pl.stats import StepStats
 
 def test_means_tokens_per_second_and_nonfinite():
     stats = StepStats()
-    for kind, loss, term, tokens in [("long", 2.0, 2.0, 100), ("short", 5.0, 1.0, 50), ("long", 4.0, 4.0, 100)]:
+    for kind, loss, term, tokens in [
+        ("long", 2.0, 2.0, 100),
+        ("short", 5.0, 1.0, 50),
+        ("long", 4.0, 4.0, 100),
+    ]:
         stats.start(torch.device("cpu"))
         stats.stop(kind)
         stats.add(kind, torch.tensor(loss), torch.tensor(term), tokens)
