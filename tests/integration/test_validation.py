@@ -86,3 +86,20 @@ def test_shard_urls_checked_at_construction(tiny_shards, tmp_path):
 def test_index_json_is_what_prepare_wrote(tiny_shards):
     index = json.load(open(f"{tiny_shards['long']}/index.json"))
     assert index["vocab_size"] == 128 and index["seq_len"] == 256
+
+
+def test_remote_code_never_runs_unless_asked(tmp_path):
+    """A model directory that ships its own modelling code is refused, and the code never runs."""
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "configuration_evil.py").write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import LlamaConfig\n"
+        "class EvilConfig(LlamaConfig):\n    model_type = 'evil'\n"
+    )
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "evil", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}})
+    )
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        LongReDModule(teacher_path=str(tmp_path), target_length=4096)
+    assert not marker.exists()
