@@ -121,7 +121,9 @@ def test_reproduce_end_to_end_then_resume(reproduce, tmp_path, monkeypatch):
     passes = saved["settings"]["long_stream_passes"]
     assert passes == pytest.approx(2 * 8 / saved["settings"]["samples"]["long"], abs=1e-3)
 
-    table = reproduce.summary(saved)
+    import reproduce_report  # beside reproduce.py, whose import put benchmarks/ on sys.path
+
+    table = reproduce_report.summary(saved)
     assert list(table) == LABELS and all(table[label]["n"] == 1 for label in LABELS)
     assert table["Teacher (window 256)"]["retention/python"] == (1.0, 0.0)
     run = runs["longred-u/seed0"]["eval"]

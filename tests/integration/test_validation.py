@@ -98,7 +98,9 @@ def test_remote_code_never_runs_unless_asked(tmp_path):
         "class EvilConfig(LlamaConfig):\n    model_type = 'evil'\n"
     )
     (tmp_path / "config.json").write_text(
-        json.dumps({"model_type": "evil", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}})
+        json.dumps(
+            {"model_type": "evil", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}
+        )
     )
     with pytest.raises(ValueError, match="trust_remote_code"):
         LongReDModule(teacher_path=str(tmp_path), target_length=4096)
