@@ -38,11 +38,28 @@ def copy_tokenizer(src_dir: str, out_dir: str) -> list[str]:
     return copied
 
 
-def save_student(module: Any, out_dir: str | os.PathLike, state_dict: dict | None = None) -> Path:
-    """Save ``module.student`` (or ``state_dict`` for it) with the teacher's tokenizer."""
+def save_student(
+    module: Any, out_dir: str | os.PathLike, state: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """Save the student with the teacher's tokenizer.
+
+    Args:
+        module: a configured ``LongReDModule``.
+        out_dir: output directory (created).
+        state: the student's full weights when its parameters are sharded (see
+            :func:`full_student_state`); they are written through a fresh, unsharded copy.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    module.student.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+    model = module.student
+    if state is not None:
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(module.student.config)
+        model.load_state_dict(state, strict=False, assign=True)
+        model.tie_weights()
+    model.save_pretrained(out, safe_serialization=True)
     copy_tokenizer(module.hparams.teacher_path, str(out))
     return out
 
@@ -123,27 +140,6 @@ class ExportStudent(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         state = full_student_state(pl_module)
         if trainer.is_global_zero:
-            if state is None:
-                out = save_student(pl_module, self.dirpath)
-            else:
-                out = save_student_config_and_weights(pl_module, self.dirpath, state)
+            out = save_student(pl_module, self.dirpath, state)
             print(f"[longred] student exported to {out}")
         trainer.strategy.barrier("export_student")
-
-
-def save_student_config_and_weights(
-    module: Any, out_dir: str, state: dict[str, torch.Tensor]
-) -> Path:
-    """Save a gathered state dict through a fresh, unsharded copy of the student."""
-    from transformers import AutoModelForCausalLM
-
-    config = module.student.config
-    with torch.device("meta"):
-        fresh = AutoModelForCausalLM.from_config(config)
-    fresh.load_state_dict(state, strict=False, assign=True)
-    fresh.tie_weights()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fresh.save_pretrained(out, safe_serialization=True)
-    copy_tokenizer(module.hparams.teacher_path, str(out))
-    return out

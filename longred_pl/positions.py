@@ -205,6 +205,25 @@ def cream_end_bounds(
     return lo_B, hi_B
 
 
+def _start_layout(
+    batch_size: int,
+    seq_len: int,
+    target_len: int,
+    generator: torch.Generator | None,
+    head_tail_lengths: tuple[int, int] | None,
+    head_tail_prob: float,
+    head_tail_per_sample: bool,
+) -> tuple[torch.Generator, int, torch.Tensor]:
+    """Checks, generator, `k = T_long // T` and head (= tail) lengths shared by cream/uniform."""
+    _check_lengths(batch_size, seq_len, target_len)
+    gen = _generator(generator)
+    k = target_len // seq_len
+    head_B = _draw_head_tail(
+        batch_size, seq_len, k, gen, head_tail_lengths, head_tail_prob, head_tail_per_sample
+    )
+    return gen, k, head_B
+
+
 def cream_position_ids(
     batch_size: int,
     seq_len: int,
@@ -239,12 +258,10 @@ def cream_position_ids(
     Returns:
         LongTensor [B, T]: starts at 0, strictly increasing, `< target_len`.
     """
-    _check_lengths(batch_size, seq_len, target_len)
-    gen = _generator(generator)
-    k = target_len // seq_len
-    head_B = _draw_head_tail(
-        batch_size, seq_len, k, gen, head_tail_lengths, head_tail_prob, head_tail_per_sample
-    )
+    gen, k, head_B = _start_layout(
+        batch_size, seq_len, target_len, generator,
+        head_tail_lengths, head_tail_prob, head_tail_per_sample,
+    )  # fmt: skip
     r_B = cream_sample_r(batch_size, k, gen, mean=r_mean, std=r_std, low=r_min, high=r_max)
     lo_B, hi_B = cream_end_bounds(r_B, head_B, head_B, seq_len)
     end_B = _uniform_int(lo_B, hi_B, gen)
@@ -281,12 +298,10 @@ def uniform_position_ids(
     Returns:
         LongTensor [B, T]: starts at 0, strictly increasing, `< target_len`.
     """
-    _check_lengths(batch_size, seq_len, target_len)
-    gen = _generator(generator)
-    k = target_len // seq_len
-    head_B = _draw_head_tail(
-        batch_size, seq_len, k, gen, head_tail_lengths, head_tail_prob, head_tail_per_sample
-    )
+    gen, k, head_B = _start_layout(
+        batch_size, seq_len, target_len, generator,
+        head_tail_lengths, head_tail_prob, head_tail_per_sample,
+    )  # fmt: skip
     # k*T <= T_long, so this caps the spec's T_long - tail - 1 where the tail starts.
     hi_B = k * seq_len - head_B - 1
     lo_B = torch.minimum(seq_len - head_B, hi_B)
