@@ -27,17 +27,24 @@ as a column, `_BT` a full id matrix.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
+
+from longred_pl.errors import UserError
 
 __all__ = [
     "POSITION_SCHEMES",
     "cream_end_bounds",
     "cream_position_ids",
     "cream_sample_r",
+    "check_position_kwargs",
+    "check_scheme_fits",
     "get_position_scheme",
     "layout_position_ids",
+    "mix_seed",
     "none_position_ids",
     "pose_position_ids",
     "uniform_position_ids",
@@ -49,11 +56,11 @@ _FIELD = "model.position_kwargs"
 def _check_lengths(batch_size: int, seq_len: int, target_len: int) -> None:
     """Raise a ValueError naming the field when the basic sizes are inconsistent."""
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be > 0 (got {batch_size})")
+        raise UserError(f"batch_size must be > 0 (got {batch_size})")
     if seq_len <= 0:
-        raise ValueError(f"seq_len (the s2l stream's seq_len) must be > 0 (got {seq_len})")
+        raise UserError(f"seq_len (the s2l stream's seq_len) must be > 0 (got {seq_len})")
     if target_len < seq_len:
-        raise ValueError(
+        raise UserError(
             f"target_len (model.target_length) must be >= seq_len: got target_len={target_len}, "
             f"seq_len={seq_len}; skipped ids spread seq_len tokens over [0, target_len)"
         )
@@ -94,9 +101,9 @@ def _draw_head_tail(
     """
     first, second = head_tail_lengths or (seq_len // 3, 4 * k)
     if not 0.0 <= head_tail_prob <= 1.0:
-        raise ValueError(f"{_FIELD}.head_tail_prob must be in [0, 1] (got {head_tail_prob})")
+        raise UserError(f"{_FIELD}.head_tail_prob must be in [0, 1] (got {head_tail_prob})")
     if min(first, second) < 1 or 2 * max(first, second) >= seq_len:
-        raise ValueError(
+        raise UserError(
             f"{_FIELD}.head_tail_lengths {(first, second)} do not fit seq_len={seq_len}: "
             f"each must be >= 1 and head + tail < seq_len (default (seq_len // 3, 4k) with "
             f"k={k}); use a longer s2l seq_len or pass smaller {_FIELD}.head_tail_lengths"
@@ -168,12 +175,12 @@ def cream_sample_r(
     high = 2 * k if high is None else high
     mean = 1.0 + k if mean is None else mean
     if not 2 <= low <= high <= 2 * k:
-        raise ValueError(
+        raise UserError(
             f"{_FIELD}.r_min/r_max must satisfy 2 <= r_min <= r_max <= 2k = {2 * k} "
             f"(got r_min={low}, r_max={high})"
         )
     if std < 0:
-        raise ValueError(f"{_FIELD}.r_std must be >= 0 (got {std})")
+        raise UserError(f"{_FIELD}.r_std must be >= 0 (got {std})")
     gen = _generator(generator)
     z_n = torch.randn(n, generator=gen, dtype=torch.float64, device=gen.device)
     return torch.floor(torch.clamp(z_n * std + mean, low, high)).to(torch.long)
@@ -337,7 +344,7 @@ def pose_position_ids(
     """
     _check_lengths(batch_size, seq_len, target_len)
     if not 1 <= num_chunks <= seq_len:
-        raise ValueError(
+        raise UserError(
             f"{_FIELD}.num_chunks must be in [1, seq_len={seq_len}] (got {num_chunks})"
         )
     gen = _generator(generator)
@@ -381,11 +388,53 @@ def get_position_scheme(name: str) -> Callable[..., torch.Tensor]:
     """Return the position-id function registered under `name`.
 
     Raises:
-        ValueError: `name` is not a key of `POSITION_SCHEMES`.
+        UserError: `name` is not a key of `POSITION_SCHEMES`.
     """
     if name not in POSITION_SCHEMES:
         known = ", ".join(sorted(POSITION_SCHEMES))
-        raise ValueError(
+        raise UserError(
             f"model.s2l_positions={name!r} is not a known scheme; choose one of: {known}"
         )
     return POSITION_SCHEMES[name]
+
+
+def check_position_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse ``model.position_kwargs`` keys that scheme ``name`` does not take (at construction)."""
+    params = inspect.signature(get_position_scheme(name)).parameters.values()
+    allowed = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise UserError(
+            f"{_FIELD}: unknown key(s) {unknown} for model.s2l_positions={name!r}; "
+            f"allowed: {', '.join(allowed) if allowed else 'none (this scheme takes no kwargs)'}"
+        )
+
+
+def check_scheme_fits(name: str, seq_len: int, target_len: int, kwargs: Mapping[str, Any]) -> None:
+    """Draw one batch of ids as a dry run, so a scheme that cannot fit fails at setup.
+
+    Raises:
+        UserError: naming ``data.s2l.seq_len`` and the scheme's own complaint.
+    """
+    check_position_kwargs(name, kwargs)
+    try:
+        get_position_scheme(name)(2, seq_len, target_len, torch.Generator().manual_seed(0), **kwargs)
+    except (UserError, TypeError) as err:
+        raise UserError(
+            f"data.s2l.seq_len={seq_len} does not fit model.s2l_positions={name!r} with "
+            f"model.target_length={target_len}: {err}"
+        ) from err
+
+
+def mix_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (no Python hash randomisation).
+
+    The s2l ids of micro-step ``n`` on rank ``r`` come from ``mix_seed(seed, n, r)``, so a
+    resumed run draws the same ids as an uninterrupted one.
+    """
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & (
+            (1 << 64) - 1
+        )
+    return value >> 1

@@ -2,8 +2,13 @@
 
 Losses are summed as detached tensors and read back once per optimizer step (one host
 sync per step instead of one per micro-step). Tokens/s of a stream is its tokens over
-the time of its micro-steps (forward and backward): wall time on CPU, CUDA events on GPU
-(read once per step, so timing adds no per-micro-step synchronisation).
+the time of its micro-steps (forward and backward, not the optimizer update): wall time
+on CPU, CUDA events on GPU (read once per step, so timing adds no per-micro-step
+synchronisation).
+
+Life of one optimizer step: ``begin`` / ``add`` / ``end`` per micro-step (the last
+micro-step is ended in ``on_before_optimizer_step``, after its backward and before the
+update), then ``metrics`` and ``close``; the next ``begin`` starts a fresh step.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class StepStats:
         self.seconds: dict[str, float] = defaultdict(float)
         self.events: list[tuple[str, Any, Any]] = []
         self._open: Any = None
+        self._kind: str | None = None
+        self.closed = False
 
     def add(self, kind: str, loss: torch.Tensor, term: torch.Tensor, tokens: int) -> None:
         """One micro-step: its weighted ``loss``, unweighted ``term`` and token count."""
@@ -39,8 +46,11 @@ class StepStats:
         self.count[kind] += 1
         self.tokens[kind] += tokens
 
-    def start(self, device: torch.device) -> None:
-        """Mark the start of a micro-step on ``device``."""
+    def begin(self, device: torch.device, kind: str) -> None:
+        """Start timing a micro-step of stream ``kind`` (a closed step is reset first)."""
+        if self.closed:
+            self.reset()
+        self._kind = kind
         if device.type == "cuda":
             event = torch.cuda.Event(enable_timing=True)
             event.record()
@@ -48,23 +58,27 @@ class StepStats:
         else:
             self._open = time.perf_counter()
 
-    def stop(self, kind: str) -> None:
-        """Mark the end of the micro-step started last, of stream ``kind``."""
-        if self._open is None:
+    def end(self) -> None:
+        """Stop timing the micro-step begun last; a no-op when it has already ended."""
+        if self._open is None or self._kind is None:
             return
         if isinstance(self._open, float):
-            self.seconds[kind] += time.perf_counter() - self._open
+            self.seconds[self._kind] += time.perf_counter() - self._open
         else:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self.events.append((kind, self._open, end))
+            stop = torch.cuda.Event(enable_timing=True)
+            stop.record()
+            self.events.append((self._kind, self._open, stop))
         self._open = None
+
+    def close(self) -> None:
+        """Mark the optimizer step as read; the next ``begin`` resets."""
+        self.closed = True
 
     def _read_events(self) -> None:
         if self.events:
             self.events[-1][2].synchronize()
-            for kind, begin, end in self.events:
-                self.seconds[kind] += begin.elapsed_time(end) / 1000.0
+            for kind, start, stop in self.events:
+                self.seconds[kind] += start.elapsed_time(stop) / 1000.0
             self.events = []
 
     def nonfinite_kinds(self) -> list[str]:
@@ -72,7 +86,10 @@ class StepStats:
         return [k for k, v in self.loss.items() if not bool(torch.isfinite(v))]
 
     def metrics(self) -> dict[str, float]:
-        """``train/loss`` (mean weighted loss), ``train/loss_<kind>``, ``train/tokens_per_sec_<kind>``."""
+        """``train/loss`` (mean weighted loss), ``train/loss_<kind>``, ``train/tokens_per_sec_<kind>``.
+
+        Only the streams that had micro-steps in this optimizer step appear.
+        """
         self._read_events()
         out: dict[str, float] = {}
         steps = sum(self.count.values())

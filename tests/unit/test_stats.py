@@ -13,8 +13,8 @@ def test_means_tokens_per_second_and_nonfinite():
         ("short", 5.0, 1.0, 50),
         ("long", 4.0, 4.0, 100),
     ]:
-        stats.start(torch.device("cpu"))
-        stats.stop(kind)
+        stats.begin(torch.device("cpu"), kind)
+        stats.end()
         stats.add(kind, torch.tensor(loss), torch.tensor(term), tokens)
     stats.seconds["long"] = 2.0  # replace the measured time with a known one
     m = stats.metrics()
@@ -26,5 +26,6 @@ def test_means_tokens_per_second_and_nonfinite():
     assert stats.nonfinite_kinds() == []
     stats.add("s2l", torch.tensor(float("nan")), torch.tensor(float("nan")), 10)
     assert stats.nonfinite_kinds() == ["s2l"]
-    stats.reset()
+    stats.close()
+    stats.begin(torch.device("cpu"), "long")  # a closed step starts afresh
     assert stats.metrics() == {}

@@ -1,0 +1,89 @@
+"""Checks of a run's settings, made before any model weight is loaded.
+
+``LongReDModule.__init__`` checks its own settings (:func:`check_settings`,
+:func:`distill_layers`); ``LongReDModule.setup`` calls :func:`check_run`, which compares
+the module with the data module and the trainer: stream lengths and vocabulary (the data
+module's ``check_model``), the streams the objective consumes, the accumulation against
+the schedule's period, and the skipped-position scheme against the s2l length. Every
+failure is a :class:`~longred_pl.errors.UserError` naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from longred_pl import positions
+from longred_pl.errors import UserError
+
+
+def check_settings(short_weight: float, s2l_weight: float, max_skipped_steps: int,
+                   loss_chunk_size: int) -> None:  # fmt: skip
+    """Single-field checks of ``LongReDModule``'s numbers."""
+    for name, value in (("short_weight", short_weight), ("s2l_weight", s2l_weight)):
+        if value < 0:
+            raise UserError(f"model.{name} must be >= 0, got {value}")
+    if max_skipped_steps < 1:
+        raise UserError(f"model.max_skipped_steps must be >= 1, got {max_skipped_steps}")
+    if loss_chunk_size < 0:
+        raise UserError(f"model.loss_chunk_size must be >= 0 (0 = no chunking), got {loss_chunk_size}")
+
+
+def distill_layers(layers: list[int] | None, n_layers: int, default: list[int]) -> list[int]:
+    """The sorted distilled hidden-state indices, each in ``[0, n_layers]``."""
+    chosen = default if layers is None else sorted(set(layers))
+    bad = [i for i in chosen if not 0 <= i <= n_layers]
+    if bad or not chosen:
+        raise UserError(
+            f"model.distill_layers: indices {bad or chosen} are outside [0, {n_layers}] "
+            f"(0 = embeddings, {n_layers} = final normed output of this {n_layers}-layer teacher)"
+        )
+    return chosen
+
+
+def check_run(module: Any, datamodule: Any, trainer: Any) -> None:
+    """Cross-checks of module, data module and trainer (see the module docstring)."""
+    hp = module.hparams
+    if datamodule is not None and hasattr(datamodule, "check_model"):
+        datamodule.check_model(
+            teacher_window=int(module.teacher_config.max_position_embeddings),
+            target_length=int(hp.target_length),
+            vocab_size=int(module.teacher_config.vocab_size),
+            method=hp.method,
+        )
+    schedule = list(getattr(datamodule, "schedule", None) or [])
+    if not schedule:
+        return
+    check_streams(hp.method, module.objective.streams, schedule)
+    check_accumulation(int(getattr(trainer, "accumulate_grad_batches", 1)), schedule)
+    uses_s2l = module.objective.terms.get("s2l", ("",))[0] == "L_s2l"
+    if uses_s2l and "s2l" in schedule:
+        seq_len = int(datamodule.streams["s2l"].seq_len)
+        positions.check_scheme_fits(hp.s2l_positions, seq_len, int(hp.target_length),
+                                    hp.position_kwargs or {})  # fmt: skip
+
+
+def check_streams(method: str, consumed: frozenset[str], schedule: list[str]) -> None:
+    """Every stream in the schedule must be one the objective consumes."""
+    extra = sorted(set(schedule) - consumed)
+    if extra:
+        keep = [k for k in schedule if k in consumed]
+        raise UserError(
+            f"model.method={method!r} trains on the streams {sorted(consumed)} only, but "
+            f"data.schedule has {extra} micro-steps; use data.schedule: {keep or ['long']} "
+            f"or another model.method"
+        )
+
+
+def check_accumulation(accumulate: int, schedule: list[str]) -> None:
+    """One optimizer step must cover whole periods of the schedule.
+
+    Otherwise steps see different mixes of the streams (the published weights assume the
+    16-step period), and a step without an s2l micro-step would have no ``train/loss_s2l``.
+    """
+    period = len(schedule)
+    if accumulate % period:
+        raise UserError(
+            f"trainer.accumulate_grad_batches={accumulate} does not cover whole periods of "
+            f"data.schedule ({period} micro-steps: {schedule}); set "
+            f"trainer.accumulate_grad_batches: {period} (or a multiple of it)"
+        )

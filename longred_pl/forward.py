@@ -1,0 +1,185 @@
+"""One forward path for every loss: hidden states by hooks, the LM head inside the forward.
+
+Every loss and metric of the library runs the causal LM's own ``forward`` (so sharding
+wrappers such as FSDP1 ``FullyShardedDataParallel`` and FSDP2 ``fully_shard`` gather
+their parameters through their hooks) and reads what it needs *while the forward runs*:
+
+* hidden states ``indices`` (LONGRED.md semantics: 0 = embeddings, ``l`` = output of
+  decoder layer ``l``, ``n_layers`` = final normed output) are captured by forward hooks
+  on those modules only (:class:`capture_hidden_states`), so the other states are never
+  kept alive;
+* a function of the final hidden state and the LM head (the chunked next-token loss, the
+  per-token NLL) runs in a forward *pre*-hook of the output embedding, i.e. inside the
+  root module's forward, where every wrapper has the head's weight gathered: the loss is
+  correct by construction under FSDP1 with ``use_orig_params`` (where the weight may be
+  a flat shard once the forward returns), FSDP2 and DDP. The head itself then projects
+  one position only, so the ``[B, T, V]`` logits are never formed.
+
+Skipped position ids are passed with an explicit all-ones ``attention_mask``:
+transformers 5 otherwise reads any gap in ``position_ids`` as the start of a new packed
+sequence and blocks attention across it (NOTES.md).
+
+Shape legend: B batch, T tokens, D hidden size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from longred_pl.errors import UserError
+from longred_pl.objectives import LogitHead
+
+HeadFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], Any]
+
+
+def decoder_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, Sequence[nn.Module], nn.Module]:
+    """``(base_model, embed_tokens, layers, final_norm)`` of a Llama-like causal LM."""
+    base = model.base_model
+    missing = [n for n in ("embed_tokens", "layers", "norm") if not hasattr(base, n)]
+    if missing:
+        raise UserError(
+            f"model.teacher_path: {type(model).__name__} has no {missing} on its base model; "
+            f"LongReD supports Llama-like decoders (Llama, Mistral, Qwen2, Gemma, ...)"
+        )
+    return base, base.embed_tokens, base.layers, base.norm
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+class capture_hidden_states:  # noqa: N801  (used as a context manager, reads like a function)
+    """Record hidden states ``indices`` during a forward pass of ``model``.
+
+    Example:
+        >>> with capture_hidden_states(model, [1, n_layers]) as states:
+        ...     model(input_ids=ids, logits_to_keep=1)
+        >>> states[n_layers].shape  # [B, T, D]
+    """
+
+    def __init__(self, model: nn.Module, indices: Sequence[int]) -> None:
+        _, embed, layers, norm = decoder_parts(model)
+        n_layers = len(layers)
+        self.states: dict[int, torch.Tensor] = {}
+        self.targets: list[tuple[int, nn.Module]] = []
+        for i in sorted(set(indices)):
+            if not 0 <= i <= n_layers:
+                raise UserError(
+                    f"model.distill_layers: hidden-state index {i} is outside [0, {n_layers}]"
+                )
+            module = embed if i == 0 else norm if i == n_layers else layers[i - 1]
+            self.targets.append((i, module))
+        self.handles: list[Any] = []
+
+    def _hook(self, index: int):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self.states[index] = _first(output)
+
+        return hook
+
+    def __enter__(self) -> dict[int, torch.Tensor]:
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in self.targets]
+        return self.states
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+class _HeadCall:
+    """A forward pre-hook on the LM head: ``fn(hidden_BTD, weight_VD, bias_V)``, then 1 position."""
+
+    def __init__(self, fn: HeadFn) -> None:
+        self.fn, self.result, self.called = fn, None, False
+
+    def __call__(self, head: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        hidden_BTD = args[0]
+        self.result = self.fn(hidden_BTD, head.weight, getattr(head, "bias", None))
+        self.called = True
+        return (hidden_BTD[:, -1:], *args[1:])
+
+
+def run_model(
+    model: nn.Module,
+    input_ids_BT: torch.Tensor,
+    indices: Sequence[int] = (),
+    position_ids_BT: torch.Tensor | None = None,
+    head_fn: HeadFn | None = None,
+) -> tuple[dict[int, torch.Tensor], Any]:
+    """The model's own forward; returns ``(hidden states indices, head_fn's result)``.
+
+    Args:
+        model: a Llama-like Hugging Face causal LM (possibly FSDP/DDP wrapped inside).
+        input_ids_BT: token ids.
+        indices: hidden-state indices to capture.
+        position_ids_BT: position ids (skipped ones for s2l); None = contiguous.
+        head_fn: ``fn(final_hidden_BTD, head_weight_VD, head_bias_V)`` run inside the
+            forward (see module docstring); None runs the head on one position only.
+    """
+    mask_BT = torch.ones_like(input_ids_BT) if position_ids_BT is not None else None
+    head_call = _HeadCall(head_fn) if head_fn is not None else None
+    handle = None
+    if head_call is not None:
+        handle = model.get_output_embeddings().register_forward_pre_hook(head_call)
+    try:
+        with capture_hidden_states(model, indices) as states:
+            model(
+                input_ids=input_ids_BT,
+                position_ids=position_ids_BT,
+                attention_mask=mask_BT,
+                use_cache=False,
+                logits_to_keep=0 if head_call is not None else 1,
+            )
+    finally:
+        if handle is not None:
+            handle.remove()
+    if head_call is not None and not head_call.called:
+        raise RuntimeError(f"{type(model).__name__}'s forward never called its output embedding")
+    return dict(states), None if head_call is None else head_call.result
+
+
+def logit_head(model: nn.Module) -> LogitHead:
+    """The logit transform of ``model`` (scale and soft cap), read from its config.
+
+    Cohere: ``logit_scale``; Granite: ``1 / logits_scaling``; Gemma 2/3:
+    ``final_logit_softcapping``. :func:`check_logit_head` verifies the result.
+    """
+    config = model.config
+    scale = float(getattr(model, "logit_scale", None) or getattr(config, "logit_scale", 1.0) or 1.0)
+    if getattr(config, "logits_scaling", None):
+        scale /= float(config.logits_scaling)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    return LogitHead(scale=scale, softcap=float(softcap) if softcap else None)
+
+
+@torch.no_grad()
+def check_logit_head(model: nn.Module, head: LogitHead, field: str = "model.teacher_path") -> None:
+    """Refuse a model whose own logits differ from ``head(hidden @ W.T + b)``.
+
+    One forward of 8 tokens compares the model's logits with the library's formula, so
+    a model with another logit transform (a bias, scale or cap not covered above) is
+    refused at load instead of trained on wrong logits.
+    """
+    from longred_pl.objectives import _project
+
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    ids_BT = torch.arange(8, device=model.get_output_embeddings().weight.device)[None] % vocab
+    with capture_hidden_states(model, [len(decoder_parts(model)[2])]) as states:
+        logits_BTV = model(input_ids=ids_BT, use_cache=False, logits_to_keep=0).logits
+    hidden_BTD = next(iter(states.values()))
+    lm_head = model.get_output_embeddings()
+    ours_BTV = head.logits(_project(hidden_BTD, lm_head.weight, getattr(lm_head, "bias", None)))
+    error = float((ours_BTV - logits_BTV.float()).abs().max())
+    rel = 1e-3 if logits_BTV.dtype == torch.float32 else 5e-2  # bf16/fp16 weights round
+    tol = rel * max(1.0, float(logits_BTV.float().abs().max()))
+    if not error <= tol:
+        raise UserError(
+            f"{field}: {type(model).__name__} computes its logits in a way longred_pl does not "
+            f"reproduce (max difference {error:.3g}); supported: lm_head weight/bias, "
+            f"logit_scale, logits_scaling, final_logit_softcapping"
+        )

@@ -1,0 +1,106 @@
+"""The frozen teacher: loaded once, never trained, never saved, never in train mode.
+
+:class:`FrozenTeacher` owns everything the original model needs as a teacher (DESIGN.md,
+"Rules of the house"):
+
+* loading from its local directory (``local_files_only``) with its own dtype;
+* freezing: ``requires_grad_(False)`` (it is outside the optimizer, which only sees the
+  student) and forwards under ``torch.no_grad()`` (not ``inference_mode``: its outputs
+  meet the student's autograd graph in the cosine loss);
+* the eval lock: ``train(True)`` leaves it in eval mode, so Lightning's ``model.train()``
+  at every fit/validation switch cannot turn dropout on;
+* checkpoint exclusion: a state-dict hook on the *parent* module drops the teacher's keys
+  from the parent's checkpoint (it is re-loaded from its path), and a load hook forgives
+  their absence; the teacher's own ``state_dict()`` stays complete;
+* FSDP2: the root unit is resharded after each no-grad forward (FSDP2 keeps the root
+  gathered after forward for a backward that never comes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from longred_pl.forward import check_logit_head, logit_head, run_model
+from longred_pl.objectives import chunked_token_nll
+
+
+class FrozenTeacher(nn.Module):
+    """A frozen Hugging Face causal LM used as the distillation target.
+
+    Args:
+        model: the loaded original model (frozen here).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        model.requires_grad_(False)
+        self.model = model.eval()
+        self.head = logit_head(model)
+
+    @classmethod
+    def load(cls, path: str, config: Any, attn_implementation: str, dtype: str,
+             trust_remote_code: bool = False) -> FrozenTeacher:  # fmt: skip
+        """Load the teacher from ``path`` with its own (unextended) ``config``."""
+        from longred_pl.models import load_causal_lm
+
+        model = load_causal_lm(path, config, attn_implementation, dtype, trust_remote_code)
+        check_logit_head(model, logit_head(model))
+        return cls(model)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        """Always eval mode (the eval lock)."""
+        return super().train(False)
+
+    def exclude_from_checkpoint(self, parent: nn.Module, name: str) -> None:
+        """Keep ``parent.<name>.*`` out of ``parent``'s state dict and forgive it on load."""
+        marker = name + "."
+
+        def drop(module: nn.Module, state_dict: dict[str, Any], prefix: str, _meta: Any) -> None:
+            for key in [k for k in state_dict if k.startswith(prefix + marker)]:
+                del state_dict[key]
+
+        def forgive(module: nn.Module, incompatible: Any) -> None:
+            missing = incompatible.missing_keys
+            missing[:] = [k for k in missing if not _under(k, marker)]
+
+        parent.register_state_dict_post_hook(drop)
+        parent.register_load_state_dict_post_hook(forgive)
+
+    @torch.no_grad()
+    def hidden_states(
+        self,
+        input_ids_BT: torch.Tensor,
+        indices: Sequence[int],
+        position_ids_BT: torch.Tensor | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """Hidden states ``indices`` at contiguous (or given) positions, no grad."""
+        states, _ = run_model(self.model, input_ids_BT, indices, position_ids_BT)
+        self.reshard()
+        return states
+
+    @torch.no_grad()
+    def token_nll(self, input_ids_BT: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """Per-token next-token NLL ``[B, T-1]`` (validation perplexity of the teacher)."""
+
+        def nll(hidden_BTD, weight_VD, bias_V):
+            return chunked_token_nll(hidden_BTD, weight_VD, input_ids_BT, chunk_size, bias_V,
+                                     self.head)  # fmt: skip
+
+        _, out = run_model(self.model, input_ids_BT, (), None, nll)
+        self.reshard()
+        return out
+
+    def reshard(self) -> None:
+        """Free an FSDP2 root's gathered weights after a forward without backward."""
+        reshard = getattr(self.model, "reshard", None)
+        if callable(reshard):
+            reshard()
+
+
+def _under(key: str, marker: str) -> bool:
+    """Whether state-dict ``key`` lies under a ``marker`` (``"teacher."``) submodule."""
+    return key.startswith(marker) or ("." + marker) in key

@@ -1,0 +1,98 @@
+"""The training objectives, one registry entry each (``model.method``).
+
+Each micro-batch comes from one stream (the data module's schedule), so an objective is
+a table: for each stream it consumes, the term it computes and that term's weight. The
+paper's objective (LONGRED.md, Dong et al. 2025, Sec. 3) reads directly off its entry::
+
+    L = L_long + short_weight * L_short + s2l_weight * L_s2l
+
+The equation holds per micro-step; Lightning sums the micro-steps of an optimizer step
+(``accumulate_grad_batches`` = the schedule's length), so the effective per-step weights
+are the term weights times each stream's share of the schedule (README, "How it works").
+
+Terms (methods of :class:`longred_pl.module.LongReDModule`):
+
+* ``L_long``  next-token cross-entropy at contiguous positions;
+* ``L_short`` ``sum_l (1 - cos)`` of the distilled hidden states vs the teacher's;
+* ``L_s2l``   ``1 - cos`` of the final hidden state, the student reading skipped positions.
+
+To add an objective: an entry in :data:`METHODS` (or :func:`register_method`), a test,
+and a YAML (CONTRIBUTING.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from longred_pl.errors import UserError
+
+TERMS = ("L_long", "L_short", "L_s2l")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One objective: stream -> (term, weight); a weight is a number or a weight's name.
+
+    Attributes:
+        terms: for each stream kind it consumes, the term computed on that stream and its
+            weight (a float, or ``"short_weight"`` / ``"s2l_weight"``: the module's setting).
+        needs_teacher: whether the frozen teacher is loaded (the distillation terms).
+        description: one line for ``--help`` and the README.
+    """
+
+    terms: Mapping[str, tuple[str, float | str]]
+    needs_teacher: bool
+    description: str
+
+    @property
+    def streams(self) -> frozenset[str]:
+        """The stream kinds this objective consumes."""
+        return frozenset(self.terms)
+
+    def weights(self, **settings: float) -> dict[str, float]:
+        """``{stream: weight}`` with the named weights resolved from ``settings``."""
+        return {
+            kind: float(settings[w] if isinstance(w, str) else w)
+            for kind, (_, w) in self.terms.items()
+        }
+
+
+METHODS: dict[str, Method] = {
+    # L = L_long + short_weight * L_short + s2l_weight * L_s2l
+    "longred": Method(
+        {"long": ("L_long", 1.0), "short": ("L_short", "short_weight"),
+         "s2l": ("L_s2l", "s2l_weight")},
+        needs_teacher=True,
+        description="LongReD: long-text CE + short-text and short-to-long distillation",
+    ),  # fmt: skip
+    # L = L_long (the extended model trained on long text alone)
+    "long_cpt": Method(
+        {"long": ("L_long", 1.0)},
+        needs_teacher=False,
+        description="Long+CPT baseline: next-token loss on the long stream only",
+    ),
+    # L = L_long on every stream, contiguous positions (long and short text mixed)
+    "mix_cpt": Method(
+        {"long": ("L_long", 1.0), "short": ("L_long", 1.0), "s2l": ("L_long", 1.0)},
+        needs_teacher=False,
+        description="Mix+CPT baseline: next-token loss on every stream",
+    ),
+}
+
+
+def register_method(name: str, method: Method) -> None:
+    """Add ``method`` to :data:`METHODS` under ``name`` (its terms must be known)."""
+    unknown = [t for t, _ in method.terms.values() if t not in TERMS]
+    if unknown:
+        raise UserError(f"method {name!r}: unknown term(s) {unknown}; known: {list(TERMS)}")
+    METHODS[name] = method
+
+
+def get_method(name: str) -> Method:
+    """The registered objective ``name``; a UserError naming ``model.method`` otherwise."""
+    if name not in METHODS:
+        raise UserError(
+            f"model.method={name!r} is not a known objective; choose one of: {', '.join(METHODS)}"
+        )
+    return METHODS[name]

@@ -1,0 +1,104 @@
+"""Settings that cannot work are refused at setup, before any weight is loaded."""
+
+import csv
+import glob
+import itertools
+
+import lightning as L
+import pytest
+import torch
+
+from longred_pl.data.datamodule import MixedLengthDataModule
+from longred_pl.data.shards import StreamConfig
+from longred_pl.errors import UserError
+from longred_pl.module import LongReDModule
+
+
+def _module(tiny_llama, **kwargs):
+    kwargs.setdefault("rope_kwargs", {"rope_theta": 40000.0})
+    return LongReDModule(teacher_path=tiny_llama, target_length=256, **kwargs)
+
+
+def _trainer(tmp_path, accumulate, max_steps=1, logger=False):
+    return L.Trainer(
+        accelerator="cpu", max_steps=max_steps, accumulate_grad_batches=accumulate,
+        logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, log_every_n_steps=1,
+    )  # fmt: skip
+
+
+def _data(tiny_shards, schedule, s2l_len=64, s2l_key="s2l"):
+    return MixedLengthDataModule(
+        long=StreamConfig(tiny_shards["long"], 256, 1),
+        short=StreamConfig(tiny_shards["short"], 16, 2),
+        s2l=StreamConfig(tiny_shards[s2l_key], s2l_len, 2),
+        schedule=schedule,
+        num_workers=0,
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, schedule, accumulate, s2l, match",
+    [
+        ({}, ["long", "s2l", "long", "short"], 2, ("s2l", 64),
+         r"trainer.accumulate_grad_batches=2 does not cover whole periods.*accumulate_grad_batches: 4"),
+        ({"method": "long_cpt"}, ["long", "short"], 2, ("s2l", 64),
+         r"model.method='long_cpt' trains on the streams \['long'\] only.*\['short'\]"),
+        ({}, ["long", "s2l"], 2, ("short", 16),
+         r"data.s2l.seq_len=16 does not fit model.s2l_positions='cream'.*head_tail_lengths"),
+    ],
+)
+def test_refused_before_models_load(tiny_llama, tiny_shards, tmp_path, kwargs, schedule,
+                                    accumulate, s2l, match):  # fmt: skip
+    module = _module(tiny_llama, **kwargs)
+    data = _data(tiny_shards, schedule, s2l_len=s2l[1], s2l_key=s2l[0])
+    with pytest.raises(UserError, match=match):
+        _trainer(tmp_path, accumulate).fit(module, datamodule=data)
+    assert module.student is None  # refused before loading anything
+
+
+class _Clock:
+    """Each call advances one second: every timed micro-step lasts exactly 1 s."""
+
+    def __init__(self):
+        self.now = itertools.count()
+
+    def perf_counter(self):
+        return float(next(self.now))
+
+
+@pytest.mark.parametrize(
+    "method, schedule, expected",
+    [
+        ("long_cpt", ["long", "long"], {"long": 256.0}),
+        ("long_cpt", ["long"], {"long": 256.0}),
+        ("longred", ["long", "short", "long", "short"], {"long": 256.0, "short": 32.0}),
+    ],
+)
+def test_tokens_per_second_counts_every_micro_step(tiny_llama, tiny_shards, tmp_path, monkeypatch,
+                                                   method, schedule, expected):  # fmt: skip
+    import longred_pl.stats as stats
+
+    monkeypatch.setattr(stats, "time", _Clock())
+    module = _module(tiny_llama, method=method)
+    data = _data(tiny_shards, schedule)
+    logger = L.pytorch.loggers.CSVLogger(str(tmp_path))
+    _trainer(tmp_path, len(schedule), max_steps=2, logger=logger).fit(module, datamodule=data)
+    (path,) = glob.glob(str(tmp_path / "**" / "metrics.csv"), recursive=True)
+    rows = [r for r in csv.DictReader(open(path)) if r.get("train/loss")]
+    assert len(rows) == 2
+    for row in rows:
+        for kind, rate in expected.items():
+            assert float(row[f"train/tokens_per_sec_{kind}"]) == pytest.approx(rate), row
+
+
+def test_every_step_logs_every_stream_of_the_schedule(tiny_llama, tiny_shards, tmp_path):
+    """No stale values: each logged step had each of its streams' micro-steps."""
+    module = _module(tiny_llama, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    data = _data(tiny_shards, ["long", "s2l", "long", "short"])
+    logger = L.pytorch.loggers.CSVLogger(str(tmp_path))
+    _trainer(tmp_path, 4, max_steps=3, logger=logger).fit(module, datamodule=data)
+    (path,) = glob.glob(str(tmp_path / "**" / "metrics.csv"), recursive=True)
+    rows = [r for r in csv.DictReader(open(path)) if r.get("train/loss")]
+    values = [r["train/loss_s2l"] for r in rows]
+    assert len(rows) == 3 and all(values) and len(set(values)) == 3
