@@ -1,44 +1,88 @@
-"""The ``longred`` command line.
+"""The ``longred`` command line: the one CLI layer of the library.
 
 ``longred fit|validate|test ...`` is a LightningCLI over :class:`LongReDModule` and
 :class:`MixedLengthDataModule` (``--help`` lists every key of the YAML configs). The
-other sub-commands are the tools around training:
+other sub-commands are the tools around training; each is a typed library function
+whose ``--help`` comes from its signature and docstring (jsonargparse), like ``fit``'s:
 
-* ``longred prepare``        write token shards from text files or an embedded corpus;
-* ``longred build-teacher``  train the small real teacher of the embedded default;
-* ``longred demo``           the embedded default end to end (teacher, data, fit, export);
+* ``longred prepare``         write token shards from text, JSONL, parquet, arrow or datasets;
+* ``longred build-teacher``   train the small real teacher of the embedded default;
+* ``longred demo``            the embedded default end to end (teacher, data, fit, export);
 * ``longred export CKPT OUT`` a checkpoint's student as a Hugging Face directory;
-* ``longred eval MODEL_DIR...`` short/long perplexity, copy probe, passkey; JSON, markdown, plots;
-* ``longred select-layers``  per-layer drift of the extended student; recommends ``distill_layers``;
-* ``longred lm-eval MODEL_DIR... --tasks ...`` short-text benchmarks through lm-eval-harness.
+* ``longred eval MODEL...``   short/long perplexity, copy probe, passkey; JSON, markdown, plots;
+* ``longred select-layers``   per-layer drift of the extended student; recommends ``distill_layers``;
+* ``longred lm-eval MODEL...`` benchmarks (RULER, short tasks) through lm-eval-harness.
 
-``main(args)`` runs in-process, so tests and notebooks call the CLI directly.
+Flags may be spelt ``--seq-len`` or ``--seq_len``. A user error (a bad setting or file)
+prints one line, ``longred: error: ...``, and exits with status 2; ``--debug`` or
+``LONGRED_DEBUG=1`` shows the traceback. ``main(args)`` runs in-process and raises, so
+tests and notebooks call the CLI directly.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from longred_pl.errors import UserError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
+# tool -> (module, function); each function is typed and documented (Google style).
+TOOLS: dict[str, tuple[str, str]] = {
+    "prepare": ("longred_pl.data.prepare", "prepare_main"),
+    "build-teacher": ("longred_pl.teacher", "build_teacher_cli"),
+    "demo": ("longred_pl.demo", "run_demo"),
+    "export": ("longred_pl.export", "export_main"),
+    "eval": ("longred_pl.eval.evaluator", "eval_main"),
+    "select-layers": ("longred_pl.drift", "select_layers"),
+    "lm-eval": ("longred_pl.eval.lm_eval_bridge", "lm_eval_main"),
+}
+# Tools still parsed by their own ``*_main(argv)`` (being moved to typed functions).
+ARGV_TOOLS = frozenset(name for name, (_, fn) in TOOLS.items() if fn.endswith("_main"))
 
-def _save_config_callback() -> type:
-    from lightning.pytorch.cli import SaveConfigCallback
+
+def _lightning_cli_class() -> type:
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+    from longred_pl import resume
 
     class LogConfig(SaveConfigCallback):
-        """Writes ``config.yaml`` as usual and sends the whole config to the logger.
-
-        Dashboards (W&B) then show the trainer, data and model settings of every run, not
-        only the model's hyper-parameters.
-        """
+        """Writes ``config.yaml`` as usual and sends the whole config to the logger."""
 
         def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
             if trainer.logger is not None:
                 trainer.logger.log_hyperparams({"config": self.config.as_dict()})
 
-    return LogConfig
+    class LongReDCLI(LightningCLI):
+        """LightningCLI that reconciles model settings on resume (``resume.py``)."""
+
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            # ``main`` always passes args; Lightning warns whenever sys.argv is non-empty too
+            self.config = parser.parse_args(sys.argv[1:] if args is None else list(args))
+
+        def _parse_ckpt_path(self) -> None:
+            sub = self.config.get("subcommand")
+            ckpt = self.config[sub].get("ckpt_path") if sub else None
+            if not ckpt or not os.path.exists(ckpt):
+                return
+            from longred_pl.module import LongReDModule
+
+            given = self.config[sub]["model"]
+            saved = resume.read_checkpoint_hparams(ckpt)
+            use, notes = resume.reconcile(
+                saved, dict(given), resume.init_defaults(LongReDModule), ckpt
+            )
+            for key, value in use.items():
+                given[key] = value
+            for note in notes:
+                print(f"[longred] resume: {note}", file=sys.stderr)
+
+    return LongReDCLI, LogConfig
 
 
 def lightning_cli(args: Sequence[str], run: bool = True) -> Any:
@@ -47,17 +91,16 @@ def lightning_cli(args: Sequence[str], run: bool = True) -> Any:
     With ``run=False`` ``args`` carry no sub-command and the CLI only builds the trainer,
     model and data module (``cli.trainer``, ``cli.model``, ``cli.datamodule``).
     """
-    from lightning.pytorch.cli import LightningCLI
-
     from longred_pl.data.datamodule import MixedLengthDataModule
     from longred_pl.module import LongReDModule
 
-    return LightningCLI(
+    cli_class, log_config = _lightning_cli_class()
+    return cli_class(
         LongReDModule,
         MixedLengthDataModule,
         args=list(args),
         run=run,
-        save_config_callback=_save_config_callback(),
+        save_config_callback=log_config,
         save_config_kwargs={"overwrite": True},
     )
 
@@ -67,82 +110,152 @@ def build_cli(args: Sequence[str]) -> Any:
     return lightning_cli(args, run=False)
 
 
-def _export(argv: Sequence[str]) -> None:
-    import argparse
+def _param_kinds(fn: Any) -> dict[str, str]:
+    """``{parameter: "bool" | "list" | "other"}`` from ``fn``'s annotations."""
+    import inspect
+    import typing
 
-    from longred_pl.export import export_checkpoint
-
-    parser = argparse.ArgumentParser(
-        prog="longred export",
-        description="Write a checkpoint's student as a Hugging Face directory.",
-    )
-    parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a LongReDModule run")
-    parser.add_argument("out_dir", help="output directory")
-    ns = parser.parse_args(list(argv))
-    print(f"[longred] exported to {export_checkpoint(ns.ckpt, ns.out_dir)}")
+    hints = typing.get_type_hints(fn)
+    kinds = {}
+    for name in inspect.signature(fn).parameters:
+        text = str(hints.get(name, ""))
+        kinds[name] = "bool" if hints.get(name) is bool else "list" if "list[" in text.lower() else "other"
+    return kinds
 
 
-def _prepare(argv: Sequence[str]) -> Any:
-    from longred_pl.data.prepare import prepare_main
+def normalise_flags(argv: Sequence[str], fn: Any) -> list[str]:
+    """Shell habits -> jsonargparse: ``--seq-len``, bare ``--force``, ``--no-progress``, lists.
 
-    return prepare_main(list(argv))
+    ``--seq-len 8`` -> ``--seq_len 8``; a bare bool flag -> ``--force=true``;
+    ``--no-progress`` (for a ``progress: bool`` parameter) -> ``--progress=false``;
+    ``--files a b`` -> one JSON list; leading bare words fill the required parameters in
+    order (``longred export CKPT OUT``), a list parameter taking all that remain.
+    """
+    import json
+
+    kinds = _param_kinds(fn)
+    required = [n for n in kinds if n not in _defaults(fn)]
+    out: list[str] = []
+    args = list(argv)
+    n = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
+    words, args = args[:n], args[n:]
+    for name in required:
+        if not words:
+            break
+        taken, words = (words, []) if kinds[name] == "list" else (words[:1], words[1:])
+        out.append(f"--{name}=" + (json.dumps(taken) if kinds[name] == "list" else taken[0]))
+    out.extend(words)  # too many: jsonargparse names the surplus
+    i = 0
+    while i < len(args):
+        arg, i = args[i], i + 1
+        if not arg.startswith("--") or arg in ("--help", "--print_config"):
+            out.append(arg)
+            continue
+        name, eq, value = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        if not eq and name.startswith("no_") and kinds.get(name[3:]) == "bool":
+            out.append(f"--{name[3:]}=false")
+            continue
+        values = []
+        while not eq and i < len(args) and not args[i].startswith("--"):
+            values.append(args[i])
+            i += 1
+        if not eq and kinds.get(name) == "bool" and not values:
+            values = ["true"]
+        if kinds.get(name) == "list" and (len(values) > 1 or (values and not values[0].startswith("["))):
+            values = [json.dumps(values)]
+        out.extend([f"--{name}{eq}{value}"] if eq else [f"--{name}", *values])
+    return out
 
 
-def _build_teacher(argv: Sequence[str]) -> Any:
-    from longred_pl.teacher import build_teacher_main
+def _defaults(fn: Any) -> set[str]:
+    import inspect
 
-    return build_teacher_main(list(argv))
-
-
-def _demo(argv: Sequence[str]) -> Any:
-    from longred_pl.demo import demo_main
-
-    return demo_main(list(argv))
+    params = inspect.signature(fn).parameters.values()
+    return {p.name for p in params if p.default is not inspect.Parameter.empty}
 
 
-def _eval(argv: Sequence[str]) -> Any:
-    from longred_pl.eval.evaluator import eval_main
+def run_tool(name: str, argv: Sequence[str]) -> Any:
+    """Parse ``argv`` against the tool's typed function and call it."""
+    module, fn_name = TOOLS[name]
+    fn = getattr(importlib.import_module(module), fn_name)
+    if name in ARGV_TOOLS:
+        return fn(list(argv))
+    from jsonargparse import auto_cli
 
-    return eval_main(list(argv))
-
-
-def _select_layers(argv: Sequence[str]) -> Any:
-    from longred_pl.drift import select_layers_main
-
-    return select_layers_main(list(argv))
-
-
-def _lm_eval(argv: Sequence[str]) -> Any:
-    from longred_pl.eval.lm_eval_bridge import lm_eval_main
-
-    return lm_eval_main(list(argv))
+    return auto_cli(fn, args=normalise_flags(argv, fn), prog=f"longred {name}", as_positional=False)
 
 
-TOOLS: dict[str, Callable[[Sequence[str]], Any]] = {
-    "prepare": _prepare,
-    "build-teacher": _build_teacher,
-    "demo": _demo,
-    "export": _export,
-    "eval": _eval,
-    "select-layers": _select_layers,
-    "lm-eval": _lm_eval,
-}
+def usage() -> str:
+    """Top-level help, printed without importing Lightning or transformers."""
+    lines = [
+        "usage: longred {fit,validate,test} [--config CONFIG.yaml] [--help]",
+        "       longred {" + ",".join(TOOLS) + "} [--help]",
+        "",
+        "Extend an LLM's context window with LongReD restoration distillation.",
+        "",
+        "training (LightningCLI; `longred fit --help` lists every key):",
+        "  fit           train LongReDModule on MixedLengthDataModule",
+        "  validate      validation perplexities (student, teacher, retention)",
+        "  test          the same metrics as test/...",
+        "",
+        "tools (`longred TOOL --help`):",
+    ]
+    for name, (module, fn) in TOOLS.items():
+        lines.append(f"  {name:13s} {_first_line_of(module, fn)}")
+    lines += ["", "errors print one line; add --debug (or LONGRED_DEBUG=1) for the traceback"]
+    return "\n".join(lines)
+
+
+def _first_line_of(module: str, function: str) -> str:
+    """The first docstring line of ``module.function`` (else of the module), not imported."""
+    import ast
+
+    spec = importlib.util.find_spec(module)
+    with open(spec.origin, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    docs = [ast.get_docstring(n) for n in tree.body
+            if isinstance(n, ast.FunctionDef) and n.name == function]  # fmt: skip
+    doc = (docs[0] if docs and docs[0] else None) or ast.get_docstring(tree) or ""
+    return doc.strip().splitlines()[0].rstrip(".").strip("`") if doc.strip() else ""
 
 
 def main(args: Sequence[str] | None = None) -> Any:
     """Entry point of the ``longred`` console script; ``args`` defaults to ``sys.argv[1:]``."""
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in TOOLS:
-        return TOOLS[argv[0]](argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
-        tools = ", ".join(TOOLS)
-        print(f"usage: longred {{{', '.join(LIGHTNING_COMMANDS)}}} ... | {{{tools}}} ...\n")
+        print(usage())
+        return None
+    if argv[0] in TOOLS:
+        return run_tool(argv[0], argv[1:])
+    if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
+        raise UserError(
+            f"unknown command {argv[0]!r}; choose one of: {', '.join([*LIGHTNING_COMMANDS, *TOOLS])}"
+        )
     return lightning_cli(argv)
 
 
+def one_line(err: BaseException) -> str:
+    """A user error's message on one line (a DataLoader worker wraps it in a traceback)."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        text = last.split("Error: ", 1)[-1]
+    return " ".join(text.split())
+
+
 def console() -> None:
-    """The ``longred`` console script: ``main`` with the exit status of a shell command."""
-    main()
+    """The ``longred`` console script: user errors on one line, exit status 2."""
+    argv = sys.argv[1:]
+    debug = "--debug" in argv or os.environ.get("LONGRED_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        main(argv)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"longred: error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

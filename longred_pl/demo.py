@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -93,33 +92,38 @@ def _size_mb(path: Path) -> float:
     return path.stat().st_size / 2**20 if path.exists() else float("nan")
 
 
-def demo_main(argv: list[str] | None = None) -> dict[str, Any]:
+def run_demo(
+    config: str = "configs/quickstart.yaml",
+    recipe: str = "configs/teacher/tiny-llama.yaml",
+    skip_validate: bool = False,
+    fit_args: list[str] | None = None,
+) -> dict[str, Any]:
+    """The embedded default end to end, offline: teacher, shards, validate, fit, export.
+
+    Args:
+        config: the LightningCLI fit config (its ``model.teacher_path`` and ``data:``
+            streams say where the teacher and the shards go).
+        recipe: the demo teacher's recipe (built on first use, then cached).
+        skip_validate: skip validating the untrained, RoPE-extended student first.
+        fit_args: extra ``longred fit`` flags, e.g. ``["--trainer.max_steps=8"]``.
+    """
     from longred_pl.cli import main as cli_main
     from longred_pl.teacher import TeacherRecipe, ensure_teacher
 
-    parser = argparse.ArgumentParser(prog="longred demo", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config", default="configs/quickstart.yaml", help="LightningCLI fit config"
-    )
-    parser.add_argument(
-        "--recipe", default="configs/teacher/tiny-llama.yaml", help="teacher recipe"
-    )
-    parser.add_argument(
-        "--skip-validate", action="store_true", help="no validation before training"
-    )
-    ns, extra = parser.parse_known_args(argv)
+    extra = list(fit_args or [])
     start = time.perf_counter()
-    config = yaml.safe_load(Path(ns.config).read_text())
+    config_path = config
+    config = yaml.safe_load(Path(config_path).read_text())
     teacher_dir = _config_value(config, "model", "teacher_path")
-    recipe = TeacherRecipe.from_file(ns.recipe) if os.path.exists(ns.recipe) else TeacherRecipe()
-    ensure_teacher(teacher_dir, recipe, progress=True)
+    teacher_recipe = TeacherRecipe.from_file(recipe) if os.path.exists(recipe) else TeacherRecipe()
+    ensure_teacher(teacher_dir, teacher_recipe, progress=True)
     prepare_demo_data(config, teacher_dir)
     log_root = Path(_config_value(config, "trainer", "default_root_dir"))
     before: dict[str, float] = {}
-    if not ns.skip_validate:
+    if not skip_validate:
         print("[longred] validating the extended student before training")
-        before = validate_metrics(ns.config, extra)
-    cli_main(["fit", "--config", ns.config, *extra])
+        before = validate_metrics(config_path, extra)
+    cli_main(["fit", "--config", config_path, *extra])
     after = _last_metrics(log_root)
     ckpt = log_root / "checkpoints" / "last.ckpt"
     teacher_weights = Path(teacher_dir) / "model.safetensors"

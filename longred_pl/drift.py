@@ -12,14 +12,13 @@ model's, and the drift grows with depth. Two measures, per layer, on short text:
 
 :func:`measure_drift` computes both, :func:`recommend_layers` turns them into
 ``distill_layers`` and :func:`plot_drift` draws them; ``longred select-layers``
-(:func:`select_layers_main`) runs the three on the untrained RoPE-extended student. The attention maps need eager
+(:func:`select_layers`) runs the three on the untrained RoPE-extended student. The attention maps need eager
 attention (sdpa and flash kernels never materialise them), so the models are switched to
 ``eager`` for the measurement and switched back afterwards.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from longred_pl.errors import UserError
 from longred_pl.eval.metrics import AttentionKL, HiddenStateCosine
 from longred_pl.models import freeze, load_causal_lm, load_config
 
@@ -41,6 +41,7 @@ __all__ = [
     "plot_drift",
     "pyplot",
     "recommend_layers",
+    "select_layers",
     "select_layers_main",
 ]
 
@@ -291,114 +292,113 @@ def plot_drift(report: DriftReport, path: str, title: str | None = None) -> str:
     return str(path)
 
 
-# --------------------------------------------------------------- select-layers CLI
-def _select_parser() -> argparse.ArgumentParser:
-    from longred_pl.eval.evaluator import add_common_flags
+# ------------------------------------------------------------ longred select-layers
+def _student_config(teacher_config: Any, student: str | None, rope_method: str,
+                    target_length: int | None, rope_kwargs: dict[str, Any] | None,
+                    trust_remote_code: bool) -> tuple[Any, str]:  # fmt: skip
+    """The measured student's config and a description of it; errors name the flags."""
+    from longred_pl.rope import extend_rope
 
-    p = argparse.ArgumentParser(
-        prog="longred select-layers",
-        description="Measure per-layer drift of the RoPE-extended student on short text and "
-        "recommend model.distill_layers.",
-    )
-    p.add_argument("--teacher", required=True, help="local directory of the original model")
-    p.add_argument(
-        "--student",
-        default=None,
-        help="measure this model (e.g. a trained long model) instead of the untrained "
-        "RoPE-extended teacher",
-    )
-    p.add_argument("--rope-method", default="abf", help="student RoPE method (rope.ROPE_METHODS)")
-    p.add_argument(
-        "--target-length", type=int, default=None, help="student window (model.target_length)"
-    )
-    p.add_argument("--rope-kwargs", default="{}", help="JSON, e.g. '{\"rope_theta\": 2e7}'")
-    p.add_argument("--data", required=True, help="short-text shards (`longred prepare`)")
-    p.add_argument(
-        "--seq-len", type=int, required=True, help="tokens per sample (<= teacher window)"
-    )
-    p.add_argument("--num-samples", type=int, default=16, help="samples measured")
-    p.add_argument(
-        "--k", type=int, default=4, help="intermediate layers to recommend (plus the final)"
-    )
-    add_common_flags(p)
-    return p
-
-
-def _select_models(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> tuple[Any, Any, str]:
-    """Teacher config, student config and a description of the student, checked."""
+    if student is not None:
+        return load_config(student, trust_remote_code, field="--student"), student
+    if target_length is None:
+        raise UserError("--target-length is required unless --student is given")
     try:
-        teacher_config = load_config(ns.teacher, ns.trust_remote_code, field="--teacher")
-        if ns.student is not None:
-            return (
-                teacher_config,
-                load_config(ns.student, ns.trust_remote_code, field="--student"),
-                ns.student,
-            )
-        from longred_pl.rope import extend_rope
-
-        if ns.target_length is None:
-            parser.error("--target-length is required unless --student is given")
-        rope_kwargs = json.loads(ns.rope_kwargs)
-        if not isinstance(rope_kwargs, dict):
-            parser.error(f"--rope-kwargs must be a JSON object, got {ns.rope_kwargs!r}")
-        student_config = extend_rope(
-            teacher_config, ns.rope_method, ns.target_length, **rope_kwargs
-        )
-    except json.JSONDecodeError as err:
-        parser.error(f"--rope-kwargs is not valid JSON ({err}); e.g. '{{\"rope_theta\": 2e7}}'")
-    except (FileNotFoundError, ValueError) as err:
+        config = extend_rope(teacher_config, rope_method, target_length, **(rope_kwargs or {}))
+    except ValueError as err:
         message = str(err).replace("model.rope_kwargs", "--rope-kwargs")
         message = message.replace("model.rope_method", "--rope-method")
-        parser.error(message.replace("model.target_length", "--target-length"))
-    return teacher_config, student_config, f"{ns.rope_method} {ns.target_length} {ns.rope_kwargs}"
+        raise UserError(message.replace("model.target_length", "--target-length")) from err
+    return config, f"{rope_method} {target_length} {json.dumps(rope_kwargs or {})}"
 
 
-def select_layers_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``longred select-layers --teacher DIR --target-length N --data DIR --seq-len N --out DIR``."""
+def select_layers(
+    teacher: str,
+    data: str,
+    seq_len: int,
+    out: str,
+    student: str | None = None,
+    rope_method: str = "abf",
+    target_length: int | None = None,
+    rope_kwargs: dict[str, Any] | None = None,
+    num_samples: int = 16,
+    k: int = 4,
+    batch_size: int = 4,
+    device: str = "auto",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Per-layer drift of the RoPE-extended student on short text; recommends distill_layers.
+
+    Writes drift.json, drift.md, drift.png and distill_layers.yaml (a snippet for
+    ``model.distill_layers``) to ``out``.
+
+    Args:
+        teacher: local directory of the original model.
+        data: short-text shards (``longred prepare``).
+        seq_len: tokens per sample (at most the teacher's window).
+        out: output directory.
+        student: measure this model (e.g. a trained long model) instead of the untrained
+            RoPE-extended teacher.
+        rope_method: the student's RoPE method (``rope.ROPE_METHODS``).
+        target_length: the student's window (``model.target_length``).
+        rope_kwargs: the RoPE method's parameters, e.g. ``{"rope_theta": 2e7}``.
+        num_samples: samples measured.
+        k: intermediate layers to recommend (plus the final one).
+        batch_size: samples per forward.
+        device: auto (CUDA when available), cpu, cuda:0 ...
+        dtype: float32, bfloat16 or float16.
+        trust_remote_code: allow custom model code.
+        progress: show progress bars (``--no-progress`` hides them).
+    """
     from longred_pl.data.shards import expand_urls
     from longred_pl.eval.evaluator import read_batches, resolve_device
 
-    parser = _select_parser()
-    ns = parser.parse_args(None if argv is None else list(argv))
-    if ns.k < 0 or ns.num_samples < 1 or ns.batch_size < 1:
-        parser.error("--k must be >= 0, --num-samples and --batch-size >= 1")
-    teacher_config, student_config, described = _select_models(parser, ns)
-    if ns.student is None and student_config.rope_parameters == teacher_config.rope_parameters:
-        print(
-            "note: the student's RoPE equals the teacher's (e.g. abf kept rope_theta), so no "
-            "drift will show; set --rope-kwargs to change it"
-        )
+    if k < 0 or num_samples < 1 or batch_size < 1:
+        raise UserError("--k must be >= 0, --num-samples and --batch-size >= 1")
+    teacher_config = load_config(teacher, trust_remote_code, field="--teacher")
+    student_config, described = _student_config(
+        teacher_config, student, rope_method, target_length, rope_kwargs, trust_remote_code
+    )
+    if student is None and student_config.rope_parameters == teacher_config.rope_parameters:
+        print("note: the student's RoPE equals the teacher's (e.g. abf kept rope_theta), so no "
+              "drift will show; set --rope-kwargs to change it")  # fmt: skip
     window = int(teacher_config.max_position_embeddings)
-    if not 2 <= ns.seq_len <= window:
-        parser.error(f"--seq-len must be in [2, {window}] (the teacher's window), got {ns.seq_len}")
-    try:
-        expand_urls(ns.data, field="--data")
-    except ValueError as err:
-        parser.error(str(err))
-    device = resolve_device(ns.device)
-    teacher = freeze(
-        load_causal_lm(ns.teacher, teacher_config, "eager", ns.dtype, ns.trust_remote_code)
-    )
-    student_dir = ns.student or ns.teacher
-    student = freeze(
-        load_causal_lm(student_dir, student_config, "eager", ns.dtype, ns.trust_remote_code)
-    )
-    teacher.to(device)
-    student.to(device)
+    if not 2 <= seq_len <= window:
+        raise UserError(f"--seq-len must be in [2, {window}] (the teacher's window), got {seq_len}")
+    expand_urls(data, field="--data")
+    run_device = resolve_device(device)
+    models = [
+        freeze(load_causal_lm(path, cfg, "eager", dtype, trust_remote_code)).to(run_device)
+        for path, cfg in ((teacher, teacher_config), (student or teacher, student_config))
+    ]
     vocab = int(teacher_config.vocab_size)
-    batches = read_batches(ns.data, ns.seq_len, ns.num_samples, ns.batch_size, vocab, "--data")
-    report = measure_drift(teacher, student, batches, progress=not ns.no_progress)
-    layers = recommend_layers(report, ns.k)
-    os.makedirs(ns.out, exist_ok=True)
-    Path(ns.out, "drift.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    Path(ns.out, "drift.md").write_text(report.to_markdown())
-    plot = plot_drift(report, os.path.join(ns.out, "drift.png"), title=f"student: {described}")
+    batches = read_batches(data, seq_len, num_samples, batch_size, vocab, "--data")
+    report = measure_drift(*models, batches, progress=progress)
+    layers = recommend_layers(report, k)
+    return _write_selection(report, layers, out, k, teacher, described)
+
+
+def _write_selection(report: DriftReport, layers: list[int], out: str, k: int, teacher: str,
+                     described: str) -> dict[str, Any]:  # fmt: skip
+    os.makedirs(out, exist_ok=True)
+    Path(out, "drift.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    Path(out, "drift.md").write_text(report.to_markdown())
+    plot = plot_drift(report, os.path.join(out, "drift.png"), title=f"student: {described}")
     snippet = (
-        f"# longred select-layers: the k={ns.k} layers with the largest drift jumps, plus the\n"
-        f"# final index (longred_pl.drift.recommend_layers); teacher {ns.teacher}, student {described}\n"
+        f"# longred select-layers: the k={k} layers with the largest drift jumps, plus the\n"
+        f"# final index (longred_pl.drift.recommend_layers); teacher {teacher}, student {described}\n"
         f"model:\n  distill_layers: {json.dumps(layers)}\n"
     )
-    Path(ns.out, "distill_layers.yaml").write_text(snippet)
+    Path(out, "distill_layers.yaml").write_text(snippet)
     print(report.to_markdown())
     print(f"recommended distill_layers: {layers}\n\n{snippet}")
     return {"report": report.to_dict(), "distill_layers": layers, "plot": plot, "yaml": snippet}
+
+
+def select_layers_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``longred select-layers ARGV`` in-process (parsed like the command line)."""
+    from longred_pl.cli import run_tool
+
+    return run_tool("select-layers", list(argv or []))

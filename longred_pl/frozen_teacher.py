@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from longred_pl.forward import check_logit_head, logit_head, run_model
+from longred_pl.models import freeze
 from longred_pl.objectives import chunked_token_nll
 
 
@@ -37,8 +38,7 @@ class FrozenTeacher(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        model.requires_grad_(False)
-        self.model = model.eval()
+        self.model = freeze(model)
         self.head = logit_head(model)
 
     @classmethod

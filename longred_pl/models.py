@@ -21,7 +21,9 @@ from torch import nn
 from longred_pl.errors import UserError
 from longred_pl.forward import capture_hidden_states, decoder_parts
 
-__all__ = ["capture_hidden_states", "decoder_parts", "load_causal_lm", "load_config", "shard_fsdp2"]
+__all__ = [
+    "capture_hidden_states", "decoder_parts", "freeze", "load_causal_lm", "load_config", "shard_fsdp2",
+]  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -80,6 +82,13 @@ def load_causal_lm(
         local_files_only=True,
         trust_remote_code=trust_remote_code,
     )
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Frozen and in eval mode: no grads, no dropout. Returns the same module."""
+    model.requires_grad_(False)
+    model.eval()
+    return model
 
 
 def shard_fsdp2(model: nn.Module, mesh: Any, param_dtype: torch.dtype | None = None) -> nn.Module:

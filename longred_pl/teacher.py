@@ -18,7 +18,6 @@ Shape suffixes: N = rows, B = batch, T = window tokens.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from longred_pl.data.corpora import CORPORA, Document, load_corpus
+from longred_pl.errors import UserError
 
 RECIPE_FILE = "recipe.json"
 METRICS_FILE = "metrics.json"  # written last: its presence marks a complete teacher
@@ -78,23 +78,23 @@ class TeacherRecipe:
         positive += ("intermediate_size", "window", "batch_size", "steps", "eval_rows")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"recipe.{name} must be > 0, got {getattr(self, name)}")
+                raise UserError(f"recipe.{name} must be > 0, got {getattr(self, name)}")
         unknown = [name for name in self.corpora if name not in CORPORA]
         if not self.corpora or unknown:
-            raise ValueError(f"recipe.corpora must name known corpora {sorted(CORPORA)}, "
+            raise UserError(f"recipe.corpora must name known corpora {sorted(CORPORA)}, "
                              f"got {list(self.corpora)}")  # fmt: skip
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError("recipe.hidden_size must divide by num_heads, and num_heads by "
+            raise UserError("recipe.hidden_size must divide by num_heads, and num_heads by "
                              "num_kv_heads")  # fmt: skip
         if not 0 <= self.warmup < self.steps:
-            raise ValueError("recipe.warmup must be >= 0 and < recipe.steps")
+            raise UserError("recipe.warmup must be >= 0 and < recipe.steps")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TeacherRecipe:
         """Build from a dict (JSON/YAML); unknown keys are an error that names them."""
         unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown teacher recipe keys: {sorted(unknown)}")
+            raise UserError(f"unknown teacher recipe keys: {sorted(unknown)}")
         return cls(**values)
 
     @classmethod
@@ -104,7 +104,7 @@ class TeacherRecipe:
 
         values = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: a teacher recipe must be a mapping of field: value")
+            raise UserError(f"{path}: a teacher recipe must be a mapping of field: value")
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,7 +169,7 @@ def lr_factor(step: int, recipe: TeacherRecipe) -> float:
 def batches(rows_NT: torch.Tensor, batch_size: int, generator: torch.Generator):
     """Endless shuffled batches `[B, T]`: a fresh permutation per epoch, last partial dropped."""
     if len(rows_NT) < batch_size:
-        raise ValueError(f"only {len(rows_NT)} training rows for batch_size={batch_size}; "
+        raise UserError(f"only {len(rows_NT)} training rows for batch_size={batch_size}; "
                          "add text (corpus_max_bytes) or lower batch_size/window")  # fmt: skip
     while True:
         order = torch.randperm(len(rows_NT), generator=generator)
@@ -234,7 +234,7 @@ def _pack(
         token_docs = [d.input_ids for d in tokenize_documents(docs, tokenizer, progress=progress)]
         rows[name] = pack_rows(token_docs, window)
         if len(rows[name]) == 0:
-            raise ValueError(f"corpus {name!r} holds fewer tokens than one window ({window}); "
+            raise UserError(f"corpus {name!r} holds fewer tokens than one window ({window}); "
                              "raise recipe.corpus_max_bytes or lower recipe.window")  # fmt: skip
     return rows
 
@@ -307,7 +307,7 @@ def build_teacher(
         print(f"reusing teacher in {out_dir} (same recipe; pass force=True / --force to retrain)")
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / RECIPE_FILE).is_file():
-        raise FileExistsError(f"{out_dir} is not empty and holds no teacher; choose another --out")
+        raise UserError(f"--out: {out_dir} is not empty and holds no teacher; choose another --out")
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     metrics = _train_into(staging, recipe, progress)
@@ -326,28 +326,32 @@ def ensure_teacher(
     return build_teacher(out_dir, recipe, progress=progress, force=False)
 
 
-def build_teacher_main(argv: list[str] | None = None) -> Path:
-    """`longred build-teacher`: train (or reuse) the demo teacher."""
-    parser = argparse.ArgumentParser(
-        prog="longred build-teacher", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--recipe", help="recipe YAML/JSON (e.g. configs/teacher/tiny-llama.yaml)")
-    parser.add_argument("--corpora", nargs="+", help="override recipe.corpora")
-    parser.add_argument("--steps", type=int, help="override recipe.steps")
-    parser.add_argument("--seed", type=int, help="override recipe.seed")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's); "
-                        "1 degrades least when other jobs share the cores")  # fmt: skip
-    parser.add_argument("--force", action="store_true", help="retrain even if cached")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    args = parser.parse_args(argv)
-    recipe = TeacherRecipe.from_file(args.recipe) if args.recipe else TeacherRecipe()
-    overrides = {k: getattr(args, k) for k in ("corpora", "steps", "seed")}
-    recipe = dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return build_teacher(args.out, recipe, progress=not args.no_progress, force=args.force)
+def build_teacher_cli(
+    out: str,
+    recipe: str | None = None,
+    corpora: list[str] | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train (or reuse) the demo teacher: a small Llama on embedded text, short window.
 
-
-if __name__ == "__main__":
-    build_teacher_main()
+    Args:
+        out: output directory (a complete teacher of the same recipe there is reused).
+        recipe: recipe YAML/JSON (e.g. configs/teacher/tiny-llama.yaml); default the built-in one.
+        corpora: override recipe.corpora (embedded corpus names).
+        steps: override recipe.steps.
+        seed: override recipe.seed.
+        threads: torch intra-op threads (default: torch's); 1 degrades least when other
+            jobs share the cores.
+        force: retrain even if cached.
+        progress: show progress bars (``--no-progress`` hides them).
+    """
+    chosen = TeacherRecipe.from_file(recipe) if recipe else TeacherRecipe()
+    overrides = {"corpora": corpora, "steps": steps, "seed": seed}
+    chosen = dataclasses.replace(chosen, **{k: v for k, v in overrides.items() if v is not None})
+    if threads:
+        torch.set_num_threads(threads)
+    return build_teacher(out, chosen, progress=progress, force=force)

@@ -13,10 +13,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from longred_pl import teacher
+from longred_pl.cli import main
+from longred_pl.errors import UserError
 from longred_pl.teacher import (
     TeacherRecipe,
     build_teacher,
-    build_teacher_main,
     ensure_teacher,
     lr_factor,
     teacher_config,
@@ -128,7 +129,7 @@ def test_shipped_yaml_is_the_default_recipe():
 
 def test_refuses_a_non_teacher_directory(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="holds no teacher"):
+    with pytest.raises(UserError, match="holds no teacher"):
         build_teacher(tmp_path, TINY, progress=False)
 
 
@@ -138,7 +139,7 @@ def test_cli_recipe_file_and_overrides(tmp_path, monkeypatch):
         teacher, "build_teacher", lambda out, recipe, **kw: seen.update(recipe=recipe, **kw)
     )
     (tmp_path / "r.json").write_text(json.dumps(TINY.to_dict()))
-    build_teacher_main(["--out", str(tmp_path / "t"), "--recipe", str(tmp_path / "r.json"),
+    main(["build-teacher", "--out", str(tmp_path / "t"), "--recipe", str(tmp_path / "r.json"),
                         "--steps", "7", "--corpora", "shakespeare", "python", "--no-progress"])  # fmt: skip
     assert seen["recipe"] == dataclasses.replace(TINY, steps=7, corpora=("shakespeare", "python"))
     assert seen["progress"] is False and seen["force"] is False
