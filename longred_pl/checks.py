@@ -43,6 +43,7 @@ def distill_layers(layers: list[int] | None, n_layers: int, default: list[int]) 
 def check_run(module: Any, datamodule: Any, trainer: Any) -> None:
     """Cross-checks of module, data module and trainer (see the module docstring)."""
     hp = module.hparams
+    check_mesh(getattr(module, "_device_mesh", None))
     if datamodule is not None and hasattr(datamodule, "check_model"):
         datamodule.check_model(
             teacher_window=int(module.teacher_config.max_position_embeddings),
@@ -86,4 +87,24 @@ def check_accumulation(accumulate: int, schedule: list[str]) -> None:
             f"trainer.accumulate_grad_batches={accumulate} does not cover whole periods of "
             f"data.schedule ({period} micro-steps: {schedule}); set "
             f"trainer.accumulate_grad_batches: {period} (or a multiple of it)"
+        )
+
+
+def check_mesh(mesh: Any) -> None:
+    """Under ``ModelParallelStrategy`` every rank must be on the data-parallel dimension.
+
+    Its defaults (``data_parallel_size`` = nodes, ``tensor_parallel_size`` = devices per
+    node) put the GPUs of a node on ``tensor_parallel``; the library applies no tensor
+    parallelism, so those ranks would each train their own unsynchronised copy.
+    """
+    if mesh is None or "tensor_parallel" not in (mesh.mesh_dim_names or ()):
+        return
+    tp = int(mesh["tensor_parallel"].size())
+    if tp > 1:
+        dp = int(mesh["data_parallel"].size())
+        raise UserError(
+            f"trainer.strategy: the ModelParallelStrategy mesh is data_parallel={dp} x "
+            f"tensor_parallel={tp}, but longred_pl shards with FSDP2 over data_parallel only: "
+            f"the tensor_parallel ranks would train separate, unsynchronised copies; set "
+            f"trainer.strategy.init_args.data_parallel_size: {dp * tp} and tensor_parallel_size: 1"
         )

@@ -281,7 +281,8 @@ class LongReDModule(L.LightningModule):
         losses = {}
         for name, metric in self.val_ppl.items():
             if metric.update_called:
-                losses[name] = float(metric.compute_loss())
+                with metric.sync_context():  # sums over ranks (compute_loss alone is local)
+                    losses[name] = float(metric.compute_loss())
                 self.log(f"{split}/loss_{name}", losses[name])
                 self.log(f"{split}/ppl_{name}", math.exp(min(losses[name], 50.0)))
             metric.reset()

@@ -35,3 +35,26 @@ def test_runtime_setting_change_is_honoured_with_a_note():
 def test_same_compares_numbers_and_containers():
     assert same({"rope_theta": 40000}, {"rope_theta": 40000.0})
     assert not same([1, 2], [1, 2, 4]) and not same(5.0, 50.0) and not same(True, 1.5)
+
+
+class _Mesh:
+    """A stand-in for a 2-D DeviceMesh."""
+
+    mesh_dim_names = ("data_parallel", "tensor_parallel")
+
+    def __init__(self, dp, tp):
+        self.sizes = {"data_parallel": dp, "tensor_parallel": tp}
+
+    def __getitem__(self, name):
+        size = self.sizes[name]
+        return type("Sub", (), {"size": lambda self: size})()
+
+
+def test_mesh_with_tensor_parallel_ranks_is_refused():
+    """ModelParallelStrategy's defaults put one node's devices on tensor_parallel."""
+    from longred_pl.checks import check_mesh
+
+    check_mesh(None)
+    check_mesh(_Mesh(2, 1))
+    with pytest.raises(UserError, match=r"data_parallel=1 x tensor_parallel=2.*data_parallel_size: 2"):
+        check_mesh(_Mesh(1, 2))
