@@ -9,8 +9,9 @@
 * :class:`NonFiniteGuard` skips an optimizer step whose loss was NaN/Inf on any
   micro-step of any rank, logs ``train/skipped_steps``, stops after
   ``model.max_skipped_steps`` in a row, and keeps its counts in the checkpoint;
-* :class:`StepProgressBar` counts optimizer steps against ``trainer.max_steps`` (the
-  default bar counts micro-batches against it and shows ``32/8``).
+* :class:`StepProgressBar` / :class:`StepRichProgressBar` count optimizer steps against
+  ``trainer.max_steps`` (Lightning's default bars count micro-batches against it and
+  show ``Epoch 0/-2 ... 32/8``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 
 
@@ -105,13 +106,32 @@ class StepProgressBar(TQDMProgressBar):
             bar.refresh()
 
 
+class StepRichProgressBar(RichProgressBar):
+    """The rich training bar (Lightning's default where ``rich`` is installed), in optimizer steps."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        max_steps = self.trainer.max_steps
+        return max_steps if max_steps and max_steps > 0 else float("inf")
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"{'optimizer step':{len(self.validation_description)}}"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self.refresh()
+
+
 def callbacks_for(pl_module: Any, trainer: Any) -> list[L.Callback]:
-    """The callbacks a LongReD run needs; the step bar only where a bar is shown."""
+    """The callbacks a LongReD run needs; a step bar replaces Lightning's default bar."""
     out: list[L.Callback] = [
         StreamMetrics(),
         NonFiniteGuard(int(pl_module.hparams.max_skipped_steps)),
     ]
     bar = getattr(trainer, "progress_bar_callback", None) if trainer is not None else None
-    if isinstance(bar, TQDMProgressBar) and type(bar) is TQDMProgressBar:
+    if type(bar) is TQDMProgressBar:
         out.append(StepProgressBar(refresh_rate=bar.refresh_rate))
+    elif type(bar) is RichProgressBar:
+        out.append(StepRichProgressBar(refresh_rate=bar.refresh_rate, leave=bar._leave))
     return out

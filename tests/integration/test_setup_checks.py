@@ -102,3 +102,16 @@ def test_every_step_logs_every_stream_of_the_schedule(tiny_llama, tiny_shards, t
     rows = [r for r in csv.DictReader(open(path)) if r.get("train/loss")]
     values = [r["train/loss_s2l"] for r in rows]
     assert len(rows) == 3 and all(values) and len(set(values)) == 3
+
+
+def test_progress_bar_counts_optimizer_steps(tiny_llama, tiny_shards, tmp_path):
+    from longred_pl.callbacks import StepProgressBar, StepRichProgressBar
+
+    module = _module(tiny_llama)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=4, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, datamodule=_data(tiny_shards, ["long", "s2l", "long", "short"]))
+    bar = trainer.progress_bar_callback
+    assert isinstance(bar, (StepProgressBar, StepRichProgressBar))
+    assert bar.total_train_batches == 2  # optimizer steps, not the 8 micro-batches
