@@ -61,7 +61,9 @@ class NonFiniteGuard(L.Callback):
             self._skip(trainer, optimizer, bad)
         else:
             self.streak = 0
-        pl_module.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        pl_module.log(
+            "train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False
+        )
 
     def _skip(self, trainer, optimizer, kinds: list[str]) -> None:
         optimizer.zero_grad(set_to_none=True)  # no gradient: the optimizer leaves weights alone

@@ -25,7 +25,9 @@ def check_settings(short_weight: float, s2l_weight: float, max_skipped_steps: in
     if max_skipped_steps < 1:
         raise UserError(f"model.max_skipped_steps must be >= 1, got {max_skipped_steps}")
     if loss_chunk_size < 0:
-        raise UserError(f"model.loss_chunk_size must be >= 0 (0 = no chunking), got {loss_chunk_size}")
+        raise UserError(
+            f"model.loss_chunk_size must be >= 0 (0 = no chunking), got {loss_chunk_size}"
+        )
 
 
 def distill_layers(layers: list[int] | None, n_layers: int, default: list[int]) -> list[int]:

@@ -34,7 +34,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 # tool -> (module, function); each function is typed and documented (Google style).
 TOOLS: dict[str, tuple[str, str]] = {
-    "prepare": ("longred_pl.data.prepare", "prepare_main"),
+    "prepare": ("longred_pl.data.prepare", "prepare_shards"),
     "build-teacher": ("longred_pl.teacher", "build_teacher_cli"),
     "demo": ("longred_pl.demo", "run_demo"),
     "export": ("longred_pl.export", "export_main"),
@@ -119,7 +119,8 @@ def _param_kinds(fn: Any) -> dict[str, str]:
     kinds = {}
     for name in inspect.signature(fn).parameters:
         text = str(hints.get(name, ""))
-        kinds[name] = "bool" if hints.get(name) is bool else "list" if "list[" in text.lower() else "other"
+        listy = any(word in text.lower() for word in ("list[", "sequence[", "tuple["))
+        kinds[name] = "bool" if hints.get(name) is bool else "list" if listy else "other"
     return kinds
 
 
@@ -162,7 +163,9 @@ def normalise_flags(argv: Sequence[str], fn: Any) -> list[str]:
             i += 1
         if not eq and kinds.get(name) == "bool" and not values:
             values = ["true"]
-        if kinds.get(name) == "list" and (len(values) > 1 or (values and not values[0].startswith("["))):
+        if kinds.get(name) == "list" and (
+            len(values) > 1 or (values and not values[0].startswith("["))
+        ):
             values = [json.dumps(values)]
         out.extend([f"--{name}{eq}{value}"] if eq else [f"--{name}", *values])
     return out

@@ -61,8 +61,11 @@ class Method:
 METHODS: dict[str, Method] = {
     # L = L_long + short_weight * L_short + s2l_weight * L_s2l
     "longred": Method(
-        {"long": ("L_long", 1.0), "short": ("L_short", "short_weight"),
-         "s2l": ("L_s2l", "s2l_weight")},
+        {
+            "long": ("L_long", 1.0),
+            "short": ("L_short", "short_weight"),
+            "s2l": ("L_s2l", "s2l_weight"),
+        },
         needs_teacher=True,
         description="LongReD: long-text CE + short-text and short-to-long distillation",
     ),  # fmt: skip

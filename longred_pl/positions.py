@@ -344,9 +344,7 @@ def pose_position_ids(
     """
     _check_lengths(batch_size, seq_len, target_len)
     if not 1 <= num_chunks <= seq_len:
-        raise UserError(
-            f"{_FIELD}.num_chunks must be in [1, seq_len={seq_len}] (got {num_chunks})"
-        )
+        raise UserError(f"{_FIELD}.num_chunks must be in [1, seq_len={seq_len}] (got {num_chunks})")
     gen = _generator(generator)
     max_skip = target_len - seq_len
     skip = torch.zeros(batch_size, dtype=torch.long, device=gen.device)
@@ -418,7 +416,9 @@ def check_scheme_fits(name: str, seq_len: int, target_len: int, kwargs: Mapping[
     """
     check_position_kwargs(name, kwargs)
     try:
-        get_position_scheme(name)(2, seq_len, target_len, torch.Generator().manual_seed(0), **kwargs)
+        get_position_scheme(name)(
+            2, seq_len, target_len, torch.Generator().manual_seed(0), **kwargs
+        )
     except (UserError, TypeError) as err:
         raise UserError(
             f"data.s2l.seq_len={seq_len} does not fit model.s2l_positions={name!r} with "

@@ -15,21 +15,23 @@ Each corpus has a fixed held-out set, so `split="val"` is never trained on:
 `SHAKESPEARE_VAL_PLAYS` (one comedy, one tragedy, one history) and, for `python`,
 the files whose SHA-1 of the relative path falls in the `PYTHON_VAL_PERCENT` bucket.
 
-`read_text_files` turns user files into documents: `.txt` is one document per file,
-`.jsonl` one document per line.
+`read_text_files` turns user `.txt`/`.jsonl` files into documents (`.txt` one document per
+file, `.jsonl` one per line); `longred_pl.data.sources` streams these and the other input
+formats for `longred prepare`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import re
 import sysconfig
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from longred_pl.errors import UserError
 
 Split = Literal["train", "val", "all"]
 SPLITS: tuple[str, ...] = ("train", "val", "all")
@@ -55,7 +57,7 @@ class Document:
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        raise UserError(f"split (--split) must be one of {list(SPLITS)}, got {split!r}")
 
 
 # --- shakespeare -------------------------------------------------------------------------
@@ -170,7 +172,7 @@ def cap_documents(documents: Iterable[Document], max_bytes: int | None) -> list[
     if max_bytes is None:
         return list(documents)
     if max_bytes <= 0:
-        raise ValueError(f"max_bytes must be > 0 or None, got {max_bytes}")
+        raise UserError(f"max_bytes must be > 0 or None, got {max_bytes}")
     kept, budget = [], max_bytes
     for document in documents:
         data = document.text.encode("utf-8")
@@ -187,7 +189,7 @@ def cap_documents(documents: Iterable[Document], max_bytes: int | None) -> list[
 def load_corpus(name: str, split: Split = "all", max_bytes: int | None = None) -> list[Document]:
     """Load an embedded corpus by name (see `CORPORA`), optionally capped to `max_bytes`."""
     if name not in CORPORA:
-        raise ValueError(f"unknown corpus {name!r}; known corpora: {sorted(CORPORA)}")
+        raise UserError(f"unknown corpus {name!r} (--corpus); known corpora: {sorted(CORPORA)}")
     _check_split(split)
     return cap_documents(CORPORA[name](split), max_bytes)
 
@@ -195,45 +197,29 @@ def load_corpus(name: str, split: Split = "all", max_bytes: int | None = None) -
 # --- user files --------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path, text_field: str) -> list[Document]:
-    documents = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: invalid JSON ({error.msg})") from error
-            if not isinstance(record, dict) or text_field not in record:
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(
-                    f"{where}: no field {text_field!r} (found {keys}); "
-                    "set the text field name (--text-field)"
-                )
-            if not isinstance(record[text_field], str):
-                raise ValueError(f"{where}: field {text_field!r} is not a string")
-            documents.append(Document(f"{path.name}:{number}", record[text_field]))
-    return documents
+def read_text_files(
+    paths: Sequence[str | Path], text_field: str = "text", encoding: str = "utf-8"
+) -> list[Document]:
+    """Read user text files: `.txt` is one document per file, `.jsonl` one per non-blank line.
 
-
-def read_text_files(paths: Sequence[str | Path], text_field: str = "text") -> list[Document]:
-    """Read user files: `.txt` is one document per file, `.jsonl` one per non-blank line.
+    A list-returning shortcut over `longred_pl.data.sources`, which `longred prepare` uses
+    to stream these and the other formats (parquet, arrow, saved datasets).
 
     Raises:
-        FileNotFoundError: a path does not exist.
-        ValueError: an unsupported suffix, bad JSON, or a missing/non-string `text_field`
-            (the message names the file and the line).
+        UserError: a missing path, an unsupported suffix, undecodable bytes (file and byte
+            offset), bad JSON, or a missing/non-string `text_field` (file and line).
     """
+    from longred_pl.data.sources import READERS, InputFile, ReadOptions
+
+    options = ReadOptions(text_field=text_field, encoding=encoding)
     documents: list[Document] = []
     for path in map(Path, paths):
         if not path.is_file():
-            raise FileNotFoundError(f"input file not found: {path}")
-        if path.suffix == ".txt":
-            documents.append(Document(path.name, path.read_text(encoding="utf-8")))
-        elif path.suffix == ".jsonl":
-            documents.extend(_read_jsonl(path, text_field))
-        else:
-            raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .txt or .jsonl")
+            raise UserError(f"{path}: input file not found")
+        if path.suffix not in (".txt", ".jsonl"):
+            raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .txt or .jsonl")
+        for item in READERS[path.suffix[1:]](InputFile(path, path.suffix[1:]), options):
+            if not isinstance(item, Document):
+                raise UserError(f"{item.name}: field {text_field!r} holds token ids, not text")
+            documents.append(item)
     return documents

@@ -3,7 +3,10 @@
 The shard format is the contract of NOTES.md ("longred-shards-v1"): each sample is one
 tar member `<key>.input_ids.u32` holding exactly `seq_len` raw little-endian uint32 token
 ids, `<key>` is the zero-padded global sample number, and `index.json` beside the shards
-records `format, seq_len, vocab_size, num_samples, tokenizer, shards, source`.
+records `format, seq_len, vocab_size, num_samples, tokenizer, shards, source` and `pack`.
+`prepare_shards` fills `source` with the provenance: the inputs as given and as resolved
+(files, splits, columns), the filters, the weights, why the mix stopped, and each input's
+counts.
 
 Two ways to cut samples (LONGRED.md, "Three data streams"):
 - `pack=True` (short and s2l streams): documents are concatenated (each already ends
@@ -11,67 +14,56 @@ Two ways to cut samples (LONGRED.md, "Three data streams"):
 - `pack=False` (long stream): each document is cut on its own, so a sample never spans
   two documents; a document shorter than `seq_len`, and every remainder, is dropped.
 
-`longred prepare` (`prepare_main`) runs both steps from the command line.
+`prepare_shards` (`longred prepare`) streams its inputs (`sources.py`) through the
+tokenizer (`tokenizer.py`), the filters and the weighted mix (`mixing.py`) into the
+shard writer; nothing is read ahead of need, so a corpus larger than memory works.
 """
 
 from __future__ import annotations
 
-import argparse
+import encodings
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from longred_pl.data.corpora import CORPORA, SPLITS, Document, load_corpus, read_text_files
+from longred_pl.data.corpora import SPLITS, Split
+from longred_pl.data.mixing import (
+    DROP_REASONS,
+    DocFilter,
+    InputStats,
+    Mix,
+    Packer,
+    check_ids,
+    filter_documents,
+    input_samples,
+    nothing_written_error,
+)
+from longred_pl.data.sources import (
+    DecodeErrors,
+    InputFormat,
+    ReadOptions,
+    Source,
+    TokenizedDocument,
+    resolve_corpus,
+    resolve_files,
+)
+from longred_pl.data.tokenizer import eos_id, tokenize_documents, tokenize_items
+from longred_pl.errors import UserError
+
+__all__ = [
+    "SHARD_FORMAT", "TokenizedDocument", "cut_samples", "prepare_shards",
+    "tokenize_documents", "write_shards",
+]  # fmt: skip
 
 SHARD_FORMAT = "longred-shards-v1"
 SAMPLE_SUFFIX = "input_ids.u32"
 KEY_DIGITS = 9
-
-
-@dataclass(frozen=True)
-class TokenizedDocument:
-    """Token ids of one document (`input_ids`: 1-D integer array), with its name for errors."""
-
-    name: str
-    input_ids: np.ndarray
-
-
-def tokenize_documents(
-    documents: Sequence[Document],
-    tokenizer: Any,
-    batch_size: int = 64,
-    append_eos: bool = True,
-    progress: bool = True,
-) -> Iterator[TokenizedDocument]:
-    """Tokenise documents in batches (fast tokenizers run a batch in parallel).
-
-    Args:
-        documents: the documents, in output order.
-        tokenizer: a Hugging Face tokenizer; no special tokens are added except EOS.
-        batch_size: documents per tokenizer call.
-        append_eos: append `tokenizer.eos_token_id` to every document, so packed
-            samples show the model where one document ends.
-        progress: show a tqdm bar counting documents.
-    """
-    from tqdm.auto import tqdm
-
-    eos = tokenizer.eos_token_id
-    if append_eos and eos is None:
-        raise ValueError("the tokenizer has no eos_token; pass append_eos=False or set one")
-    with tqdm(total=len(documents), desc="tokenize", unit="doc", disable=not progress) as bar:
-        for start in range(0, len(documents), batch_size):
-            batch = documents[start : start + batch_size]
-            encoded = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
-            for document, ids in zip(batch, encoded, strict=True):
-                if append_eos:
-                    ids = [*ids, eos]
-                yield TokenizedDocument(document.name, np.asarray(ids, dtype=np.int64))
-            bar.update(len(batch))
 
 
 def _as_tokenized(
@@ -80,19 +72,6 @@ def _as_tokenized(
     if isinstance(item, TokenizedDocument):
         return item
     return TokenizedDocument(f"document #{number}", np.asarray(item, dtype=np.int64))
-
-
-def _checked(document: TokenizedDocument, vocab_size: int) -> np.ndarray:
-    ids = document.input_ids
-    if ids.ndim != 1:
-        raise ValueError(f"{document.name}: token ids must be 1-D, got shape {ids.shape}")
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        bad = int(ids.max()) if ids.max() >= vocab_size else int(ids.min())
-        raise ValueError(
-            f"{document.name}: token id {bad} is outside the vocabulary [0, {vocab_size}); "
-            "was it tokenised with another tokenizer, or is vocab_size wrong?"
-        )
-    return ids
 
 
 def cut_samples(
@@ -104,7 +83,7 @@ def cut_samples(
     """Yield `seq_len`-long uint32 samples, packed across documents or cut per document."""
     carry = np.zeros(0, dtype=np.int64)
     for number, item in enumerate(token_docs):
-        ids = _checked(_as_tokenized(item, number), vocab_size)
+        ids = check_ids(_as_tokenized(item, number), vocab_size)
         if pack:
             ids = np.concatenate([carry, ids])
         whole = len(ids) // seq_len * seq_len
@@ -112,6 +91,9 @@ def cut_samples(
             yield ids[start : start + seq_len].astype(np.uint32)
         if pack:
             carry = ids[whole:]
+
+
+# --- writing -----------------------------------------------------------------------------
 
 
 class _ShardWriter:
@@ -150,15 +132,52 @@ class _ShardWriter:
             self._tar = self._file = None
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+def _check_out_dir(out_dir: Path, overwrite: bool, remove: bool = True) -> None:
     old = sorted(out_dir.glob("shard-*.tar")) + sorted(out_dir.glob("index.json"))
     if old and not overwrite:
         raise FileExistsError(
             f"{out_dir} already holds shards ({old[0].name}, ...); "
             "choose another output directory or pass overwrite=True (--overwrite)"
         )
-    for path in old:
+    for path in old if remove else ():
         path.unlink()
+
+
+def _write(
+    mix: Mix, out_dir: Path, samples_per_shard: int, max_samples: int | None, progress: bool
+) -> _ShardWriter:
+    """Write the mix's samples to shards, up to `max_samples`."""
+    from tqdm.auto import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = _ShardWriter(out_dir, samples_per_shard)
+    bar = tqdm(total=max_samples, desc="prepare", unit="sample", disable=not progress)
+    try:
+        for sample in mix:
+            writer.write(sample)
+            bar.update()
+            if writer.num_samples == max_samples:
+                mix.stopped = f"--max-samples {max_samples} reached (the rest was not read)"
+                break
+    finally:
+        bar.close()
+        writer.close()
+    return writer
+
+
+def _index(writer: _ShardWriter, seq_len: int, vocab_size: int, tokenizer_name: str,
+           source: Any, pack: bool) -> dict[str, Any]:  # fmt: skip
+    return {
+        "format": SHARD_FORMAT, "seq_len": seq_len, "vocab_size": vocab_size,
+        "num_samples": writer.num_samples, "tokenizer": tokenizer_name,
+        "shards": writer.shards, "source": source, "pack": pack,
+    }  # fmt: skip
+
+
+def _positive(**values: int | None) -> None:
+    for flag, value in values.items():
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} (--{flag.replace('_', '-')}) must be > 0, got {value}")
 
 
 def write_shards(
@@ -193,105 +212,226 @@ def write_shards(
     Returns:
         The index, as written to `out_dir/index.json`.
     """
-    for flag, value in (("seq_len", seq_len), ("samples_per_shard", samples_per_shard)):
-        if value <= 0:
-            raise ValueError(f"{flag} must be > 0, got {value}")
-    if max_samples is not None and max_samples <= 0:
-        raise ValueError(f"max_samples must be > 0 or None, got {max_samples}")
+    _positive(seq_len=seq_len, samples_per_shard=samples_per_shard, max_samples=max_samples)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     _check_out_dir(out_dir, overwrite)
-    writer = _ShardWriter(out_dir, samples_per_shard)
-    try:
-        for sample in cut_samples(token_docs, seq_len, pack, vocab_size):
-            writer.write(sample)
-            if writer.num_samples == max_samples:
-                break
-    finally:
-        writer.close()
+    stats = InputStats("input")
+    docs = (_as_tokenized(item, number) for number, item in enumerate(token_docs))
+    kept = filter_documents(docs, stats, DocFilter(), seq_len, pack, vocab_size)
+    streams = [input_samples(kept, stats, seq_len, pack, None)]
+    writer = _write(Mix(streams, None, None), out_dir, samples_per_shard, max_samples, False)
     if writer.num_samples == 0:
-        how = "all documents together" if pack else "every single document"
-        raise ValueError(
-            f"no sample written: the corpus is too short for seq_len={seq_len} "
-            f"({how} has fewer tokens); "
-            "add text, lower seq_len, or use pack=True (--pack)"
-        )
-    index = {
-        "format": SHARD_FORMAT,
-        "seq_len": seq_len,
-        "vocab_size": vocab_size,
-        "num_samples": writer.num_samples,
-        "tokenizer": tokenizer_name,
-        "shards": writer.shards,
-        "source": source,
-        "pack": pack,
-    }
+        raise nothing_written_error([stats], seq_len)
+    index = _index(writer, seq_len, vocab_size, tokenizer_name, source, pack)
     (out_dir / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     return index
 
 
-# --- command line ------------------------------------------------------------------------
+# --- longred prepare ---------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="longred prepare",
-        description="Tokenise text and write fixed-length webdataset shards (longred-shards-v1).",
-    )
-    parser.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer directory")
-    parser.add_argument("--corpus", nargs="+", default=[], choices=sorted(CORPORA),
-                        help="embedded corpora to read")  # fmt: skip
-    parser.add_argument("--files", nargs="+", default=[], help=".txt / .jsonl input files")
-    parser.add_argument("--text-field", default="text", help="JSONL field holding the text")
-    parser.add_argument("--split", default="train", choices=SPLITS, help="split of --corpus")
-    parser.add_argument("--seq-len", type=int, required=True, help="tokens per sample")
-    parser.add_argument("--samples-per-shard", type=int, default=1024)
-    parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
-                        help="concatenate documents (--no-pack: samples from single "
-                        "documents, for the long stream)")  # fmt: skip
-    parser.add_argument("--out", required=True, help="output shard directory")
-    parser.add_argument("--max-samples", type=int, default=None)
-    parser.add_argument("--overwrite", action="store_true", help="replace existing shards")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return parser
-
-
-def prepare_main(argv: list[str] | None = None) -> dict[str, Any]:
-    """`longred prepare`: tokenise corpora/files and write shards; returns the index."""
-    from longred_pl.data.tokenizer import load_tokenizer
-
-    parser = _parser()
-    args = parser.parse_args(argv)
-    tokenizer_dir = Path(args.tokenizer)
-    if not (tokenizer_dir / "tokenizer_config.json").is_file():
-        parser.error(
-            f"--tokenizer {tokenizer_dir}: no tokenizer_config.json there; pass a Hugging Face "
+def _check_settings(
+    tokenizer: str, seq_len: int, samples_per_shard: int, max_samples: int | None,
+    pack: bool, min_doc_tokens: int, max_doc_tokens: int | None, encoding: str, split: str,
+    out: str, overwrite: bool,
+) -> None:  # fmt: skip
+    """Every flag check that needs no data, so a bad flag fails before any work."""
+    _positive(seq_len=seq_len, samples_per_shard=samples_per_shard, max_samples=max_samples,
+              max_doc_tokens=max_doc_tokens)  # fmt: skip
+    if min_doc_tokens < 0:
+        raise UserError(f"--min-doc-tokens must be >= 0, got {min_doc_tokens}")
+    if max_doc_tokens is not None and min_doc_tokens > max_doc_tokens:
+        raise UserError(f"--min-doc-tokens {min_doc_tokens} > --max-doc-tokens {max_doc_tokens}")
+    if not pack and max_doc_tokens is not None and max_doc_tokens < seq_len:
+        raise UserError(
+            f"--max-doc-tokens {max_doc_tokens} < --seq-len {seq_len} with --no-pack: no "
+            "document could give a sample; raise --max-doc-tokens to at least --seq-len"
+        )
+    if split not in SPLITS:
+        raise UserError(f"--split must be one of {list(SPLITS)}, got {split!r}")
+    # the standard library's codecs only: some packages register a search function that
+    # accepts any name (future_typing's), so codecs.lookup cannot tell a typo
+    if encodings.search_function(encoding.lower()) is None:
+        raise UserError(f"--encoding {encoding}: unknown codec; e.g. utf-8, latin-1, cp1252")
+    if not (Path(tokenizer) / "tokenizer_config.json").is_file():
+        raise UserError(
+            f"--tokenizer {tokenizer}: no tokenizer_config.json there; pass a Hugging Face "
             "model or tokenizer directory (`longred build-teacher --out DIR` makes one)"
         )
-    if not args.corpus and not args.files:
-        parser.error("no input: pass --corpus NAME and/or --files PATH ...")
-    if args.seq_len <= 0 or args.samples_per_shard <= 0:
-        parser.error("--seq-len and --samples-per-shard must be > 0")
-    documents: list[Document] = []
-    for name in args.corpus:
-        documents += load_corpus(name, args.split)
-    documents += read_text_files(args.files, text_field=args.text_field)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    index = write_shards(
-        tokenize_documents(documents, tokenizer, progress=not args.no_progress),
-        args.out,
-        args.seq_len,
-        samples_per_shard=args.samples_per_shard,
-        pack=args.pack,
-        vocab_size=len(tokenizer),
-        tokenizer_name=str(tokenizer_dir.resolve()),
-        source={"corpus": args.corpus, "split": args.split, "files": args.files},
-        max_samples=args.max_samples,
-        overwrite=args.overwrite,
-    )
-    print(
-        f"wrote {index['num_samples']} samples x {args.seq_len} tokens in "
-        f"{len(index['shards'])} shard(s) to {args.out} from {len(documents)} documents "
-        f"(pack={args.pack}, vocab_size={index['vocab_size']})"
-    )
+    try:
+        _check_out_dir(Path(out), overwrite, remove=False)
+    except FileExistsError as error:
+        raise UserError(str(error)) from None
+
+
+def _resolve_inputs(
+    corpus: Sequence[str], files: Sequence[str], weights: Sequence[float] | None,
+    options: ReadOptions,
+) -> list[Source]:  # fmt: skip
+    """The inputs in weight order (--corpus names, then --files arguments), resolved."""
+    specs = [*corpus, *files]
+    if not specs:
+        raise UserError("no input: pass --corpus NAME and/or --files PATH ...")
+    if weights is not None and len(weights) != len(specs):
+        raise UserError(
+            f"--weights has {len(weights)} value(s) for {len(specs)} input(s) ({' '.join(specs)}"
+            ": the --corpus names, then the --files arguments); give one weight per input"
+        )
+    if weights is not None and not all(math.isfinite(w) and w > 0 for w in weights):
+        raise UserError(f"--weights must all be finite and > 0, got {list(weights)}")
+    sources = [resolve_corpus(name, options.split) for name in corpus]
+    return sources + [resolve_files(spec, options) for spec in files]
+
+
+def _shard_sizes(shards: list[dict[str, Any]]) -> str:
+    sizes = [s["num_samples"] for s in shards]
+    if len(sizes) > 3 and len(set(sizes[:-1])) == 1:
+        return f"{len(sizes) - 1} x {sizes[0]} + {sizes[-1]} samples"
+    return ", ".join(map(str, sizes)) + " samples"
+
+
+def _summary(
+    index: dict[str, Any], out: str, stats: list[InputStats], mix: Mix, truncating: bool
+) -> str:
+    read, used = sum(s.read for s in stats), sum(s.used for s in stats)
+    lines = [
+        f"wrote {index['num_samples']} samples x {index['seq_len']} tokens in "
+        f"{len(index['shards'])} shard(s) ({_shard_sizes(index['shards'])}) to {out}, from "
+        f"{used} documents used of {read} read (pack={index['pack']}, "
+        f"vocab_size={index['vocab_size']})"
+    ]
+    for number, s in enumerate(stats, start=1):
+        drops = ", ".join(f"{n} {DROP_REASONS[r]}" for r, n in s.dropped.items()) or "none"
+        line = (
+            f"  input {number} {s.label}: documents read {s.read}, kept {s.kept}, used {s.used}; "
+            f"tokens read {s.tokens_read:,}, kept {s.tokens_kept:,}, in samples "
+            f"{s.tokens_used:,} -> {s.samples} samples; dropped: {drops}"
+        )
+        if truncating:
+            line += f"; truncated to --max-doc-tokens: {s.truncated} ({s.tokens_cut:,} tokens cut)"
+        lines.append(line)
+    if mix.pooled:
+        lines.append(f"  leftovers of several inputs packed together -> {mix.pooled} samples")
+    lines.append(f"  stopped: {mix.stopped}")
+    return "\n".join(lines)
+
+
+def _provenance(
+    sources: list[Source], stats: list[InputStats], weights: Sequence[float] | None, mix: Mix,
+    settings: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    inputs = []
+    for number, (source, counts) in enumerate(zip(sources, stats, strict=True)):
+        entry = source.describe()
+        entry["weight"] = float(weights[number]) if weights else 1.0
+        entry["stats"] = {k: v for k, v in asdict(counts).items() if k != "label"}
+        inputs.append(entry)
+    rule = "weights, stop at the first input's end" if weights else "equal, every input to its end"
+    return {
+        **settings, "inputs": inputs,
+        "mix": {"rule": rule, "stopped": mix.stopped, "samples_packed_across_inputs": mix.pooled},
+    }  # fmt: skip
+
+
+def _settings_record(
+    corpus: Sequence[str], files: Sequence[str], split: str, text_field: str, format: str,
+    encoding: str, errors: str, min_doc_tokens: int, max_doc_tokens: int | None,
+    max_samples: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The flags as `index.json` records them (`corpus`, `split`, `files` as before)."""
+    return {
+        "corpus": list(corpus), "split": split, "files": list(files),
+        "filters": {"min_doc_tokens": min_doc_tokens, "max_doc_tokens": max_doc_tokens,
+                    "max_doc_tokens_action": "truncate", "max_samples": max_samples},
+        "read": {"text_field": text_field, "format": format, "encoding": encoding,
+                 "errors": errors},
+    }  # fmt: skip
+
+
+def _input_stream(
+    source: Source, stats: InputStats, options: ReadOptions, tokenizer: Any, rule: DocFilter,
+    seq_len: int, pack: bool, leftovers: Packer | None,
+) -> Iterator[np.ndarray]:  # fmt: skip
+    """One input's samples: read, tokenise, filter, pack; lazy, nothing read before the mix asks."""
+    docs = tokenize_items(source.documents(options), tokenizer, rule.eos)
+    kept = filter_documents(docs, stats, rule, seq_len, pack, len(tokenizer))
+    return input_samples(kept, stats, seq_len, pack, leftovers)
+
+
+def prepare_shards(
+    tokenizer: str,
+    out: str,
+    seq_len: int,
+    corpus: Sequence[str] = (),
+    files: Sequence[str] = (),
+    split: Split = "train",
+    text_field: str = "text",
+    format: InputFormat = "auto",
+    encoding: str = "utf-8",
+    errors: DecodeErrors = "strict",
+    pack: bool = True,
+    min_doc_tokens: int = 0,
+    max_doc_tokens: int | None = None,
+    weights: Sequence[float] | None = None,
+    samples_per_shard: int = 1024,
+    max_samples: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Tokenise corpora and files into fixed-length webdataset shards (longred-shards-v1).
+
+    Args:
+        tokenizer: Hugging Face tokenizer (or model) directory; its vocabulary bounds the ids.
+        out: output shard directory.
+        seq_len: tokens per sample.
+        corpus: embedded corpora to read (shakespeare, python); each is one input.
+        files: inputs, each one input of the mix: a .txt/.jsonl/.parquet/.arrow file, a
+            quoted glob of them, or a directory written by datasets' save_to_disk.
+        split: split of the embedded corpora and of saved DatasetDicts (train, val, all).
+        text_field: JSONL field or table column of the text, or of token ids (a column of
+            integer lists: no tokenizer pass). With the default `text`, a file without
+            one but with `input_ids` reads that.
+        format: read every --files file as this format (auto: by suffix).
+        encoding: text encoding of .txt/.jsonl files (and of binary columns).
+        errors: undecodable bytes: strict (fail, naming file and byte), replace, ignore.
+        pack: concatenate the documents of an input (short, s2l streams); --no-pack cuts
+            each document on its own (long stream).
+        min_doc_tokens: drop documents of fewer tokens (EOS included); for the long stream.
+        max_doc_tokens: truncate longer documents to this many tokens (ending with EOS).
+        weights: share of the samples of each input (the --corpus names, then the --files
+            arguments); the mix stops when the first input runs out. Default: equal
+            shares, every input read to its end.
+        samples_per_shard: samples per tar file.
+        max_samples: stop after this many samples, taken from the inputs by their weights.
+        overwrite: replace existing shards in `out`.
+        progress: show a progress bar.
+
+    Returns:
+        The index, as written to `out/index.json`.
+    """
+    from longred_pl.data.tokenizer import load_tokenizer
+
+    _check_settings(tokenizer, seq_len, samples_per_shard, max_samples, pack, min_doc_tokens,
+                    max_doc_tokens, encoding, split, out, overwrite)  # fmt: skip
+    options = ReadOptions(text_field, encoding, errors, format, split)
+    sources = _resolve_inputs(corpus, files, weights, options)
+    loaded = load_tokenizer(tokenizer)
+    rule = DocFilter(min_doc_tokens, max_doc_tokens, eos_id(loaded))
+    stats = [InputStats(source.label) for source in sources]
+    leftovers = Packer(seq_len) if pack and len(sources) > 1 else None
+    streams = [
+        _input_stream(source, counts, options, loaded, rule, seq_len, pack, leftovers)
+        for source, counts in zip(sources, stats, strict=True)
+    ]
+    _check_out_dir(Path(out), overwrite)
+    mix = Mix(streams, weights, leftovers, [source.label for source in sources])
+    writer = _write(mix, Path(out), samples_per_shard, max_samples, progress)
+    if writer.num_samples == 0:
+        raise nothing_written_error(stats, seq_len)
+    settings = _settings_record(corpus, files, split, text_field, format, encoding, errors,
+                                min_doc_tokens, max_doc_tokens, max_samples)  # fmt: skip
+    provenance = _provenance(sources, stats, weights, mix, settings)
+    index = _index(writer, seq_len, len(loaded), str(Path(tokenizer).resolve()), provenance, pack)
+    (Path(out) / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    print(_summary(index, out, stats, mix, max_doc_tokens is not None))
     return index

@@ -6,7 +6,12 @@ import torch.nn.functional as F
 
 from longred_pl.errors import UserError
 from longred_pl.forward import check_logit_head, logit_head, run_model
-from longred_pl.objectives import LogitHead, chunked_next_token_loss, chunked_token_nll, shift_labels
+from longred_pl.objectives import (
+    LogitHead,
+    chunked_next_token_loss,
+    chunked_token_nll,
+    shift_labels,
+)
 
 
 def _tiny(kind):
@@ -46,7 +51,9 @@ def test_next_token_loss_equals_models_own_logits(kind):
     grad = torch.autograd.grad(ours, model.get_output_embeddings().weight)[0]
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
-    nll = run_model(model, ids, (), None, lambda h, w, b: chunked_token_nll(h, w, ids, 5, b, head))[1]
+    nll = run_model(model, ids, (), None, lambda h, w, b: chunked_token_nll(h, w, ids, 5, b, head))[
+        1
+    ]
     torch.testing.assert_close(nll.mean(), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -60,9 +67,13 @@ def test_head_bias_is_part_of_the_loss():
     labels = shift_labels(ids)
     ref = F.cross_entropy(model(input_ids=ids).logits.reshape(-1, 96), labels.reshape(-1))
     ref_b = torch.autograd.grad(ref, model.lm_head.bias)[0]
-    ours = run_model(model, ids, (), None, lambda h, w, b: chunked_next_token_loss(h, w, labels, 5, b))[1]
+    ours = run_model(
+        model, ids, (), None, lambda h, w, b: chunked_next_token_loss(h, w, labels, 5, b)
+    )[1]
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.autograd.grad(ours, model.lm_head.bias)[0], ref_b, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(
+        torch.autograd.grad(ours, model.lm_head.bias)[0], ref_b, rtol=1e-4, atol=1e-7
+    )
 
 
 def test_unknown_logit_transform_is_refused():
@@ -84,9 +95,7 @@ def test_loss_reads_the_head_weight_while_the_forward_runs():
     garbage = torch.zeros_like(real)
     ids = torch.randint(0, 96, (2, 16))
     labels = shift_labels(ids)
-    expected = chunked_next_token_loss(
-        run_model(model, ids, [2])[0][2], real, labels, 8
-    ).detach()
+    expected = chunked_next_token_loss(run_model(model, ids, [2])[0][2], real, labels, 8).detach()
     with torch.no_grad():
         model.lm_head.weight.copy_(garbage)
 
@@ -98,5 +107,7 @@ def test_loss_reads_the_head_weight_while_the_forward_runs():
 
     model.register_forward_pre_hook(gather)
     model.register_forward_hook(reshard)
-    got = run_model(model, ids, (), None, lambda h, w, b: chunked_next_token_loss(h, w, labels, 8, b))[1]
+    got = run_model(
+        model, ids, (), None, lambda h, w, b: chunked_next_token_loss(h, w, labels, 8, b)
+    )[1]
     torch.testing.assert_close(got.detach(), expected)

@@ -56,7 +56,10 @@ BATCH = {"long": 1, "short": 2, "s2l": 2, "val_short": 2, "val_long": 1}
 def data_config(root):
     lengths = {**LENGTHS, "val_short": 64, "val_long": 256}
     return {
-        **{k: {"urls": str(root / k), "seq_len": n, "batch_size": BATCH[k]} for k, n in lengths.items()},
+        **{
+            k: {"urls": str(root / k), "seq_len": n, "batch_size": BATCH[k]}
+            for k, n in lengths.items()
+        },
         "schedule": ["long", "s2l", "long", "short"],
         "num_workers": 0,
         "shuffle_buffer": 1,
@@ -139,7 +142,9 @@ def simulate_data_parallel(root, teacher, world=2, steps=4, accumulate=4):
 
     torch.manual_seed(0)
     init = {k: v for k, v in MODEL.items() if k != "optimizer"}
-    module = LongReDModule(teacher_path=teacher, **init, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    module = LongReDModule(
+        teacher_path=teacher, **init, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)
+    )
     module.configure_model()
     opt = module.configure_optimizers()
     cfg = data_config(root)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from longred_pl.forward import capture_hidden_states, run_model
 from longred_pl.errors import UserError
+from longred_pl.forward import capture_hidden_states, run_model
 from longred_pl.module import LongReDModule
 
 
@@ -170,7 +170,10 @@ def test_s2l_batch_without_index_is_refused(tiny_llama):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"position_kwargs": {"r_meen": 5}}, r"model.position_kwargs: unknown key\(s\) \['r_meen'\].*r_mean"),
+        (
+            {"position_kwargs": {"r_meen": 5}},
+            r"model.position_kwargs: unknown key\(s\) \['r_meen'\].*r_mean",
+        ),
         ({"s2l_positions": "none", "position_kwargs": {"r_mean": 5}}, "takes no kwargs"),
         ({"loss_chunk_size": -1}, "model.loss_chunk_size"),
         ({"max_skipped_steps": 0}, "model.max_skipped_steps"),

@@ -43,7 +43,10 @@ def test_runtime_setting_is_honoured_and_said(run, capsys):
     _, config, ckpt = run
     main(["fit", "--config", config, "--ckpt_path", ckpt, "--model.loss_chunk_size", "7",
           "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0"])  # fmt: skip
-    assert "model.loss_chunk_size: 7 (this run) instead of the checkpoint's 1024" in capsys.readouterr().err
+    assert (
+        "model.loss_chunk_size: 7 (this run) instead of the checkpoint's 1024"
+        in capsys.readouterr().err
+    )
 
 
 def test_truncated_checkpoint_names_the_file(run, tmp_path):

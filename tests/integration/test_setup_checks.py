@@ -40,12 +40,27 @@ def _data(tiny_shards, schedule, s2l_len=64, s2l_key="s2l"):
 @pytest.mark.parametrize(
     "kwargs, schedule, accumulate, s2l, match",
     [
-        ({}, ["long", "s2l", "long", "short"], 2, ("s2l", 64),
-         r"trainer.accumulate_grad_batches=2 does not cover whole periods.*accumulate_grad_batches: 4"),
-        ({"method": "long_cpt"}, ["long", "short"], 2, ("s2l", 64),
-         r"model.method='long_cpt' trains on the streams \['long'\] only.*\['short'\]"),
-        ({}, ["long", "s2l"], 2, ("short", 16),
-         r"data.s2l.seq_len=16 does not fit model.s2l_positions='cream'.*head_tail_lengths"),
+        (
+            {},
+            ["long", "s2l", "long", "short"],
+            2,
+            ("s2l", 64),
+            r"trainer.accumulate_grad_batches=2 does not cover whole periods.*accumulate_grad_batches: 4",
+        ),
+        (
+            {"method": "long_cpt"},
+            ["long", "short"],
+            2,
+            ("s2l", 64),
+            r"model.method='long_cpt' trains on the streams \['long'\] only.*\['short'\]",
+        ),
+        (
+            {},
+            ["long", "s2l"],
+            2,
+            ("short", 16),
+            r"data.s2l.seq_len=16 does not fit model.s2l_positions='cream'.*head_tail_lengths",
+        ),
     ],
 )
 def test_refused_before_models_load(tiny_llama, tiny_shards, tmp_path, kwargs, schedule,

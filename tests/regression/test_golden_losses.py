@@ -60,4 +60,8 @@ def test_first_losses_equal_recorded_values(tmp_path, tiny_llama, tiny_shards):
     assert sorted(rows) == sorted(GOLDEN), rows
     for step, expected in GOLDEN.items():
         for name, value in expected.items():
-            assert rows[step][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, name, rows[step])
+            assert rows[step][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (
+                step,
+                name,
+                rows[step],
+            )

@@ -24,7 +24,9 @@ def test_entry_point_is_console():
 
 def test_top_level_help_imports_neither_lightning_nor_torch():
     code = "import sys; from longred_pl.cli import main; main(['--help']); print(sorted(m for m in sys.modules if m in ('torch', 'lightning', 'transformers')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    ).stdout
     assert "select-layers" in out and out.strip().endswith("[]"), out
 
 
@@ -43,7 +45,10 @@ def _tool(ckpt: str, out_dir: str, files: list[str] | None = None, force: bool =
     [
         (["a.ckpt", "out"], ["--ckpt=a.ckpt", "--out_dir=out"]),
         (["a.ckpt", "out", "--seq-len", "4"], ["--ckpt=a.ckpt", "--out_dir=out", "--seq_len", "4"]),
-        (["--files", "x.txt", "y.txt", "--force"], ["--files", '["x.txt", "y.txt"]', "--force", "true"]),
+        (
+            ["--files", "x.txt", "y.txt", "--force"],
+            ["--files", '["x.txt", "y.txt"]', "--force", "true"],
+        ),
         (["--no-progress", "--seq_len=3"], ["--progress=false", "--seq_len=3"]),
     ],
 )

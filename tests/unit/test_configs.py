@@ -514,7 +514,7 @@ def test_teacher_recipe(path):
     "text",
     [
         "model: {rope_methd: abf}\n",  # unknown key
-        "model: {method: longredd}\n",  # not a Literal choice
+        "model: {dtype: float64}\n",  # not a Literal choice (model.method is checked at construction)
         "data: {short: {urls: x, seq_len: 1K, batch_size: 8}}\n",  # not an int
         "trainer:\n  strategy:\n    class_path: lightning.pytorch.strategies.FSDPStrategy\n"
         "    init_args: {auto_wrap_policy: [transformers.models.llama.modeling_llama.LlamaDecoderLayr]}\n",

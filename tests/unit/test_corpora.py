@@ -13,6 +13,7 @@ from longred_pl.data.corpora import (
     load_corpus,
     read_text_files,
 )
+from longred_pl.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +78,15 @@ def test_cap_documents_cuts_at_a_line():
     assert cap_documents(docs, 11 + 13) == [docs[0], Document("b", "line1\nline2\n")]
     capped = load_corpus("shakespeare", "train", max_bytes=50_000)
     assert 45_000 < sum(len(d.text.encode()) for d in capped) <= 50_000
-    with pytest.raises(ValueError, match="max_bytes"):
+    with pytest.raises(UserError, match="max_bytes"):
         cap_documents(docs, 0)
 
 
 def test_unknown_corpus_and_split():
-    with pytest.raises(ValueError, match="known corpora.*python.*shakespeare"):
+    with pytest.raises(UserError, match="known corpora.*python.*shakespeare"):
         load_corpus("wikipedia")
     assert set(CORPORA) == {"shakespeare", "python"}
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(UserError, match=r"split \(--split\) must be one of"):
         load_corpus("shakespeare", "test")  # type: ignore[arg-type]
 
 
@@ -94,10 +95,10 @@ def test_read_text_files(tmp_path):
     (tmp_path / "b.jsonl").write_text('{"text": "one"}\n\n{"text": "two", "id": 2}\n')
     (tmp_path / "c.jsonl").write_text('{"body": "three"}\n')
     docs = read_text_files([tmp_path / "a.txt", tmp_path / "b.jsonl"])
-    assert docs == [
-        Document("a.txt", "hello\nworld\n"),
-        Document("b.jsonl:1", "one"),
-        Document("b.jsonl:3", "two"),
+    assert docs == [  # names carry the path (and line), for errors and provenance
+        Document(str(tmp_path / "a.txt"), "hello\nworld\n"),
+        Document(f"{tmp_path / 'b.jsonl'}:1", "one"),
+        Document(f"{tmp_path / 'b.jsonl'}:3", "two"),
     ]
     assert read_text_files([tmp_path / "c.jsonl"], text_field="body")[0].text == "three"
 
@@ -107,19 +108,21 @@ def test_read_text_files(tmp_path):
     [
         ('{"text": "ok"}\n{"text": broken}\n', r"bad\.jsonl, line 2: invalid JSON"),
         ('{"text": "ok"}\n{"body": "x"}\n', r"bad\.jsonl, line 2: no field 'text'.*--text-field"),
-        ('["text"]\n', r"bad\.jsonl, line 1: no field 'text'"),
-        ('{"text": 3}\n', r"bad\.jsonl, line 1: field 'text' is not a string"),
+        ('["text"]\n', r"bad\.jsonl, line 1: a JSON list, not an object"),
+        ('{"text": 3}\n', r"bad\.jsonl, line 1: field 'text' is neither a string nor .*ids"),
+        ('{"text": "ok"}\n{"text": "\xff"}\n'.encode("latin-1"), r"bad\.jsonl.*line 2.*byte 25"),
     ],
 )
 def test_read_jsonl_errors_name_file_and_line(tmp_path, content, match):
-    (tmp_path / "bad.jsonl").write_text(content)
-    with pytest.raises(ValueError, match=match):
+    data = content if isinstance(content, bytes) else content.encode()
+    (tmp_path / "bad.jsonl").write_bytes(data)
+    with pytest.raises(UserError, match=match):
         read_text_files([tmp_path / "bad.jsonl"])
 
 
 def test_read_text_files_bad_paths(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.txt"):
+    with pytest.raises(UserError, match="missing.txt: input file not found"):
         read_text_files([tmp_path / "missing.txt"])
     (tmp_path / "x.csv").write_text("a,b\n")
-    with pytest.raises(ValueError, match=r"x\.csv.*use \.txt or \.jsonl"):
+    with pytest.raises(UserError, match=r"x\.csv.*use \.txt or \.jsonl"):
         read_text_files([tmp_path / "x.csv"])

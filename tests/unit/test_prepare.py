@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from longred_pl import cli
 from longred_pl.data.corpora import Document
+from longred_pl.data.mixing import DocFilter, InputStats, Mix, Packer, filter_documents
 from longred_pl.data.prepare import (
     SHARD_FORMAT,
     TokenizedDocument,
-    prepare_main,
+    prepare_shards,
     tokenize_documents,
     write_shards,
 )
 from longred_pl.data.tokenizer import train_tokenizer
+from longred_pl.errors import UserError
 
 TEXT = (
     "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n"
@@ -61,7 +66,7 @@ def test_tokenizer_round_trips_and_reloads(tokenizer, tmp_path):
     assert again.get_vocab() == tokenizer.get_vocab()
     reloaded = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
     assert reloaded(TEXT, add_special_tokens=False)["input_ids"] == ids
-    with pytest.raises(ValueError, match="vocab_size must be >= 258"):
+    with pytest.raises(UserError, match="vocab_size must be >= 258"):
         train_tokenizer(_docs(), 100, tmp_path)
 
 
@@ -131,11 +136,13 @@ def test_write_shards_errors(tmp_path):
         TokenizedDocument("good", np.arange(10)),
         TokenizedDocument("plays/hamlet", np.array([5, 100])),
     ]
-    with pytest.raises(ValueError, match=r"plays/hamlet: token id 100 is outside .*\[0, 100\)"):
+    with pytest.raises(UserError, match=r"plays/hamlet: token id 100 is outside .*\[0, 100\)"):
         write_shards(bad, tmp_path / "a", 4, pack=True, **kwargs)
-    with pytest.raises(ValueError, match="seq_len must be > 0"):
+    with pytest.raises(UserError, match=r"seq_len \(--seq-len\) must be > 0"):
         write_shards([np.arange(10)], tmp_path / "b", 0, pack=True, **kwargs)
-    with pytest.raises(ValueError, match="too short for seq_len=64.*every single document"):
+    with pytest.raises(
+        UserError, match=r"2 read, 2 shorter than --seq-len \(--no-pack\)\); .*has 40 tokens"
+    ):
         write_shards([np.arange(40), np.arange(40)], tmp_path / "c", 64, pack=False, **kwargs)
     assert not list((tmp_path / "c").iterdir())
     # the same two documents pack into one sample
@@ -158,13 +165,222 @@ def test_prepare_main_in_process(tokenizer, tmp_path, capsys):
     assert len(samples) == index["num_samples"] > 8
 
 
-def test_prepare_main_flag_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        prepare_main(["--tokenizer", str(tmp_path / "none"), "--corpus", "shakespeare",
-                      "--seq-len", "8", "--out", str(tmp_path / "o")])  # fmt: skip
+def prepare_main(argv):
+    """``longred prepare ARGV`` in-process (raises UserError)."""
+    return cli.main(["prepare", *argv])
+
+
+def shell(argv, monkeypatch):
+    """``longred prepare ARGV`` as the shell runs it: returns the exit status."""
+    monkeypatch.setattr(sys, "argv", ["longred", "prepare", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.console()
+    return exit_info.value.code
+
+
+def test_prepare_main_flag_errors(tmp_path, capsys, monkeypatch):
+    argv = ["--tokenizer", str(tmp_path / "none"), "--corpus", "shakespeare", "--seq-len", "8",
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    assert shell(argv, monkeypatch) == 2
     assert "--tokenizer" in capsys.readouterr().err
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "tokenizer_config.json").write_text("{}")
-    with pytest.raises(SystemExit):
-        prepare_main(["--tokenizer", str(tmp_path / "tok"), "--seq-len", "8", "--out", "o"])
+    assert (
+        shell(["--tokenizer", str(tmp_path / "tok"), "--seq-len", "8", "--out", "o"], monkeypatch)
+        == 2
+    )
     assert "no input: pass --corpus" in capsys.readouterr().err
+
+
+# --- filters, mix, summary (issues 10 and 13) --------------------------------------------
+
+
+def _stream(n: int, value: int, length: int = 4):
+    return iter([np.full(length, value, dtype=np.uint32) for _ in range(n)])
+
+
+def test_filters_drop_by_reason_and_truncate_keeping_eos():
+    eos = 1
+    lengths = [0, 3, 6, 9, 20]
+    docs = [TokenizedDocument(f"d{n}", np.array([7] * (n - 1) + [eos] * (n > 0))) for n in lengths]
+    stats = InputStats("x")
+    rule = DocFilter(min_doc_tokens=4, max_doc_tokens=8, eos=eos)
+    kept = list(filter_documents(docs, stats, rule, seq_len=7, pack=False, vocab_size=10))
+    # 0: empty; 3: < min; 6: < seq_len without packing; 9 and 20: truncated to 8, EOS last
+    assert [k.tolist() for k in kept] == [[7] * 7 + [eos]] * 2
+    assert stats.dropped == {"empty": 1, "min_doc_tokens": 1, "shorter_than_seq_len": 1}
+    assert (stats.read, stats.kept, stats.truncated, stats.tokens_cut) == (5, 2, 2, 1 + 12)
+    assert stats.tokens_read == sum(lengths) and stats.tokens_kept == 16 and stats.longest == 20
+    packed = list(
+        filter_documents(docs, InputStats("y"), rule, seq_len=7, pack=True, vocab_size=10)
+    )
+    assert [len(k) for k in packed] == [6, 8, 8]  # packing keeps the 6-token document
+
+
+def test_mix_holds_the_weights_in_every_prefix_and_stops_at_the_first_end():
+    mix = Mix([_stream(30, 0), _stream(100, 1)], [3.0, 1.0], None, ["a", "b"])
+    out = [int(sample[0]) for sample in mix]
+    assert len(out) == 40 and out.count(0) == 30  # a ran out at 30: b gave its 10, no more
+    for n in range(1, len(out) + 1):
+        assert abs(out[:n].count(0) - 0.75 * n) <= 1, f"prefix {n} off the 3:1 shares"
+    assert mix.stopped.startswith("input 1 a ran out")
+    unweighted = Mix([_stream(5, 0), _stream(2, 1)], None, None)
+    assert [int(s[0]) for s in unweighted] == [0, 1, 0, 1, 0, 0, 0]  # every input to its end
+    assert unweighted.stopped == "all inputs read"
+
+
+def test_packer_counts_a_document_once_and_its_tokens_exactly():
+    a, b = InputStats("a"), InputStats("b")
+    packer = Packer(4)
+    packer.add(np.arange(10), a)
+    packer.add(np.arange(3), b)
+    out = [packer.take(), packer.take(), packer.take(), packer.take()]
+    assert [o is None for o in out] == [False, False, False, True]
+    assert np.concatenate(out[:3]).tolist() == [*range(10), 0, 1]
+    assert (a.used, a.tokens_used, b.used, b.tokens_used, packer.size) == (1, 10, 1, 2, 1)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok_dir")
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _ids_jsonl(path, docs) -> str:
+    path.write_text("".join(json.dumps({"input_ids": list(map(int, d))}) + "\n" for d in docs))
+    return str(path)
+
+
+def _prepare(tok_dir, out, **kwargs):
+    kwargs.setdefault("progress", False)
+    return prepare_shards(tok_dir, str(out), **kwargs)
+
+
+def test_max_samples_cut_is_fair_and_counts_documents_used(tok_dir, tmp_path, capsys):
+    # input 1: 40 documents (4 empty) of 30 ids; input 2: 3 documents of 100 ids. Before the
+    # fix, --max-samples took input 1's documents first and input 2 gave nothing.
+    first = [[] if n % 10 == 0 else [5] * 30 for n in range(40)]
+    files = [
+        _ids_jsonl(tmp_path / "a.jsonl", first),
+        _ids_jsonl(tmp_path / "b.jsonl", [[6] * 100] * 3),
+    ]
+    index = _prepare(tok_dir, tmp_path / "out", files=files, seq_len=32, max_samples=10)
+    inputs = index["source"]["inputs"]
+    assert [i["stats"]["samples"] for i in inputs] == [5, 5]
+    _, samples = _read_shards(tmp_path / "out")
+    assert [int(ids[0]) for _, ids in samples] == [5, 6] * 5  # interleaved, ids used as given
+    a, b = (i["stats"] for i in inputs)
+    # 160 ids of a: 6 documents (the 6th in part), after the empty 1st one; 160 of b: 2
+    assert (a["read"], a["used"], a["dropped"], a["tokens_used"]) == (7, 6, {"empty": 1}, 160)
+    assert (b["read"], b["used"], b["tokens_used"]) == (2, 2, 160)
+    out = capsys.readouterr().out
+    assert "wrote 10 samples x 32 tokens" in out and "from 8 documents used of 9 read" in out
+    assert "stopped: --max-samples 10 reached" in out
+
+
+def test_weights_and_filters_are_recorded(tok_dir, tmp_path):
+    files = [_ids_jsonl(tmp_path / f"{n}.jsonl", [[n + 2] * 64] * 20) for n in range(2)]
+    index = _prepare(tok_dir, tmp_path / "o", files=files, seq_len=16, weights=[1, 3],
+                     min_doc_tokens=10, max_doc_tokens=32, pack=False)  # fmt: skip
+    counts = [i["stats"]["samples"] for i in index["source"]["inputs"]]
+    assert counts == [13, 40]  # input 2 ran out first (40 samples); 13 = 40 / 3 rounded down
+    source = index["source"]
+    assert [i["weight"] for i in source["inputs"]] == [1.0, 3.0]
+    assert source["filters"]["max_doc_tokens_action"] == "truncate"
+    assert source["mix"]["stopped"].startswith(f"input 2 {files[1]} ran out")
+    assert source["inputs"][0]["files"] == [str(Path(files[0]).resolve())]
+
+
+def test_leftovers_of_many_small_inputs_pack_together(tok_dir, tmp_path, capsys):
+    files = [_ids_jsonl(tmp_path / f"{n}.jsonl", [[n + 2] * 10]) for n in range(7)]
+    index = _prepare(tok_dir, tmp_path / "o", files=files, seq_len=16)
+    assert index["num_samples"] == 70 // 16
+    assert index["source"]["mix"]["samples_packed_across_inputs"] == 4
+    assert "leftovers of several inputs packed together -> 4 samples" in capsys.readouterr().out
+
+
+def test_pre_tokenised_ids_are_checked_against_the_vocabulary(tok_dir, tmp_path):
+    path = _ids_jsonl(tmp_path / "ids.jsonl", [[1, 2], [299, 300]])
+    with pytest.raises(
+        UserError, match=r"ids\.jsonl:2: token id 300 is outside the vocabulary \[0, 300\)"
+    ):
+        _prepare(tok_dir, tmp_path / "o", files=[path], seq_len=2)
+
+
+@pytest.mark.parametrize(
+    ("content", "flags", "match"),
+    [
+        ("", {}, r"/empty\.txt: 1 read, 1 empty\); check the inputs"),
+        ("\n\n", {"name": "blank.jsonl"}, r"/blank\.jsonl: no documents\); check the inputs"),
+        (
+            TEXT,
+            {"min_doc_tokens": 10_000},
+            r"1 shorter than --min-doc-tokens\); lower --min-doc-tokens",
+        ),
+        (
+            TEXT,
+            {"pack": False},
+            r"1 shorter than --seq-len \(--no-pack\)\); lower --seq-len .* or use --pack",
+        ),
+        (TEXT, {}, r"the 1 kept document\(s\) hold \d+ tokens in all, fewer than --seq-len 4096"),
+    ],
+    ids=["empty-file", "no-documents", "min-doc-tokens", "no-pack", "too-few-tokens"],
+)
+def test_empty_results_name_the_input_and_the_filter(tok_dir, tmp_path, content, flags, match):
+    path = tmp_path / flags.pop("name", "empty.txt")
+    path.write_text(content)
+    with pytest.raises(UserError, match=match) as error:
+        _prepare(tok_dir, tmp_path / "o", files=[str(path)], seq_len=4096, **flags)
+    assert "\n" not in str(error.value)
+    if flags.get("pack", True):
+        assert "--pack" not in str(error.value)  # the old advice, wrong for a packed input
+    assert not (tmp_path / "o" / "index.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        ({"weights": [1.0]}, r"--weights has 1 value\(s\) for 2 input\(s\)"),
+        ({"weights": [1.0, 0.0]}, r"--weights must all be finite and > 0"),
+        ({"min_doc_tokens": 9, "max_doc_tokens": 8}, r"--min-doc-tokens 9 > --max-doc-tokens 8"),
+        ({"pack": False, "max_doc_tokens": 8}, r"--max-doc-tokens 8 < --seq-len 16 with --no-pack"),
+        ({"encoding": "no-such-codec"}, r"--encoding no-such-codec: unknown codec"),
+        ({"max_samples": 0}, r"max_samples \(--max-samples\) must be > 0"),
+    ],
+)
+def test_flag_errors_come_before_any_work(tok_dir, tmp_path, flags, match):
+    files = [str(tmp_path / name) for name in ("a.txt", "b.txt")]
+    with pytest.raises(UserError, match=match):  # the inputs are not even there: no work done
+        _prepare(tok_dir, tmp_path / "o", files=files, seq_len=16, **flags)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        (
+            "notes",
+            b"words",
+            r"notes: unknown file type \(no suffix\); accepted: \.txt, .* --format",
+        ),
+        (
+            "bad.txt",
+            b"ok \xff",
+            r"bad\.txt: not valid utf-8 at byte 3 \(0xff\); .*--errors replace",
+        ),
+    ],
+)
+def test_prepare_main_bad_files_fail_on_one_line(
+    tok_dir, tmp_path, capsys, monkeypatch, name, data, match
+):
+    (tmp_path / name).write_bytes(data)
+    argv = ["--tokenizer", tok_dir, "--files", str(tmp_path / name), "--seq-len", "4",
+            "--out", str(tmp_path / "o"), "--no-progress"]  # fmt: skip
+    code = shell(argv, monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert re.search("longred: error: .*" + match, err)
+    fixed = prepare_main(
+        [*argv, "--format", "txt"] if name == "notes" else [*argv, "--errors", "replace"]
+    )
+    assert fixed["num_samples"] >= 1

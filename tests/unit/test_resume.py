@@ -5,7 +5,12 @@ import pytest
 from longred_pl.errors import UserError
 from longred_pl.resume import reconcile, same
 
-DEFAULTS = {"short_weight": 5.0, "s2l_weight": 10.0, "distill_layers": None, "loss_chunk_size": 1024}
+DEFAULTS = {
+    "short_weight": 5.0,
+    "s2l_weight": 10.0,
+    "distill_layers": None,
+    "loss_chunk_size": 1024,
+}
 SAVED = {"short_weight": 5.0, "s2l_weight": 10.0, "distill_layers": [1, 2], "loss_chunk_size": 1024}
 
 
@@ -16,7 +21,10 @@ def test_equal_settings_say_nothing():
 
 def test_explicit_recipe_change_is_refused_and_names_every_field():
     given = {**SAVED, "short_weight": 50.0, "distill_layers": [1, 3]}
-    with pytest.raises(UserError, match=r"model.short_weight=50.0 \(checkpoint: 5.0\).*model.distill_layers=\[1, 3\]"):
+    with pytest.raises(
+        UserError,
+        match=r"model.short_weight=50.0 \(checkpoint: 5.0\).*model.distill_layers=\[1, 3\]",
+    ):
         reconcile(SAVED, given, DEFAULTS, "c.ckpt")
 
 
@@ -56,5 +64,7 @@ def test_mesh_with_tensor_parallel_ranks_is_refused():
 
     check_mesh(None)
     check_mesh(_Mesh(2, 1))
-    with pytest.raises(UserError, match=r"data_parallel=1 x tensor_parallel=2.*data_parallel_size: 2"):
+    with pytest.raises(
+        UserError, match=r"data_parallel=1 x tensor_parallel=2.*data_parallel_size: 2"
+    ):
         check_mesh(_Mesh(1, 2))
