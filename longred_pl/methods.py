@@ -22,8 +22,9 @@ and a YAML (CONTRIBUTING.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from longred_pl.errors import UserError
 
@@ -49,6 +50,15 @@ class Method:
     def streams(self) -> frozenset[str]:
         """The stream kinds this objective consumes."""
         return frozenset(self.terms)
+
+    def term_for(self, kind: str, name: str) -> str:
+        """The term computed on a ``kind`` micro-batch; a UserError for a stream not consumed."""
+        if kind not in self.terms:
+            raise UserError(
+                f"model.method={name!r} consumes the streams {sorted(self.streams)}, got a "
+                f"{kind!r} batch; drop {kind!r} from data.schedule"
+            )
+        return self.terms[kind][0]
 
     def weights(self, **settings: float) -> dict[str, float]:
         """``{stream: weight}`` with the named weights resolved from ``settings``."""
@@ -99,3 +109,25 @@ def get_method(name: str) -> Method:
             f"model.method={name!r} is not a known objective; choose one of: {', '.join(METHODS)}"
         )
     return METHODS[name]
+
+
+# ------------------------------------------------------------ published settings
+def default_distill_layers(n_layers: int) -> list[int]:
+    """Layer 1 and the final state: the two ends the paper always distils (LONGRED.md)."""
+    return sorted({1, n_layers}) if n_layers > 1 else [n_layers]
+
+
+def published_adamw(params: Iterable[Any]) -> Any:
+    """The published optimizer: AdamW, lr 2e-5, betas (0.9, 0.95), weight decay 0.1."""
+    import torch
+
+    return torch.optim.AdamW(params, lr=2e-5, betas=(0.9, 0.95), weight_decay=0.1)
+
+
+def param_groups(model: Any) -> list[dict[str, Any]]:
+    """The trainable parameters, weight decay on matrices only (not on norms and biases)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -22,7 +22,7 @@ from longred_pl.errors import UserError
 from longred_pl.forward import capture_hidden_states, decoder_parts
 
 __all__ = [
-    "capture_hidden_states", "decoder_parts", "freeze", "load_causal_lm", "load_config", "shard_fsdp2",
+    "capture_hidden_states", "decoder_parts", "freeze", "load_causal_lm", "load_config", "shard_fsdp2", "shard_fsdp2_under",
 ]  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -115,3 +115,28 @@ def shard_fsdp2(model: nn.Module, mesh: Any, param_dtype: torch.dtype | None = N
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+def data_parallel_mesh(module: Any) -> Any:
+    """The data-parallel mesh of a LightningModule under ``ModelParallelStrategy``, else None."""
+    try:
+        mesh = module.device_mesh
+    except (AttributeError, RuntimeError):
+        return None
+    if mesh is None:
+        return None
+    return mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+
+
+def shard_fsdp2_under(module: Any, models: list[nn.Module | None]) -> None:
+    """``shard_fsdp2`` each of ``models`` over ``module``'s data-parallel mesh, if it has one.
+
+    bf16 parameters in compute when the trainer's precision is ``bf16*``.
+    """
+    mesh = data_parallel_mesh(module)
+    if mesh is None:
+        return
+    bf16 = str(module.trainer.precision).startswith("bf16")
+    for model in models:
+        if model is not None:
+            shard_fsdp2(model, mesh, torch.bfloat16 if bf16 else None)

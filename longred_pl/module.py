@@ -18,9 +18,7 @@ metrics, the non-finite-step guard and the progress bar (:mod:`callbacks`, added
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Iterable
 from typing import Any, Literal
 
 import lightning as L
@@ -29,12 +27,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from longred_pl import checks, positions, rope
-from longred_pl.errors import UserError
-from longred_pl.eval.metrics import TokenPerplexity
 from longred_pl.forward import check_logit_head, logit_head, run_model
 from longred_pl.frozen_teacher import FrozenTeacher
-from longred_pl.methods import get_method
-from longred_pl.models import load_causal_lm, load_config, shard_fsdp2
+from longred_pl.methods import default_distill_layers, get_method, param_groups, published_adamw
+from longred_pl.models import load_causal_lm, load_config, shard_fsdp2_under
 from longred_pl.objectives import (
     chunked_next_token_loss,
     chunked_token_nll,
@@ -42,21 +38,12 @@ from longred_pl.objectives import (
     shift_labels,
 )
 from longred_pl.stats import StepStats
+from longred_pl.validation import HeldOutPerplexity
 
 DType = Literal["float32", "bfloat16", "float16"]
 
 # The frozen teacher is in eval mode by design; Lightning warns about it at every fit.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-
-
-def default_distill_layers(n_layers: int) -> list[int]:
-    """Layer 1 and the final state: the two ends the paper always distils (LONGRED.md)."""
-    return sorted({1, n_layers}) if n_layers > 1 else [n_layers]
-
-
-def published_adamw(params: Iterable[Any]) -> torch.optim.Optimizer:
-    """The published optimizer: AdamW, lr 2e-5, betas (0.9, 0.95), weight decay 0.1."""
-    return torch.optim.AdamW(params, lr=2e-5, betas=(0.9, 0.95), weight_decay=0.1)
 
 
 class LongReDModule(L.LightningModule):
@@ -133,7 +120,7 @@ class LongReDModule(L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.student: nn.Module | None = None
         self.teacher: FrozenTeacher | None = None
-        self.val_ppl = nn.ModuleDict({k: TokenPerplexity() for k in ("short", "short_teacher", "long")})  # fmt: skip
+        self.heldout = HeldOutPerplexity()
         self.step_stats = StepStats()
 
     # ------------------------------------------------------------------ models
@@ -161,22 +148,7 @@ class LongReDModule(L.LightningModule):
                 hp.teacher_dtype or hp.dtype, hp.trust_remote_code,
             )  # fmt: skip
             self.teacher.exclude_from_checkpoint(self, "teacher")
-        mesh = self._data_parallel_mesh()
-        if mesh is not None:
-            param_dtype = torch.bfloat16 if str(self.trainer.precision).startswith("bf16") else None
-            for model in (self.student, self.teacher and self.teacher.model):
-                if model is not None:
-                    shard_fsdp2(model, mesh, param_dtype)
-
-    def _data_parallel_mesh(self) -> Any:
-        """The data-parallel mesh under ``ModelParallelStrategy`` (FSDP2), else None."""
-        try:
-            mesh = self.device_mesh
-        except (AttributeError, RuntimeError):
-            return None
-        if mesh is None:
-            return None
-        return mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        shard_fsdp2_under(self, [self.student, self.teacher and self.teacher.model])
 
     # ------------------------------------------------------------------- terms
     def L_long(self, batch: dict[str, Any]) -> torch.Tensor:  # noqa: N802 (the paper's name)
@@ -206,32 +178,17 @@ class LongReDModule(L.LightningModule):
 
     def s2l_position_ids(self, batch: dict[str, Any]) -> torch.Tensor:
         """Skipped ids for an s2l micro-batch, drawn from (seed, micro-step, rank)."""
-        if batch.get("position_ids") is not None:
-            return batch["position_ids"]
-        if "index" not in batch:
-            raise UserError(
-                "an s2l batch has no 'index' (its global micro-step number): without it every "
-                "s2l micro-step would get the same skipped ids; send batch['index'] from the "
-                "data module (MixedLengthDataModule does) or batch['position_ids']"
-            )
-        input_ids = batch["input_ids"]
-        seed = positions.mix_seed(self.hparams.seed, int(batch["index"]), self.global_rank)
-        ids = self.position_scheme(
-            input_ids.shape[0], input_ids.shape[1], self.hparams.target_length,
-            generator=torch.Generator().manual_seed(seed), **(self.hparams.position_kwargs or {}),
+        hp = self.hparams
+        return positions.batch_position_ids(
+            batch, self.position_scheme, hp.target_length, hp.seed, self.global_rank,
+            hp.position_kwargs or {},
         )  # fmt: skip
-        return ids.to(input_ids.device)
 
     # ---------------------------------------------------------------- training
     def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(weighted term, unweighted term)`` of one micro-batch, per the objective."""
         kind = batch["kind"]
-        if kind not in self.objective.terms:
-            raise UserError(
-                f"model.method={self.hparams.method!r} consumes the streams "
-                f"{sorted(self.objective.streams)}, got a {kind!r} batch; drop {kind!r} from data.schedule"
-            )
-        term_name, _ = self.objective.terms[kind]
+        term_name = self.objective.term_for(kind, self.hparams.method)
         term = getattr(self, term_name)(batch)  # L_long | L_short | L_s2l
         return self.weights[kind] * term, term
 
@@ -250,10 +207,10 @@ class LongReDModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
         """Token-weighted perplexity of the student (and, on short text, the teacher)."""
         input_ids, kind = batch["input_ids"], batch["kind"]
-        self.val_ppl[kind].update(self.token_nll(input_ids))
+        self.heldout.update(kind, self.token_nll(input_ids))
         if kind == "short" and self.teacher is not None:
-            self.val_ppl["short_teacher"].update(
-                self.teacher.token_nll(input_ids, self.hparams.loss_chunk_size)
+            self.heldout.update(
+                "short_teacher", self.teacher.token_nll(input_ids, self.hparams.loss_chunk_size)
             )
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -271,37 +228,16 @@ class LongReDModule(L.LightningModule):
         return run_model(self.student, input_ids_BT, (), None, nll)[1]
 
     def on_validation_epoch_end(self) -> None:
-        self._log_perplexities("val")
+        self.heldout.log_and_reset(self, "val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_perplexities("test")
-
-    def _log_perplexities(self, split: str) -> None:
-        """``<split>/loss_*``, ``<split>/ppl_*`` and ``<split>/ppl_retention`` (teacher / student ppl)."""
-        losses = {}
-        for name, metric in self.val_ppl.items():
-            if metric.update_called:
-                with metric.sync_context():  # sums over ranks (compute_loss alone is local)
-                    losses[name] = float(metric.compute_loss())
-                self.log(f"{split}/loss_{name}", losses[name])
-                self.log(f"{split}/ppl_{name}", math.exp(min(losses[name], 50.0)))
-            metric.reset()
-        if "short" in losses and "short_teacher" in losses:
-            self.log(f"{split}/ppl_retention", math.exp(losses["short_teacher"] - losses["short"]))
+        self.heldout.log_and_reset(self, "test")
 
     # --------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
-        for param in self.student.parameters():
-            if param.requires_grad:
-                (decay if param.ndim >= 2 else no_decay).append(param)
-        optimizer = self.optimizer_factory(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        )
+        """The optimizer over the student only (no weight decay on norms and biases)."""
+        optimizer = self.optimizer_factory(param_groups(self.student))
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        schedule = {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -43,6 +43,7 @@ __all__ = [
     "check_position_kwargs",
     "check_scheme_fits",
     "get_position_scheme",
+    "batch_position_ids",
     "layout_position_ids",
     "mix_seed",
     "none_position_ids",
@@ -438,3 +439,31 @@ def mix_seed(*parts: int) -> int:
             (1 << 64) - 1
         )
     return value >> 1
+
+
+def batch_position_ids(
+    batch: Mapping[str, Any],
+    scheme: Callable[..., torch.Tensor],
+    target_len: int,
+    seed: int,
+    rank: int,
+    kwargs: Mapping[str, Any],
+) -> torch.Tensor:
+    """The s2l ids of a micro-batch: its own ``position_ids``, else ``scheme`` drawn from
+    ``mix_seed(seed, batch["index"], rank)`` (so a resumed run draws the same ids).
+
+    Raises:
+        UserError: the batch has neither ``position_ids`` nor ``index``.
+    """
+    if batch.get("position_ids") is not None:
+        return batch["position_ids"]
+    if "index" not in batch:
+        raise UserError(
+            "an s2l batch has no 'index' (its global micro-step number): without it every "
+            "s2l micro-step would get the same skipped ids; send batch['index'] from the "
+            "data module (MixedLengthDataModule does) or batch['position_ids']"
+        )
+    input_ids = batch["input_ids"]
+    gen = torch.Generator().manual_seed(mix_seed(seed, int(batch["index"]), rank))
+    ids = scheme(input_ids.shape[0], input_ids.shape[1], target_len, generator=gen, **kwargs)
+    return ids.to(input_ids.device)
