@@ -11,13 +11,24 @@ an epoch of a stream.
 Exact resume: each batch carries its micro-step number ``index``; the data module
 records the last one the trainer actually used (``on_before_batch_transfer``) and saves
 it in the checkpoint (``state_dict``). On resume every share skips exactly the samples
-it had served, so the run continues with the samples it would have seen. This does not
-depend on Lightning's own loader-state restore (see Lightning issue #20550).
+it had served (a seek when ``index.json`` gives the shards' counts, see ``shards.py``),
+so the run continues with the samples it would have seen. This does not depend on
+Lightning's own loader-state restore (see Lightning issue #20550).
+
+Bad shards: faults are met inside the loader workers, each rank reading its own shards.
+Each batch carries the fault records made while it was assembled (``faults``); the data
+module keeps those of the batches the trainer used, gathers every rank's at checkpoint
+time (``state_dict``, called on all ranks) and hands them back to the streams on resume.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+import json
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -31,12 +42,100 @@ from longred_pl.data.shards import (
     StreamConfig,
     consumer_stream,
     expand_urls,
+    index_url,
+    is_remote,
     read_shard,
+    shard_name,
 )
+from longred_pl.errors import UserError
+
+
+@dataclass(frozen=True)
+class StreamIndex:
+    """A stream's shards and what their ``index.json`` files say about them."""
+
+    shards: list[str]
+    counts: dict[str, int]  # url -> samples, for the shards an index lists
+    vocab_size: int | None
+    tokenizer: str | None
+
+    @property
+    def complete(self) -> bool:
+        """Every shard's count is known: resume seeks instead of replaying."""
+        return all(url in self.counts for url in self.shards)
+
+
+@functools.lru_cache(maxsize=64)
+def _remote_index(url: str) -> dict[str, Any] | None:
+    """An ``index.json`` read through a ``pipe:`` command or URL (once per process)."""
+    from webdataset.gopen import gopen
+
+    try:
+        with gopen(url, "rb") as handle:
+            return json.loads(handle.read())
+    except (OSError, ValueError):
+        return None  # counts unknown: resume replays (and says so)
+
+
+def _load_index(where: str) -> dict[str, Any] | None:
+    if is_remote(where):
+        return _remote_index(where)
+    if not os.path.isfile(where):
+        return None
+    with open(where) as handle:
+        return json.load(handle)
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _check_listing(where: str, listed: dict[str, int], group: list[str], field: str) -> None:
+    """Local shards must match their index: none listed and gone, none present and unlisted.
+
+    An unlisted shard is refused rather than read: its tokenizer, length and count were
+    not recorded (nothing vouches for it) and resume could not seek over it.
+    """
+    folder = os.path.dirname(where)
+    missing = sorted(n for n in listed if not os.path.exists(os.path.join(folder, n)))
+    if missing:
+        raise UserError(
+            f"{field}: {where} lists {len(missing)} shard(s) missing from {folder}: "
+            f"{_names(missing)}; restore them, or re-run `longred prepare` for this stream"
+        )
+    unlisted = sorted(shard_name(u) for u in group if shard_name(u) not in listed)
+    if unlisted:
+        raise UserError(
+            f"{field}: {_names(unlisted)} in {folder} not listed in its index.json (left by "
+            f"another run?); remove them, or re-run `longred prepare` for this stream"
+        )
+
+
+def stream_index(urls: str | list[str], field: str) -> StreamIndex:
+    """Expand ``urls`` and read the ``index.json`` beside each group of shards."""
+    shards = expand_urls(urls, field)
+    groups: dict[str, list[str]] = {}
+    for url in shards:
+        where = index_url(url)
+        if where is not None:
+            groups.setdefault(where, []).append(url)
+    counts: dict[str, int] = {}
+    vocab, tokenizer = None, None
+    for where, group in groups.items():
+        index = _load_index(where)
+        if index is None:
+            continue
+        listed = {s["name"]: int(s["num_samples"]) for s in index.get("shards", [])}
+        if not is_remote(where):
+            _check_listing(where, listed, group, field)
+        counts.update({u: listed[shard_name(u)] for u in group if shard_name(u) in listed})
+        vocab = max(vocab or 0, int(index.get("vocab_size", 0))) or None
+        tokenizer = tokenizer or index.get("tokenizer")
+    return StreamIndex(shards, counts, vocab, tokenizer)
 
 
 class MixedLengthStream(IterableDataset):
-    """Endless micro-batches ``{"kind", "input_ids", "index"}`` for one rank."""
+    """Endless micro-batches ``{"kind", "input_ids", "index", "bad_shards", "faults"}`` for one rank."""
 
     def __init__(
         self,
@@ -49,9 +148,9 @@ class MixedLengthStream(IterableDataset):
         shuffle_buffer: int,
         start: int = 0,
         vocab_size: int | None = None,
+        faults: Sequence[dict[str, Any]] = (),
     ) -> None:
-        self.shards = {k: expand_urls(c.urls, f"data.{k}.urls") for k, c in streams.items()}
-        self.expected = {k: _shard_counts(c.urls) for k, c in streams.items()}
+        self.index = {k: stream_index(c.urls, f"data.{k}.urls") for k, c in streams.items()}
         self.streams = dict(streams)
         self.schedule = schedule
         self.rank, self.world_size = rank, world_size
@@ -59,12 +158,22 @@ class MixedLengthStream(IterableDataset):
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.start = start
         self.vocab_size = vocab_size
+        self.faults = list(faults)  # fault records from the checkpoint (all ranks)
+        replay = [k for k, index in self.index.items() if not index.complete]
+        if start and replay:
+            warnings.warn(
+                f"{', '.join(f'data.{k}.urls' for k in replay)}: sample counts unknown (no "
+                f"index.json listing every shard), so resuming at micro-step {start} reads "
+                f"and drops every sample already served; shards written by `longred "
+                f"prepare` (with their index.json) resume by seeking",
+                stacklevel=2,
+            )
 
     def _stream(self, kind: str, residue: int, faults: ShardFaults) -> Iterator[np.ndarray]:
         cfg = self.streams[kind]
         served = count_before(self.schedule, kind, self.start, residue, self.num_workers)
         return consumer_stream(
-            self.shards[kind],
+            self.index[kind].shards,
             cfg.seq_len,
             consumer=self.rank * self.num_workers + residue,
             num_consumers=self.world_size * self.num_workers,
@@ -82,7 +191,11 @@ class MixedLengthStream(IterableDataset):
             raise RuntimeError("MixedLengthStream built for a different number of workers")
         first = self.start + worker
         residue = first % self.num_workers
-        faults = {k: ShardFaults(k, self.expected[k]) for k in self.streams}
+        consumer = self.rank * self.num_workers + residue
+        faults = {
+            k: ShardFaults(k, index.shards, consumer, index.counts, self.faults)
+            for k, index in self.index.items()
+        }
         iters = {k: self._stream(k, residue, faults[k]) for k in self.streams}
         n = first
         while True:
@@ -95,6 +208,7 @@ class MixedLengthStream(IterableDataset):
                 "input_ids": torch.from_numpy(np.stack(rows).astype(np.int64)),
                 "index": n,
                 "bad_shards": sum(len(f.bad) for f in faults.values()),
+                "faults": [r for f in faults.values() for r in f.take_new()],
             }
             n += self.num_workers
 
@@ -103,34 +217,21 @@ def check_vocab(rows: list[np.ndarray], vocab_size: int, kind: str) -> None:
     """Token ids must index the model's embedding table."""
     top = max(int(r.max()) for r in rows)
     if top >= vocab_size:
-        raise ValueError(
+        raise UserError(
             f"data.{kind}: token id {top} is >= the model's vocabulary size {vocab_size}; the "
             f"shards were tokenised with another tokenizer: re-run `longred prepare` with the "
             f"teacher's tokenizer"
         )
 
 
-def _read_index(urls: str | list[str]) -> dict[str, Any] | None:
-    """``index.json`` beside local shards (written by ``longred prepare``), if any."""
-    import json
-    import os
-
-    first = urls if isinstance(urls, str) else (urls[0] if urls else "")
-    folder = first if os.path.isdir(first) else os.path.dirname(first)
-    path = os.path.join(folder, "index.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def _shard_counts(urls: str | list[str]) -> dict[str, int]:
-    index = _read_index(urls) or {}
-    return {s["name"]: int(s["num_samples"]) for s in index.get("shards", []) if "name" in s}
-
-
 class FixedStream(IterableDataset):
     """A finite, ordered pass over validation shards: ``{"kind", "input_ids"}`` batches.
+
+    Every rank runs the same number of batches (under FSDP each forward is a collective,
+    so one batch more on one rank hangs the others): sample ``i`` goes to rank
+    ``i % world_size``, and a batch is emitted only once every rank holds a full one; the
+    last fewer than ``world_size * batch_size`` samples are dropped. Every rank reads the
+    whole stream, so all ranks reach the same count without communicating.
 
     With ``max_batches`` set and the sample count known (``index.json``), the samples read
     are spread evenly over the whole stream (every ``stride``-th one), so a capped
@@ -140,23 +241,24 @@ class FixedStream(IterableDataset):
     def __init__(
         self, kind: str, cfg: StreamConfig, rank: int, world_size: int, max_batches: int | None
     ) -> None:
-        self.kind, self.cfg = kind, cfg
-        self.shards = expand_urls(cfg.urls, f"data.{kind}.urls")
+        self.kind, self.cfg, self.field = kind, cfg, f"data.val_{kind}"
+        index = stream_index(cfg.urls, f"{self.field}.urls")
+        self.shards = index.shards
         self.rank, self.world_size, self.max_batches = rank, world_size, max_batches
-        total = (_read_index(cfg.urls) or {}).get("num_samples")
+        total = sum(index.counts.values()) if index.complete else None
         wanted = None if max_batches is None else max_batches * cfg.batch_size * world_size
-        self.stride = max(1, int(total) // wanted) if total and wanted else 1
+        self.stride = max(1, total // wanted) if total and wanted else 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rows: list[np.ndarray] = []
-        emitted = 0
+        emitted, seen = 0, 0
+        step = self.cfg.batch_size * self.world_size  # samples per batch over all ranks
         samples = (s for url in self.shards for s in read_shard(url, self.cfg.seq_len))
         picked = (s for i, s in enumerate(samples) if i % self.stride == 0)
-        for i, sample in enumerate(picked):
-            if i % self.world_size != self.rank:
-                continue
-            rows.append(sample)
-            if len(rows) == self.cfg.batch_size:
+        for seen, sample in enumerate(picked, start=1):
+            if (seen - 1) % self.world_size == self.rank:
+                rows.append(sample)
+            if seen % step == 0:  # every rank now holds a full batch
                 yield {
                     "kind": self.kind,
                     "input_ids": torch.from_numpy(np.stack(rows).astype(np.int64)),
@@ -164,6 +266,33 @@ class FixedStream(IterableDataset):
                 rows, emitted = [], emitted + 1
                 if self.max_batches is not None and emitted >= self.max_batches:
                     return
+        if emitted == 0:
+            raise UserError(
+                f"{self.field}: {seen} held-out sample(s) fill no validation batch of "
+                f"{self.cfg.batch_size} on each of {self.world_size} rank(s); lower "
+                f"{self.field}.batch_size or add samples"
+            )
+
+
+def fault_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    return record["stream"], int(record["consumer"]), int(record["epoch"]), int(record["shard"])
+
+
+def gather_records(strategy: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank's records on every rank: a collective (two ``all_gather`` of JSON bytes).
+
+    Bytes, not pickles: ``strategy.all_gather`` takes tensors on every strategy.
+    """
+    device = strategy.root_device
+    data = torch.frombuffer(bytearray(json.dumps(records).encode()), dtype=torch.uint8)
+    sizes = strategy.all_gather(torch.tensor([data.numel()], device=device)).reshape(-1)
+    padded = torch.zeros(int(sizes.max()), dtype=torch.uint8, device=device)
+    padded[: data.numel()] = data.to(device)
+    every = strategy.all_gather(padded).reshape(len(sizes), -1).cpu()
+    out: list[dict[str, Any]] = []
+    for row, size in zip(every, sizes.tolist(), strict=True):
+        out.extend(json.loads(bytes(row[: int(size)].tolist())))
+    return out
 
 
 class MixedLengthDataModule(L.LightningDataModule):
@@ -181,7 +310,8 @@ class MixedLengthDataModule(L.LightningDataModule):
         num_workers: data-loader worker processes per rank (0 reads in the main process).
         seed: seeds the order of every stream; same seed, same samples.
         shuffle_buffer: samples held for the within-stream shuffle (1 = file order).
-        val_batches: at most this many batches per validation stream.
+        val_batches: at most this many batches per validation stream (every rank runs
+            the same number; a remainder under ``ranks x batch_size`` samples is dropped).
     """
 
     def __init__(
@@ -206,28 +336,36 @@ class MixedLengthDataModule(L.LightningDataModule):
         self.schedule = build_schedule(schedule, ratios)
         for kind in sorted(set(self.schedule)):
             if kind not in self.streams:
-                raise ValueError(
+                raise UserError(
                     f"data.schedule uses the {kind!r} stream but data.{kind} is not set; "
                     f"give data.{kind} (urls, seq_len, batch_size) or drop {kind!r} from the schedule"
                 )
         for name, cfg in self._all_streams():
             if cfg.batch_size <= 0:
-                raise ValueError(f"data.{name}.batch_size must be >= 1, got {cfg.batch_size}")
+                raise UserError(f"data.{name}.batch_size must be >= 1, got {cfg.batch_size}")
             if cfg.seq_len <= 1:
-                raise ValueError(f"data.{name}.seq_len must be >= 2, got {cfg.seq_len}")
+                raise UserError(f"data.{name}.seq_len must be >= 2, got {cfg.seq_len}")
         if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+            raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
         self.num_workers, self.seed = num_workers, seed
         self.shuffle_buffer, self.val_batches = shuffle_buffer, val_batches
         self.consumed = 0  # micro-steps the trainer has used (the resume cursor)
-        self.bad_shards = 0  # unreadable shards met so far by this rank's latest worker
+        self.faults: list[dict[str, Any]] = []  # fault records of the batches used, all ranks
         self.vocab_size: int | None = None  # set by check_model; ids are checked against it
-        for name, cfg in self._all_streams():
-            expand_urls(cfg.urls, f"data.{name}.urls")  # fail now, not after loading models
+        # fail now, not after loading models: URLs that match nothing, shards gone or unlisted
+        self.index = {n: stream_index(c.urls, f"data.{n}.urls") for n, c in self._all_streams()}
 
     def _all_streams(self) -> list[tuple[str, StreamConfig]]:
         vals = [("val_" + k, c) for k, c in self.val_streams.items()]
         return [*self.streams.items(), *vals]
+
+    @property
+    def bad_shards(self) -> int:
+        """Distinct bad shards met by this rank's readers (``train/bad_shards``)."""
+        rank, _ = self._rank_world()
+        workers = max(1, self.num_workers)
+        mine = {(r["stream"], r["shard"]) for r in self.faults if r["consumer"] // workers == rank}
+        return len(mine)
 
     def check_model(
         self, teacher_window: int, target_length: int, vocab_size: int, method: str
@@ -244,15 +382,15 @@ class MixedLengthDataModule(L.LightningDataModule):
                     if limits[name] == target_length
                     else "the teacher's window"
                 )
-                raise ValueError(
+                raise UserError(
                     f"data.{name}.seq_len={cfg.seq_len} is above {window} ({limits[name]}); "
                     f"prepare {name} shards of at most {limits[name]} tokens"
                 )
-            index = _read_index(cfg.urls)
-            if index and int(index.get("vocab_size", 0)) > vocab_size:
-                raise ValueError(
-                    f"data.{name}: shards were tokenised with a vocabulary of {index['vocab_size']} "
-                    f"({index.get('tokenizer')}), larger than the model's {vocab_size}; re-run "
+            index = self.index[name]
+            if index.vocab_size is not None and index.vocab_size > vocab_size:
+                raise UserError(
+                    f"data.{name}: shards were tokenised with a vocabulary of {index.vocab_size} "
+                    f"({index.tokenizer}), larger than the model's {vocab_size}; re-run "
                     f"`longred prepare --tokenizer <teacher dir>` with the teacher's tokenizer"
                 )
         self.vocab_size = vocab_size
@@ -278,6 +416,7 @@ class MixedLengthDataModule(L.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer,
             start=self.consumed,
             vocab_size=self.vocab_size,
+            faults=self.faults,
         )
         return self._loader(dataset, self.num_workers)
 
@@ -287,6 +426,10 @@ class MixedLengthDataModule(L.LightningDataModule):
             self._loader(FixedStream(kind, cfg, rank, world, self.val_batches), 0)
             for kind, cfg in self.val_streams.items()
         ]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """``longred test`` reads the held-out streams (``val_short`` / ``val_long``)."""
+        return self.val_dataloader()
 
     @staticmethod
     def _loader(dataset: IterableDataset, num_workers: int) -> DataLoader:
@@ -299,21 +442,37 @@ class MixedLengthDataModule(L.LightningDataModule):
             persistent_workers=False,
         )
 
+    def _add_faults(self, records: Sequence[dict[str, Any]]) -> None:
+        known = {fault_key(r) for r in self.faults}
+        for record in records:
+            if fault_key(record) not in known:
+                known.add(fault_key(record))
+                self.faults.append(record)
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training and "index" in batch:
             self.consumed = int(batch["index"]) + 1
-            self.bad_shards = max(self.bad_shards, int(batch.get("bad_shards", 0)))
+            self._add_faults(batch.get("faults", ()))
         return batch
 
     def state_dict(self) -> dict[str, Any]:
+        """The resume cursor and the fault records of every rank.
+
+        Lightning saves rank 0's copy only, so the records are gathered here; Lightning
+        calls ``state_dict`` on every rank when it writes a checkpoint.
+        """
+        trainer = getattr(self, "trainer", None)
         rank, world = self._rank_world()
+        if trainer is not None and world > 1:
+            self._add_faults(gather_records(trainer.strategy, self.faults))
         return {
             "consumed": self.consumed,
             "world_size": world,
             "num_workers": self.num_workers,
             "schedule": list(self.schedule),
             "seed": self.seed,
+            "faults": sorted(self.faults, key=fault_key),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -324,16 +483,18 @@ class MixedLengthDataModule(L.LightningDataModule):
             ("seed", self.seed),
         ):
             if state_dict.get(key, now) != now:
-                raise ValueError(
+                raise UserError(
                     f"cannot resume the data streams exactly: the checkpoint was written with "
                     f"{key}={state_dict[key]} but this run has {key}={now}; resume with the "
                     f"same value (data.{key if key != 'world_size' else 'trainer devices x nodes'})"
                 )
         if list(state_dict.get("schedule", self.schedule)) != list(self.schedule):
-            raise ValueError(
-                "cannot resume the data streams exactly: data.schedule differs from the checkpoint's"
+            raise UserError(
+                "cannot resume the data streams exactly: data.schedule differs from the "
+                "checkpoint's; resume with the checkpoint's data.schedule"
             )
         self.consumed = int(state_dict["consumed"])
+        self.faults = list(state_dict.get("faults", []))
 
 
 __all__ = ["KINDS", "MixedLengthDataModule", "MixedLengthStream", "StreamConfig"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from math import gcd
 
+from longred_pl.errors import UserError
+
 KINDS = ("long", "short", "s2l")
 
 PUBLISHED_SCHEDULE: tuple[str, ...] = (
@@ -31,11 +33,11 @@ def interleave_ratios(ratios: Mapping[str, int]) -> list[str]:
     weights = {k: int(v) for k, v in ratios.items() if int(v) > 0}
     for kind, count in ratios.items():
         if kind not in KINDS:
-            raise ValueError(f"data.ratios: unknown stream {kind!r}; use one of {list(KINDS)}")
+            raise UserError(f"data.ratios: unknown stream {kind!r}; use one of {list(KINDS)}")
         if int(count) < 0:
-            raise ValueError(f"data.ratios[{kind!r}] must be >= 0, got {count}")
+            raise UserError(f"data.ratios[{kind!r}] must be >= 0, got {count}")
     if not weights:
-        raise ValueError("data.ratios must give at least one stream a positive count")
+        raise UserError("data.ratios must give at least one stream a positive count")
     period = sum(weights.values())
     credit = dict.fromkeys(weights, 0)
     order: list[str] = []
@@ -53,15 +55,15 @@ def build_schedule(
 ) -> list[str]:
     """The micro-step pattern: ``schedule`` as given, else from ``ratios``, else the published one."""
     if schedule is not None and ratios is not None:
-        raise ValueError("set either data.schedule or data.ratios, not both")
+        raise UserError("set either data.schedule or data.ratios, not both")
     if ratios is not None:
         return interleave_ratios(ratios)
     pattern = list(PUBLISHED_SCHEDULE if schedule is None else schedule)
     if not pattern:
-        raise ValueError("data.schedule is empty; give at least one of 'long', 'short', 's2l'")
+        raise UserError("data.schedule is empty; give at least one of 'long', 'short', 's2l'")
     for kind in pattern:
         if kind not in KINDS:
-            raise ValueError(
+            raise UserError(
                 f"data.schedule: unknown stream {kind!r}; each entry must be one of {list(KINDS)}"
             )
     return pattern

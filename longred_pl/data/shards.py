@@ -1,37 +1,50 @@
-"""Reading token shards safely and deterministically.
+"""Reading token shards safely, deterministically and resumably.
 
-Shards are webdataset tar files (format in NOTES.md: one ``<key>.input_ids.u32`` member
-per sample). They are opened with webdataset's ``gopen`` (local paths, ``file:``,
-``pipe:`` commands for object stores) and read as a tar *stream*, member by member.
+Shards are webdataset tar files (format in NOTES.md), opened with webdataset's ``gopen``
+(local paths, ``file:``, ``pipe:`` commands): local files seekably, pipes as a stream.
+Nothing here unpickles: only ``input_ids.u32`` members are decoded, any other is refused
+by name (webdataset's ``.decode()`` is not used: its defaults unpickle ``.pkl``).
 
-Nothing here unpickles: the only member suffix decoded is ``input_ids.u32`` (raw
-little-endian uint32); any other member is refused with an error that names it. That
-is why webdataset's ``.decode()`` is not used (its defaults unpickle ``.pkl``/``.pyd``).
+Each reader ("consumer": one data-loader worker of one rank, see ``datamodule.py``) gets
+a disjoint, balanced share of a stream: with ``S`` shards and ``C`` consumers, the first
+``C * (S // C)`` shards (in the epoch's order) are dealt out whole, and every ``C``-th
+sample of the remaining ``S mod C`` shards goes to each consumer. The order is a pure
+function of ``(seed, stream name, epoch, consumer)``, so a stream resumes exactly.
 
-Each reader ("consumer": one data-loader worker of one rank, see ``datamodule.py``)
-gets a disjoint, balanced share of a stream: with ``S`` shards and ``C`` consumers, the
-first ``C * (S // C)`` shards (in the epoch's order) are dealt out whole, and every
-``C``-th sample of the remaining ``S mod C`` shards goes to each consumer (only those few
-shards are read by every consumer). The order is a pure
-function of ``(seed, stream name, epoch, consumer)``, so a stream can be replayed and
-resumed exactly.
+Resume seeks: with every shard's count known (``index.json``), whole epochs and shards
+are skipped by counting and the shuffle buffer is rebuilt by replaying the shuffle's
+draws on input *numbers* (they do not depend on the samples); only shards holding a
+sample still in the buffer, or a later one, are opened. Without counts the skipped
+samples are read and dropped (replay). Bad shards are recorded (``ShardFaults``).
 """
 
 from __future__ import annotations
 
+import bisect
 import glob
 import hashlib
-import itertools
 import os
+import sys
 import tarfile
+import time
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from longred_pl.errors import UserError
+
 SAMPLE_SUFFIX = "input_ids.u32"
+READ_ATTEMPTS = 3  # reads of a shard before a transient error makes it a bad shard
+RETRY_BACKOFF_S = 0.5  # wait before the first retry, doubled before each further one
+CORRUPT_ERRORS = (tarfile.TarError, EOFError, zlib.error)  # the bytes are wrong: no retry
+TRANSIENT_ERRORS = (OSError,)  # I/O, network, a pipe's exit status: worth another read
+EVERY = range(sys.maxsize)  # pick every sample of a shard
+
+Samples = Generator[np.ndarray, None, int]  # yields samples, returns the shard's count
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,10 @@ class StreamConfig:
     batch_size: int
 
 
+def is_remote(url: str) -> bool:
+    return url.startswith("pipe:") or "://" in url  # read by a command or the network
+
+
 def expand_urls(urls: str | Sequence[str], field: str = "urls") -> list[str]:
     """Expand directories, globs and brace patterns into a sorted list of shard URLs."""
     from webdataset.shardlists import expand_urls as wds_expand
@@ -57,7 +74,7 @@ def expand_urls(urls: str | Sequence[str], field: str = "urls") -> list[str]:
     items = [urls] if isinstance(urls, str) else list(urls)
     out: list[str] = []
     for item in items:
-        if item.startswith("pipe:") or "://" in item:
+        if is_remote(item):
             out.extend(wds_expand(item))
         elif os.path.isdir(item):
             out.extend(sorted(glob.glob(os.path.join(item, "*.tar"))))
@@ -66,11 +83,28 @@ def expand_urls(urls: str | Sequence[str], field: str = "urls") -> list[str]:
                 matches = sorted(glob.glob(url)) if glob.has_magic(url) else [url]
                 out.extend(m for m in matches if os.path.exists(m))
     if not out:
-        raise ValueError(
+        raise UserError(
             f"{field}: {urls!r} matches no shard; point it at a directory of .tar shards "
             f"(written by `longred prepare`), a brace pattern or a pipe: command"
         )
     return out
+
+
+def shard_name(url: str) -> str:
+    """The shard's file name as ``index.json`` lists it (for ``pipe:``: its ``.tar`` word)."""
+    if url.startswith("pipe:"):
+        words = [w.strip("'\"") for w in url[5:].split() if ".tar" in w]
+        return os.path.basename(words[-1]) if words else url
+    return os.path.basename(url.split("?", 1)[0])
+
+
+def index_url(url: str) -> str | None:
+    """Where the ``index.json`` of the shard at ``url`` is: beside it (same command for pipes)."""
+    if not is_remote(url):
+        return os.path.join(os.path.dirname(url), "index.json")
+    name = shard_name(url)
+    head, found, tail = url.rpartition(name)
+    return head + "index.json" + tail if found and name != url else None
 
 
 def decode_member(url: str, name: str, payload: bytes, seq_len: int) -> np.ndarray:
@@ -78,16 +112,16 @@ def decode_member(url: str, name: str, payload: bytes, seq_len: int) -> np.ndarr
     base = os.path.basename(name)
     suffix = base.split(".", 1)[1] if "." in base else ""
     if suffix != SAMPLE_SUFFIX:
-        raise ValueError(
+        raise UserError(
             f"shard {url}: member {name!r} is not a token sample; only '*.{SAMPLE_SUFFIX}' "
             f"members are decoded (no pickles or other formats). Re-write the shard with "
             f"`longred prepare`."
         )
     if len(payload) % 4:
-        raise ValueError(f"shard {url}: member {name!r} has {len(payload)} bytes, not uint32s")
+        raise UserError(f"shard {url}: member {name!r} has {len(payload)} bytes, not uint32s")
     ids = np.frombuffer(payload, dtype="<u4").astype(np.int32)  # int32 halves buffered memory
     if ids.shape[0] != seq_len:
-        raise ValueError(
+        raise UserError(
             f"shard {url}: sample {name!r} has {ids.shape[0]} tokens but its stream's "
             f"seq_len is {seq_len}; set the stream's seq_len to the length the shards were "
             f"prepared with, or re-run `longred prepare --seq-len {seq_len}`"
@@ -95,22 +129,83 @@ def decode_member(url: str, name: str, payload: bytes, seq_len: int) -> np.ndarr
     return ids
 
 
-def read_shard(url: str, seq_len: int) -> Iterator[np.ndarray]:
-    """Yield the samples of one shard in file order."""
+def _payload(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    return handle.read() if handle is not None else b""
+
+
+def _jump(tar: tarfile.TarFile, wanted: list[int], seq_len: int) -> list[tarfile.TarInfo] | None:
+    """Headers of members ``wanted`` (sorted) found by offset, or None: walk the shard.
+
+    ``longred prepare`` writes same-size members under consecutive keys: member ``i`` is at
+    ``first + i * stride``, checked by its size and key. Parsing only these headers keeps
+    rebuilding a shuffle buffer as cheap as filling one.
+    """
+    first, second = tar.next(), tar.next()
+    key = first.name.split(".")[0] if first is not None else ""
+    if first is None or second is None or not key.isdigit():
+        return None
+    stride, found = second.offset - first.offset, []
+    for i in wanted:
+        tar.fileobj.seek(first.offset + i * stride)  # type: ignore[union-attr]
+        try:
+            info = tarfile.TarInfo.fromtarfile(tar)
+        except tarfile.HeaderError:
+            return None
+        if info.size != 4 * seq_len or info.name.split(".")[0] != f"{int(key) + i:0{len(key)}d}":
+            return None
+        found.append(info)
+    return found
+
+
+def _members(
+    url: str, seq_len: int, pick: Container[int], stop: int | None, progress: list[int]
+) -> Samples:
+    """Samples number ``i in pick, i >= progress[0]`` of one shard, reading at most ``stop``.
+
+    Returns the number of samples walked (``stop + 1`` when more follow ``stop``).
+    ``progress[0]`` is kept at the samples fully read, so a retry can restart there. A
+    few samples (``pick`` a mapping) of a local file are found by offset (``_jump``).
+    """
     from webdataset.gopen import gopen
 
     stream = gopen(url, "rb")
+    seekable = getattr(stream, "seekable", lambda: False)()
+    start, count, complete = progress[0], 0, False
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        if seekable and isinstance(pick, Mapping) and stop is not None:
+            with tarfile.open(fileobj=stream, mode="r:*") as tar:
+                wanted = sorted(i for i in pick if i >= start)
+                found = _jump(tar, wanted, seq_len)
+                for i, info in zip(wanted, found or (), strict=False):
+                    yield decode_member(url, info.name, _payload(tar, info), seq_len)
+                    progress[0] = i + 1
+            if found is not None:
+                return stop
+            stream.seek(0)  # not the regular layout: walk it
+        with tarfile.open(fileobj=stream, mode="r:*" if seekable else "r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
-                handle = tar.extractfile(member)
-                if handle is None:
-                    continue
-                yield decode_member(url, member.name, handle.read(), seq_len)
+                if count == stop:
+                    return count + 1  # closed early: a pipe's exit status means nothing
+                if count >= start and count in pick:
+                    yield decode_member(url, member.name, _payload(tar, member), seq_len)
+                count += 1
+                progress[0] = max(progress[0], count)
+        complete = True
+        return count
     finally:
-        stream.close()
+        try:
+            stream.close()
+        except OSError:
+            if complete:  # e.g. a download that failed after a clean member boundary
+                raise
+
+
+def read_shard(url: str, seq_len: int) -> Iterator[np.ndarray]:
+    """Yield the samples of one shard in file order."""
+    return _members(url, seq_len, EVERY, None, [0])
 
 
 def stable_seed(*parts: object) -> int:
@@ -119,8 +214,180 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def _shuffled(items: Iterator[np.ndarray], buffer: int, rng: np.random.Generator):
-    pool: list[np.ndarray] = []
+class ShardFaults:
+    """Read errors met by one consumer in one stream: retried, recorded, replayed on resume.
+
+    A bad shard ends where its error came, with a warning (once per shard and process) and
+    a record ``{stream, consumer, epoch, shard (its position), url, ended (samples read),
+    error}`` that rides on the next batch to the checkpoint. Records given back on resume
+    (``known``) end that shard at the same sample in the same epoch.
+    """
+
+    def __init__(
+        self, name: str, shards: Sequence[str] = (), consumer: int = 0,
+        counts: dict[str, int] | None = None, known: Iterable[dict[str, Any]] = (),
+    ) -> None:  # fmt: skip
+        self.name, self.consumer, self.shards = name, consumer, list(shards)
+        self.position = {url: i for i, url in enumerate(self.shards)}
+        self.counts = counts or {}  # url -> samples listed in index.json
+        mine = [r for r in known if r["stream"] == name and int(r["consumer"]) == consumer]
+        self.ended = {(int(r["epoch"]), int(r["shard"])): int(r["ended"]) for r in mine}
+        self.bad: dict[str, str] = {str(r["url"]): str(r["error"]) for r in mine}
+        self.new: list[dict[str, Any]] = []
+
+    def size(self, url: str, epoch: int) -> int | None:
+        """Samples the shard yields in ``epoch``: a recorded fault's end, else its listed count."""
+        return self.ended.get((epoch, self.position.get(url, -1)), self.counts.get(url))
+
+    def read(
+        self, url: str, seq_len: int, epoch: int, pick: Container[int] = EVERY, stop: int | None = None
+    ) -> Samples:  # fmt: skip
+        """Samples ``i in pick`` of ``url`` (up to ``stop``); returns the samples the shard has.
+
+        Never past its listed count. A transient error is retried from the sample where it
+        came; a corrupt shard, one still failing after ``READ_ATTEMPTS`` reads, or one with
+        fewer samples than listed, is recorded as bad.
+        """
+        key = (epoch, self.position.get(url, -1))
+        limit = self.ended.get(key, self.counts.get(url))
+        bound = stop if limit is None else limit if stop is None else min(stop, limit)
+        progress, attempt = [0], 1
+        while True:
+            try:
+                count = yield from _members(url, seq_len, pick, bound, progress)
+                break
+            except CORRUPT_ERRORS as err:
+                return self._record(url, epoch, progress[0], f"{type(err).__name__}: {err}")
+            except TRANSIENT_ERRORS as err:
+                why = f"{type(err).__name__}: {err}"
+                if attempt == READ_ATTEMPTS:
+                    return self._record(url, epoch, progress[0], f"{why}, {attempt} attempts")
+                wait = RETRY_BACKOFF_S * 2 ** (attempt - 1)
+                warnings.warn(
+                    f"stream {self.name!r}: read error in {url} at sample {progress[0]} "
+                    f"({why}); retry {attempt} of {READ_ATTEMPTS - 1} in {wait:g} s",
+                    stacklevel=2,
+                )
+                time.sleep(wait)
+                attempt += 1
+        if stop is None and key not in self.ended and limit is not None:
+            if count < limit:
+                return self._record(url, epoch, count, f"{count} of {limit} samples listed")
+            if count > limit and url not in self.bad:
+                warnings.warn(f"stream {self.name!r}: {url} holds more samples than its "
+                              f"index.json lists ({limit}); only those are read", stacklevel=2)  # fmt: skip
+        return count if bound is None else min(count, bound)
+
+    def _record(self, url: str, epoch: int, ended: int, why: str) -> int:
+        self.new.append({
+            "stream": self.name, "consumer": self.consumer, "epoch": epoch,
+            "shard": self.position.get(url, -1), "url": url, "ended": ended, "error": why,
+        })  # fmt: skip
+        if url not in self.bad:
+            warnings.warn(
+                f"stream {self.name!r}: skipping unreadable shard {url} ({why}) after "
+                f"{ended} samples; {len(self.bad) + 1} bad shard(s) so far",
+                stacklevel=3,
+            )
+        self.bad[url] = why
+        return ended
+
+    def take_new(self) -> list[dict[str, Any]]:
+        """The records made since the last call (they ride on the next batch)."""
+        new, self.new = self.new, []
+        return new
+
+
+@dataclass
+class _Epoch:
+    """One consumer's reads in one epoch: its whole shards, then every C-th remainder sample."""
+
+    mine: list[str]
+    rest: list[str]
+    epoch: int
+    consumer: int
+    consumers: int
+    seq_len: int
+    faults: ShardFaults
+
+    def inputs(self, start: int = 0) -> Iterator[np.ndarray]:
+        """The samples before the shuffle, from input number ``start`` on.
+
+        Shards the counts place wholly before ``start`` are not opened.
+        """
+        f, e, c = self.faults, self.epoch, self.consumers
+        for url in self.mine:
+            n = f.size(url, e)
+            if start and n is not None and n <= start:
+                start -= n
+                continue
+            yield from f.read(url, self.seq_len, e, range(start, sys.maxsize))
+            start = 0
+        seen = 0  # samples of the remainder shards so far; this consumer takes every c-th
+        for url in self.rest:
+            first, n = (self.consumer - seen) % c, f.size(url, e)
+            if start and n is not None and len(range(first, n, c)) <= start:
+                start, seen = start - len(range(first, n, c)), seen + n
+                continue
+            seen += yield from f.read(
+                url, self.seq_len, e, range(first + start * c, sys.maxsize, c)
+            )
+            start = 0
+
+    @classmethod
+    def plan(
+        cls, shards: Sequence[str], epoch: int, consumer: int, consumers: int, seed: int,
+        seq_len: int, faults: ShardFaults,
+    ) -> _Epoch:  # fmt: skip
+        """The epoch's order of shards; whole ones dealt out in turn, the rest shared."""
+        rng = np.random.default_rng(stable_seed(seed, faults.name, epoch))
+        order = [shards[i] for i in rng.permutation(len(shards))]
+        whole = len(order) // consumers * consumers
+        mine, rest = order[consumer:whole:consumers], order[whole:]
+        return cls(mine, rest, epoch, consumer, consumers, seq_len, faults)
+
+    def layout(self) -> tuple[list[tuple[str, int, int, int]], int]:
+        """``(url, first input number, first sample, step)`` per shard, and the input count."""
+        rows, pos, seen = [], 0, 0
+        for url in self.mine:
+            rows.append((url, pos, 0, 1))
+            pos += self.faults.size(url, self.epoch) or 0
+        for url in self.rest:
+            n = self.faults.size(url, self.epoch) or 0
+            first = (self.consumer - seen) % self.consumers
+            rows.append((url, pos, first, self.consumers))
+            pos, seen = pos + len(range(first, n, self.consumers)), seen + n
+        return rows, pos
+
+    def fetch(self, numbers: Iterable[int]) -> dict[int, np.ndarray]:
+        """The input samples with these numbers, opening only the shards that hold them."""
+        rows, _ = self.layout()
+        bases = [row[1] for row in rows]
+        wanted: dict[int, dict[int, int]] = {}  # row -> {sample in the shard: input number}
+        for i in numbers:
+            r = bisect.bisect_right(bases, i) - 1
+            wanted.setdefault(r, {})[rows[r][2] + (i - rows[r][1]) * rows[r][3]] = i
+        out: dict[int, np.ndarray] = {}
+        for r, local in wanted.items():
+            url = rows[r][0]
+            got = list(self.faults.read(url, self.seq_len, self.epoch, local, max(local) + 1))
+            if len(got) < len(local):
+                raise UserError(
+                    f"stream {self.faults.name!r}: cannot rebuild the shuffle buffer at resume: "
+                    f"{url} no longer yields the samples it gave before; restore the shard"
+                )
+            out.update(zip((local[k] for k in sorted(local)), got, strict=True))
+        return out
+
+
+def _shuffled(
+    items: Iterator[np.ndarray],
+    buffer: int,
+    rng: np.random.Generator,
+    pool: list[np.ndarray] | None = None,
+) -> Iterator[np.ndarray]:
+    """Buffer shuffle: each new item takes a random slot and pushes its holder out."""
+    pool = [] if pool is None else pool
     for item in items:
         if len(pool) < buffer:
             pool.append(item)
@@ -128,112 +395,106 @@ def _shuffled(items: Iterator[np.ndarray], buffer: int, rng: np.random.Generator
         j = int(rng.integers(len(pool)))
         pool[j], item = item, pool[j]
         yield item
-    order = rng.permutation(len(pool))
-    for j in order:
+    for j in rng.permutation(len(pool)):
         yield pool[j]
 
 
-class ShardFaults:
-    """Shards of a stream that could not be read (corrupt or truncated tar files).
+def shuffle_state(
+    total: int, buffer: int, rng: np.random.Generator, skip: int
+) -> tuple[list[int], bool]:
+    """Where ``_shuffled`` over ``total`` inputs stands after ``skip`` outputs, on numbers.
 
-    A bad shard is skipped with a warning that names it, once per shard and process; the
-    count travels with each batch (``bad_shards``) so the trainer can log it.
+    The draws depend only on counts, so they are replayed on numbers, in bulk (numpy gives
+    the same values as one draw at a time). Returns the numbers held (slot order) and False,
+    or, once inputs ran out, those still to come (output order) and True; ``rng`` is left
+    where the real shuffle would have it.
     """
-
-    def __init__(self, name: str, expected: dict[str, int] | None = None) -> None:
-        self.name = name
-        self.expected = expected or {}  # shard file name -> samples, from index.json
-        self.bad: dict[str, str] = {}
-
-    def read(self, url: str, seq_len: int) -> Iterator[np.ndarray]:
-        """The samples of ``url``; a read error ends the shard early and is recorded.
-
-        A tar stream cut at a member boundary reads as a shorter, valid archive; when the
-        shard's sample count is known (``index.json``), a shortfall is a fault too.
-        """
-        count = 0
-        try:
-            for sample in read_shard(url, seq_len):
-                count += 1
-                yield sample
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-            self._record(url, f"{type(err).__name__}: {err}")
-            return
-        want = self.expected.get(os.path.basename(url))
-        if want is not None and count < want:
-            self._record(url, f"truncated: {count} of {want} samples listed in index.json")
-
-    def _record(self, url: str, why: str) -> None:
-        if url not in self.bad:
-            warnings.warn(
-                f"stream {self.name!r}: skipping unreadable shard {url} ({why}); "
-                f"{len(self.bad) + 1} bad shard(s) so far",
-                stacklevel=3,
-            )
-        self.bad[url] = why
+    streamed = max(0, total - buffer)  # outputs made while inputs still arrive
+    draws = min(skip, streamed)
+    held = np.arange(min(buffer, total))
+    if draws:
+        slots = rng.integers(buffer, size=draws)
+        last = np.full(buffer, -1)
+        np.maximum.at(last, slots, np.arange(draws))  # the latest input to land in each slot
+        held = np.where(last >= 0, buffer + last, held)
+    if skip < streamed:
+        return held.tolist(), False
+    order = rng.permutation(len(held))
+    return held[order[skip - streamed :]].tolist(), True
 
 
 def consumer_epoch(
-    shards: Sequence[str],
-    seq_len: int,
-    epoch: int,
-    consumer: int,
-    num_consumers: int,
-    seed: int,
-    name: str,
-    shuffle_buffer: int,
-    faults: ShardFaults | None = None,
-) -> Iterator[np.ndarray]:
-    """The samples one consumer reads in one epoch of a stream, in their final order."""
-    read = (faults or ShardFaults(name)).read
-    rng = np.random.default_rng(stable_seed(seed, name, epoch))
-    order = [shards[i] for i in rng.permutation(len(shards))]
-    whole = len(order) // num_consumers * num_consumers
-    mine = order[consumer:whole:num_consumers]
-    rest = (s for url in order[whole:] for s in read(url, seq_len))
-    samples = itertools.chain(
-        (s for url in mine for s in read(url, seq_len)),
-        (s for i, s in enumerate(rest) if i % num_consumers == consumer),
-    )
+    shards: Sequence[str], seq_len: int, epoch: int, consumer: int, num_consumers: int,
+    seed: int, name: str, shuffle_buffer: int, faults: ShardFaults | None = None, start: int = 0,
+) -> Iterator[np.ndarray]:  # fmt: skip
+    """One consumer's samples of one epoch in final order, from number ``start`` on (seek)."""
+    faults = faults or ShardFaults(name, shards)
+    plan = _Epoch.plan(shards, epoch, consumer, num_consumers, seed, seq_len, faults)
     if shuffle_buffer <= 1:
-        return samples
-    local = np.random.default_rng(stable_seed(seed, name, epoch, consumer))
-    return _shuffled(samples, shuffle_buffer, local)
+        return plan.inputs(start)
+    rng = np.random.default_rng(stable_seed(seed, name, epoch, consumer))
+    if not start:
+        return _shuffled(plan.inputs(), shuffle_buffer, rng)
+    held, draining = shuffle_state(plan.layout()[1], shuffle_buffer, rng, start)
+    samples = plan.fetch(held)
+    if draining:
+        return iter([samples[i] for i in held])
+    pool = [samples[i] for i in held]
+    return _shuffled(plan.inputs(shuffle_buffer + start), shuffle_buffer, rng, pool)
+
+
+def _starved(
+    faults: ShardFaults, shards: Sequence[str], consumer: int, num_consumers: int
+) -> UserError:
+    if len(faults.bad) == len(shards):
+        url, why = next(iter(faults.bad.items()))
+        return UserError(f"stream {faults.name!r}: none of its {len(shards)} shard(s) could be "
+                         f"read (first: {url}: {why}); re-write them with `longred prepare`")  # fmt: skip
+    return UserError(
+        f"stream {faults.name!r}: consumer {consumer} of {num_consumers} received no sample "
+        f"from {len(shards)} shard(s); write more samples or use fewer workers/ranks"
+    )
+
+
+def seek(
+    faults: ShardFaults, shards: Sequence[str], consumer: int, num_consumers: int, seed: int,
+    skip: int,
+) -> tuple[int, int]:  # fmt: skip
+    """``(epoch, output number)`` that ``skip`` samples of a consumer's stream lead to."""
+    epoch = 0
+    while True:
+        total = _Epoch.plan(shards, epoch, consumer, num_consumers, seed, 0, faults).layout()[1]
+        if total == 0:
+            raise _starved(faults, shards, consumer, num_consumers)
+        if skip < total:
+            return epoch, skip
+        skip, epoch = skip - total, epoch + 1
 
 
 def consumer_stream(
-    shards: Sequence[str],
-    seq_len: int,
-    consumer: int,
-    num_consumers: int,
-    seed: int,
-    name: str,
-    shuffle_buffer: int = 1000,
-    skip: int = 0,
-    faults: ShardFaults | None = None,
-) -> Iterator[np.ndarray]:
-    """Endless samples of one consumer, epoch after epoch, after skipping ``skip`` of them."""
-    faults = faults or ShardFaults(name)
-    epoch = 0
+    shards: Sequence[str], seq_len: int, consumer: int, num_consumers: int, seed: int,
+    name: str, shuffle_buffer: int = 1000, skip: int = 0, faults: ShardFaults | None = None,
+) -> Iterator[np.ndarray]:  # fmt: skip
+    """Endless samples of one consumer, epoch after epoch, after ``skip`` of them.
+
+    A seek when every shard's count is known; else the skipped samples are read and dropped.
+    """
+    faults = faults or ShardFaults(name, shards)
+    epoch, start = 0, 0
+    if skip and all(url in faults.counts for url in shards):  # counts known: seek
+        epoch, start = seek(faults, shards, consumer, num_consumers, seed, skip)
+        skip = 0
     while True:
         produced = 0
         for sample in consumer_epoch(
-            shards, seq_len, epoch, consumer, num_consumers, seed, name, shuffle_buffer, faults
-        ):
+            shards, seq_len, epoch, consumer, num_consumers, seed, name, shuffle_buffer,
+            faults, start,
+        ):  # fmt: skip
             produced += 1
             if skip:
                 skip -= 1
                 continue
             yield sample
-        if produced == 0 and len(faults.bad) == len(shards):
-            first = next(iter(faults.bad.items()))
-            raise ValueError(
-                f"stream {name!r}: none of its {len(shards)} shard(s) could be read "
-                f"(first: {first[0]}: {first[1]}); re-write them with `longred prepare`"
-            )
-        if produced == 0:
-            raise ValueError(
-                f"stream {name!r}: consumer {consumer} of {num_consumers} received no sample "
-                f"from {len(shards)} shard(s); write more samples or use fewer workers/ranks"
-            )
-        epoch += 1
+        if produced == 0 and start == 0:
+            raise _starved(faults, shards, consumer, num_consumers)
+        epoch, start = epoch + 1, 0

@@ -145,3 +145,34 @@ def test_capped_validation_spreads_over_the_stream(tiny_shards):
     everything = list(FixedStream("short", StreamConfig(tiny_shards["short"], 16, 64), 0, 1, None))
     rows = torch.cat([b["input_ids"] for b in capped])
     assert torch.equal(rows, everything[0]["input_ids"][[0, 16, 32, 48]])
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+@pytest.mark.parametrize("count", [3, 5, 7, 11])
+def test_validation_ranks_run_equal_batches(tmp_path, count, indexed):
+    """Before: 3 samples, batch 1, 2 ranks gave rank 0 two batches and rank 1 one (FSDP hangs)."""
+    from conftest import write_tiny_shards
+
+    from longred_pl.data.datamodule import FixedStream
+    from longred_pl.errors import UserError
+
+    path = write_tiny_shards(tmp_path / "val", 16, count, samples_per_shard=2, seed=count)
+    if not indexed:  # the rule needs no counts: every rank reads the whole stream
+        (tmp_path / "val" / "index.json").unlink()
+    for world, batch, cap in itertools.product((1, 2, 3, 4), (1, 2, 3), (None, 1, 2)):
+        cfg = StreamConfig(path, 16, batch)
+        # a capped, indexed stream reads every stride-th sample; full rounds only, capped
+        stride = max(1, count // (cap * batch * world)) if cap and indexed else 1
+        rounds = len(range(0, count, stride)) // (world * batch)
+        want = rounds if cap is None else min(cap, rounds)
+        if want == 0:
+            for rank in range(world):
+                with pytest.raises(
+                    UserError, match=r"data\.val_short: .* fill no validation batch"
+                ):
+                    list(FixedStream("short", cfg, rank, world, cap))
+            continue
+        per_rank = [list(FixedStream("short", cfg, rank, world, cap)) for rank in range(world)]
+        assert [len(b) for b in per_rank] == [want] * world, (world, batch, cap)
+        rows = [tuple(r.tolist()) for b in per_rank for x in b for r in x["input_ids"]]
+        assert len(rows) == len(set(rows)) == want * world * batch

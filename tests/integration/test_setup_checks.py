@@ -130,3 +130,16 @@ def test_progress_bar_counts_optimizer_steps(tiny_llama, tiny_shards, tmp_path):
     bar = trainer.progress_bar_callback
     assert isinstance(bar, (StepProgressBar, StepRichProgressBar))
     assert bar.total_train_batches == 2  # optimizer steps, not the 8 micro-batches
+
+
+def test_longred_test_logs_test_metrics(tiny_llama, tiny_shards, tmp_path):
+    """`longred test` (listed in the README) runs the held-out metrics as test/..."""
+    module = _module(tiny_llama)
+    data = MixedLengthDataModule(
+        long=StreamConfig(tiny_shards["long"], 256, 1),
+        val_short=StreamConfig(tiny_shards["val_short"], 64, 2),
+        schedule=["long"],
+        num_workers=0,
+    )
+    (metrics,) = _trainer(tmp_path, 1).test(module, datamodule=data, verbose=False)
+    assert metrics["test/ppl_short"] > 1 and 0 < metrics["test/ppl_retention"] < 10
