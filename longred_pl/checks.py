@@ -53,6 +53,7 @@ def check_run(module: Any, datamodule: Any, trainer: Any) -> None:
             vocab_size=int(module.teacher_config.vocab_size),
             method=hp.method,
         )
+    check_context_parallel(module.layout, hp.attn_implementation, datamodule)
     schedule = list(getattr(datamodule, "schedule", None) or [])
     if not schedule:
         return
@@ -110,3 +111,19 @@ def check_mesh(mesh: Any) -> None:
             f"the tensor_parallel ranks would train separate, unsynchronised copies; set "
             f"trainer.strategy.init_args.data_parallel_size: {dp * tp} and tensor_parallel_size: 1"
         )
+
+
+def check_context_parallel(layout: Any, attn_implementation: str, datamodule: Any) -> None:
+    """Under CP: the ring attention, and every training stream's length splittable."""
+    if layout.cp_size == 1:
+        return
+    if attn_implementation != "longred_ring":
+        raise UserError(
+            f"model.attn_implementation={attn_implementation!r} attends within one shard only "
+            f"under context parallelism ({layout.cp_size} ranks share each sequence); set "
+            f"model.attn_implementation: longred_ring"
+        )
+    from longred_pl.parallel import check_cp_length
+
+    for kind, cfg in (getattr(datamodule, "streams", None) or {}).items():
+        check_cp_length(int(cfg.seq_len), layout.cp_size, field=f"data.{kind}.seq_len")

@@ -48,7 +48,9 @@ def load_config(path: str, trust_remote_code: bool = False, field: str = "model.
 
 
 def check_attn_implementation(name: str) -> str:
-    """Fail fast when flash-attn is asked for but cannot run here."""
+    """Fail fast when flash-attn is asked for but cannot run here; register ``longred_ring``."""
+    if name == "longred_ring":
+        import longred_pl.parallel  # noqa: F401  (registers the ring attention with transformers)
     if name == "flash_attention_2":
         try:
             import flash_attn  # noqa: F401
@@ -118,14 +120,19 @@ def shard_fsdp2(model: nn.Module, mesh: Any, param_dtype: torch.dtype | None = N
 
 
 def data_parallel_mesh(module: Any) -> Any:
-    """The data-parallel mesh of a LightningModule under ``ModelParallelStrategy``, else None."""
+    """The mesh FSDP2 shards over: ``data_parallel`` (``dp_cp`` under CP), else None."""
     try:
         mesh = module.device_mesh
     except (AttributeError, RuntimeError):
         return None
     if mesh is None:
         return None
-    return mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+    names = mesh.mesh_dim_names or ()
+    if "context_parallel" in names:  # FSDP2 shards over dp x cp (as torchtitan does)
+        from longred_pl.parallel import fsdp_mesh
+
+        return fsdp_mesh(mesh)
+    return mesh["data_parallel"] if "data_parallel" in names else mesh
 
 
 def shard_fsdp2_under(module: Any, models: list[nn.Module | None]) -> None:

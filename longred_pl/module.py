@@ -32,11 +32,12 @@ from longred_pl.frozen_teacher import FrozenTeacher
 from longred_pl.methods import default_distill_layers, get_method, param_groups, published_adamw
 from longred_pl.models import load_causal_lm, load_config, shard_fsdp2_under
 from longred_pl.objectives import (
+    IGNORE_INDEX,
     chunked_next_token_loss,
     chunked_token_nll,
     hidden_cosine_loss,
-    shift_labels,
 )
+from longred_pl.sequence import Layout, layout_of, rank_view, token_mean, unsharded
 from longred_pl.stats import StepStats
 from longred_pl.validation import HeldOutPerplexity
 
@@ -122,10 +123,12 @@ class LongReDModule(L.LightningModule):
         self.teacher: FrozenTeacher | None = None
         self.heldout = HeldOutPerplexity()
         self.step_stats = StepStats()
+        self.layout = Layout()  # set in setup: data/context-parallel coordinates
 
     # ------------------------------------------------------------------ models
     def setup(self, stage: str) -> None:
         """Cross-check data, schedule and trainer against the models before loading them."""
+        self.layout = layout_of(self.trainer)
         checks.check_run(self, getattr(self.trainer, "datamodule", None), self.trainer)
 
     def configure_model(self) -> None:
@@ -153,14 +156,14 @@ class LongReDModule(L.LightningModule):
     # ------------------------------------------------------------------- terms
     def L_long(self, batch: dict[str, Any]) -> torch.Tensor:  # noqa: N802 (the paper's name)
         """Next-token cross-entropy of the student at contiguous positions."""
-        input_ids_BT = batch["input_ids"]
+        view = rank_view(batch["input_ids"], None, self.layout)  # this rank's tokens, labels
 
         def loss(hidden_BTD, weight_VD, bias_V):
-            labels_BT = shift_labels(input_ids_BT)
-            return chunked_next_token_loss(hidden_BTD, weight_VD, labels_BT,
+            return chunked_next_token_loss(hidden_BTD, weight_VD, view["labels"],
                                            self.hparams.loss_chunk_size, bias_V, self.student_head)  # fmt: skip
 
-        return run_model(self.student, input_ids_BT, (), None, loss)[1]
+        local = run_model(self.student, view["input_ids"], (), view["position_ids"], loss)[1]
+        return token_mean(local, (view["labels"] != IGNORE_INDEX).sum(), self.layout)
 
     def L_short(self, batch: dict[str, Any]) -> torch.Tensor:  # noqa: N802
         """``sum_l (1 - cos)`` of the distilled layers' hidden states vs the teacher's."""
@@ -172,15 +175,24 @@ class LongReDModule(L.LightningModule):
 
     def distill(self, input_ids_BT: torch.Tensor, layers: list[int], student_pos_BT: Any) -> torch.Tensor:  # fmt: skip
         """The teacher reads contiguous positions; the student ``student_pos_BT`` (or contiguous)."""
-        teacher_states = self.teacher.hidden_states(input_ids_BT, layers)
-        student_states, _ = run_model(self.student, input_ids_BT, layers, student_pos_BT)
-        return hidden_cosine_loss(student_states, teacher_states, layers)
+        teacher, student = (rank_view(input_ids_BT, p, self.layout) for p in (None, student_pos_BT))
+        teacher_states = self.teacher.hidden_states(
+            teacher["input_ids"], layers, teacher["position_ids"]
+        )
+        student_states, _ = run_model(
+            self.student, student["input_ids"], layers, student["position_ids"]
+        )
+        local = hidden_cosine_loss(student_states, teacher_states, layers)
+        return token_mean(local, student["input_ids"].numel(), self.layout)
 
     def s2l_position_ids(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Skipped ids for an s2l micro-batch, drawn from (seed, micro-step, rank)."""
+        """Skipped ids for an s2l micro-batch from (seed, micro-step, data-parallel rank).
+
+        The ranks of one context-parallel group share the sequence, hence its ids.
+        """
         hp = self.hparams
         return positions.batch_position_ids(
-            batch, self.position_scheme, hp.target_length, hp.seed, self.global_rank,
+            batch, self.position_scheme, hp.target_length, hp.seed, self.layout.dp_rank,
             hp.position_kwargs or {},
         )  # fmt: skip
 
@@ -207,11 +219,11 @@ class LongReDModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
         """Token-weighted perplexity of the student (and, on short text, the teacher)."""
         input_ids, kind = batch["input_ids"], batch["kind"]
-        self.heldout.update(kind, self.token_nll(input_ids))
-        if kind == "short" and self.teacher is not None:
-            self.heldout.update(
-                "short_teacher", self.teacher.token_nll(input_ids, self.hparams.loss_chunk_size)
-            )
+        with unsharded(self.layout):  # held-out text is read whole, also under CP
+            self.heldout.update(kind, self.token_nll(input_ids))
+            if kind == "short" and self.teacher is not None:
+                nll = self.teacher.token_nll(input_ids, self.hparams.loss_chunk_size)
+                self.heldout.update("short_teacher", nll)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         """``longred test``: the validation metrics on the held-out streams, as ``test/``."""

@@ -399,10 +399,14 @@ class MixedLengthDataModule(L.LightningDataModule):
         return self.streams[kind].seq_len
 
     def _rank_world(self) -> tuple[int, int]:
+        """Data-parallel rank and size: the ranks of one context-parallel group read alike."""
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return 0, 1
-        return trainer.global_rank, trainer.world_size
+        from longred_pl.sequence import layout_of
+
+        layout = layout_of(trainer)
+        return layout.dp_rank, layout.dp_size
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()

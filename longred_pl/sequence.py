@@ -1,0 +1,75 @@
+"""This rank's part of a micro-batch: the whole sequence, or its context-parallel shard.
+
+Without context parallelism (CP) every rank reads whole sequences and
+:func:`rank_view` / :func:`token_mean` change nothing, so the cp=1 path is exactly the
+plain one. Under ``longred_pl.parallel.ContextParallelStrategy`` the ranks of one CP
+group read the same micro-batch; each keeps its head-tail shard of the tokens, of the
+position ids (contiguous or skipped, drawn on the whole sequence first) and of the
+next-token labels (shifted on the whole sequence first), and each token-mean loss is
+turned into this rank's share of the group's mean (``parallel/sharding.py`` proves the
+gradients equal the unsharded run's).
+
+``longred_pl.parallel`` (private torch API) is imported only when a CP mesh exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from longred_pl.objectives import shift_labels
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A process's data-parallel (and context-parallel) coordinates."""
+
+    dp_rank: int = 0
+    dp_size: int = 1
+    cp_rank: int = 0
+    cp_size: int = 1
+    cp_group: Any = None
+
+
+def layout_of(trainer: Any) -> Any:
+    """The Trainer's layout: every rank data-parallel unless the mesh has a CP dimension."""
+    mesh = getattr(getattr(trainer, "strategy", None), "_device_mesh", None)
+    if mesh is not None and "context_parallel" in (mesh.mesh_dim_names or ()):
+        from longred_pl.parallel import parallel_layout
+
+        return parallel_layout(trainer)
+    return Layout(int(getattr(trainer, "global_rank", 0)), int(getattr(trainer, "world_size", 1)))
+
+
+def rank_view(
+    input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor | None, layout: Any
+) -> dict[str, Any]:
+    """``input_ids``, ``position_ids`` (None = contiguous, unsharded only) and shifted ``labels``."""
+    if layout.cp_size == 1:
+        return {"input_ids": input_ids_BT, "position_ids": position_ids_BT,
+                "labels": shift_labels(input_ids_BT)}  # fmt: skip
+    from longred_pl.parallel import shard_batch
+
+    return shard_batch(input_ids_BT, layout.cp_rank, layout.cp_size, position_ids_BT, True)
+
+
+def token_mean(local_mean: torch.Tensor, count: Any, layout: Any) -> torch.Tensor:
+    """This rank's share of a token mean over its CP group (``local_mean`` at cp=1)."""
+    if layout.cp_size == 1:
+        return local_mean
+    from longred_pl.parallel import cp_token_mean
+
+    return cp_token_mean(local_mean, count, layout.cp_group)
+
+
+def unsharded(layout: Any) -> Any:
+    """A context in which attention runs unsharded (validation reads whole sequences)."""
+    import contextlib
+
+    if layout.cp_size == 1:
+        return contextlib.nullcontext()
+    from longred_pl.parallel import context_parallel_group
+
+    return context_parallel_group(None)
