@@ -37,13 +37,11 @@ TOOLS: dict[str, tuple[str, str]] = {
     "prepare": ("longred_pl.data.prepare", "prepare_shards"),
     "build-teacher": ("longred_pl.teacher", "build_teacher_cli"),
     "demo": ("longred_pl.demo", "run_demo"),
-    "export": ("longred_pl.export", "export_main"),
-    "eval": ("longred_pl.eval.evaluator", "eval_main"),
+    "export": ("longred_pl.export", "export"),
+    "eval": ("longred_pl.eval.commands", "evaluate_models"),
     "select-layers": ("longred_pl.drift", "select_layers"),
-    "lm-eval": ("longred_pl.eval.lm_eval_bridge", "lm_eval_main"),
+    "lm-eval": ("longred_pl.eval.lm_eval_bridge", "lm_eval_models"),
 }
-# Tools still parsed by their own ``*_main(argv)`` (being moved to typed functions).
-ARGV_TOOLS = frozenset(name for name, (_, fn) in TOOLS.items() if fn.endswith("_main"))
 
 
 def _lightning_cli_class() -> type:
@@ -120,7 +118,9 @@ def _param_kinds(fn: Any) -> dict[str, str]:
     for name in inspect.signature(fn).parameters:
         text = str(hints.get(name, ""))
         listy = any(word in text.lower() for word in ("list[", "sequence[", "tuple["))
-        kinds[name] = "bool" if hints.get(name) is bool else "list" if listy else "other"
+        numeric = listy and any(word in text for word in ("[int]", "[float]"))
+        kinds[name] = ("bool" if hints.get(name) is bool else "numbers" if numeric
+                       else "list" if listy else "other")  # fmt: skip
     return kinds
 
 
@@ -129,10 +129,9 @@ def normalise_flags(argv: Sequence[str], fn: Any) -> list[str]:
 
     ``--seq-len 8`` -> ``--seq_len 8``; a bare bool flag -> ``--force=true``;
     ``--no-progress`` (for a ``progress: bool`` parameter) -> ``--progress=false``;
-    ``--files a b`` -> one JSON list; leading bare words fill the required parameters in
+    ``--files a b`` or ``--lengths 4096,8192`` -> one list; leading bare words fill the required parameters in
     order (``longred export CKPT OUT``), a list parameter taking all that remain.
     """
-    import json
 
     kinds = _param_kinds(fn)
     required = [n for n in kinds if n not in _defaults(fn)]
@@ -143,8 +142,9 @@ def normalise_flags(argv: Sequence[str], fn: Any) -> list[str]:
     for name in required:
         if not words:
             break
-        taken, words = (words, []) if kinds[name] == "list" else (words[:1], words[1:])
-        out.append(f"--{name}=" + (json.dumps(taken) if kinds[name] == "list" else taken[0]))
+        listy = kinds[name] in ("list", "numbers")
+        taken, words = (words, []) if listy else (words[:1], words[1:])
+        out.append(f"--{name}=" + (_as_list(taken, kinds[name]) if listy else taken[0]))
     out.extend(words)  # too many: jsonargparse names the surplus
     i = 0
     while i < len(args):
@@ -157,18 +157,26 @@ def normalise_flags(argv: Sequence[str], fn: Any) -> list[str]:
         if not eq and name.startswith("no_") and kinds.get(name[3:]) == "bool":
             out.append(f"--{name[3:]}=false")
             continue
+        if eq and kinds.get(name) in ("list", "numbers") and not value.startswith("["):
+            value = _as_list([value], kinds[name])
         values = []
         while not eq and i < len(args) and not args[i].startswith("--"):
             values.append(args[i])
             i += 1
         if not eq and kinds.get(name) == "bool" and not values:
             values = ["true"]
-        if kinds.get(name) == "list" and (
-            len(values) > 1 or (values and not values[0].startswith("["))
-        ):
-            values = [json.dumps(values)]
+        if kinds.get(name) in ("list", "numbers") and values and not values[0].startswith("["):
+            values = [_as_list(values, kinds[name])]
         out.extend([f"--{name}{eq}{value}"] if eq else [f"--{name}", *values])
     return out
+
+
+def _as_list(values: list[str], kind: str) -> str:
+    """Shell words (``a b`` or ``0,4,16``) as one list value jsonargparse reads."""
+    import json
+
+    items = [part for value in values for part in value.split(",") if part.strip()]
+    return "[" + ",".join(items) + "]" if kind == "numbers" else json.dumps(items)
 
 
 def _defaults(fn: Any) -> set[str]:
@@ -182,8 +190,6 @@ def run_tool(name: str, argv: Sequence[str]) -> Any:
     """Parse ``argv`` against the tool's typed function and call it."""
     module, fn_name = TOOLS[name]
     fn = getattr(importlib.import_module(module), fn_name)
-    if name in ARGV_TOOLS:
-        return fn(list(argv))
     from jsonargparse import auto_cli
 
     return auto_cli(fn, args=normalise_flags(argv, fn), prog=f"longred {name}", as_positional=False)

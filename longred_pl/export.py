@@ -1,19 +1,31 @@
-"""Writing the trained student as a Hugging Face directory.
+"""Writing the trained student as a Hugging Face directory, with its model card.
 
 The directory holds the student's weights (safetensors), its config (with the extended
-``rope_parameters`` and ``max_position_embeddings``) and the teacher's tokenizer files,
-so ``AutoModelForCausalLM.from_pretrained(out_dir)`` gives the long-context model.
+``rope_parameters`` and ``max_position_embeddings``), the tokenizer files (the teacher's, or
+``--tokenizer DIR``'s) and ``README.md``, the model card (:mod:`longred_pl.eval.model_card`),
+so ``AutoModelForCausalLM.from_pretrained(out_dir)`` gives the long-context model and the
+Hub shows how it was made.
+
+Nothing is silent: a teacher directory without tokenizer files gives a one-line warning
+naming it and the fix (the weights are still written: they are what the run paid for, and
+the end-of-fit export must not fail a finished run); ``--tokenizer DIR`` without one is an
+error. A checkpoint that cannot be read (truncated by an interrupted save, not a checkpoint)
+is a :class:`UserError` naming the file and the run's other checkpoints.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+
+from longred_pl.errors import UserError
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -25,6 +37,13 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "generation_config.json",
 )
+# any one of these makes a tokenizer (the others only configure one)
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer(directory: str) -> bool:
+    """Whether ``directory`` holds a tokenizer's vocabulary (not just its settings)."""
+    return any(os.path.isfile(os.path.join(directory, n)) for n in VOCABULARY_FILES)
 
 
 def copy_tokenizer(src_dir: str, out_dir: str) -> list[str]:
@@ -38,16 +57,49 @@ def copy_tokenizer(src_dir: str, out_dir: str) -> list[str]:
     return copied
 
 
+def check_tokenizer_dir(directory: str, vocab_size: int) -> None:
+    """``--tokenizer DIR``: a tokenizer is there and its ids fit the model's embeddings."""
+    if not has_tokenizer(directory):
+        raise UserError(
+            f"--tokenizer: {directory!r} has no tokenizer ({', '.join(VOCABULARY_FILES)}); "
+            "point it at the base model's directory"
+        )
+    from transformers import AutoTokenizer
+
+    size = len(AutoTokenizer.from_pretrained(directory, local_files_only=True))
+    if size > vocab_size:
+        raise UserError(
+            f"--tokenizer: {directory!r} has {size} tokens, more than the model's vocab_size "
+            f"{vocab_size}; it is not this model's tokenizer"
+        )
+
+
+def _write_tokenizer(source: str, out: Path) -> dict[str, Any] | None:
+    if not has_tokenizer(source):
+        print(
+            f"[longred export] warning: no tokenizer in {source!r} (the run's teacher_path; none "
+            f"of {', '.join(VOCABULARY_FILES)}): {out} has weights and config only; export "
+            f"with --tokenizer DIR (the base model's tokenizer) or copy its files there",
+            file=sys.stderr,
+        )
+        return None
+    return {"source": str(source), "files": copy_tokenizer(source, str(out))}
+
+
 def save_student(
-    module: Any, out_dir: str | os.PathLike, state: dict[str, torch.Tensor] | None = None
-) -> Path:
-    """Save the student with the teacher's tokenizer.
+    module: Any,
+    out_dir: str | os.PathLike,
+    state: dict[str, torch.Tensor] | None = None,
+    tokenizer: str | None = None,
+) -> tuple[Path, dict[str, Any] | None]:
+    """Save the student with a tokenizer; returns the directory and where the tokenizer came from.
 
     Args:
         module: a configured ``LongReDModule``.
         out_dir: output directory (created).
         state: the student's full weights when its parameters are sharded (see
             :func:`full_student_state`); they are written through a fresh, unsharded copy.
+        tokenizer: directory to copy the tokenizer from (default the teacher's).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,8 +112,7 @@ def save_student(
         model.load_state_dict(state, strict=False, assign=True)
         model.tie_weights()
     model.save_pretrained(out, safe_serialization=True)
-    copy_tokenizer(module.hparams.teacher_path, str(out))
-    return out
+    return out, _write_tokenizer(tokenizer or module.hparams.teacher_path, out)
 
 
 def student_state_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -69,19 +120,50 @@ def student_state_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, torch.Tenso
     prefix = "student."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not state:
-        raise ValueError(
+        raise UserError(
             "the checkpoint holds no 'student.' weights; is it a LongReDModule checkpoint?"
         )
     return state
 
 
+def _others(path: str) -> str:
+    """The run's other checkpoints, ``last.ckpt`` first, for an error message."""
+    folder = Path(path).resolve().parent
+    here = Path(path).resolve()
+    others = sorted(
+        (p for p in folder.glob("*.ckpt") if p.resolve() != here and p.stat().st_size > 0),
+        key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime),
+    )
+    if not others:
+        return f"no other .ckpt in {folder}: use a checkpoint of another run or re-train"
+    return "use another checkpoint of the run, e.g. " + ", ".join(str(p) for p in others[:3])
+
+
 def load_checkpoint(path: str) -> dict[str, Any]:
     """A Lightning checkpoint as one dict, consolidating sharded (FSDP2/DCP) directories.
 
-    Loads with ``weights_only=True``: no pickled code runs, whatever the file holds.
+    Loads with ``weights_only=True``: no pickled code runs, whatever the file holds. A file
+    that is not a readable checkpoint is a :class:`UserError` naming it and the fix.
     """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        raise UserError(f"CKPT: {path!r} does not exist; pass a .ckpt file or sharded directory")
+    try:
+        ckpt = _load(path)
+    except Exception as err:  # noqa: BLE001  (truncated zip, bad pickle, short read: all alike)
+        detail = str(err).splitlines()[0][:120] if str(err) else "ended early"
+        raise UserError(
+            f"CKPT: {path} is not a readable checkpoint: truncated (an interrupted save or "
+            f"copy) or not a checkpoint at all ({type(err).__name__}: {detail}); {_others(path)}"
+        ) from err
+    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise UserError(
+            f"CKPT: {path} is not a LongReDModule checkpoint (no hyper_parameters/state_dict); "
+            "pass a checkpoint written by `longred fit`"
+        )
+    return ckpt
+
+
+def _load(path: str) -> dict[str, Any]:
     if not os.path.isdir(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     import tempfile
@@ -97,17 +179,117 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return ckpt
 
 
-def export_checkpoint(ckpt_path: str, out_dir: str) -> Path:
-    """``longred export``: a LongReD checkpoint to a Hugging Face directory of the student."""
+def _run_from_checkpoint(ckpt: dict[str, Any], path: str, run_config: str | None) -> dict:
+    from longred_pl.eval.model_card import find_run_config, streams_from
+
+    teacher = ckpt["hyper_parameters"].get("teacher_path")
+    config = run_config or find_run_config(path, teacher)
+    if run_config is not None and not os.path.isfile(run_config):
+        raise UserError(f"--run-config: {run_config!r} is not a file; pass the run's config.yaml")
+    data = next((v for k, v in ckpt.items() if k.endswith("DataModule") and isinstance(v, dict)),
+                {})  # fmt: skip
+    streams = streams_from(ckpt, config)
+    where = "the checkpoint" if ckpt.get("datamodule_hyper_parameters") else config
+    print(f"[longred export] model card: stream settings from {where or 'nowhere (not found)'}")
+    return {"steps": ckpt.get("global_step"), "micro_steps": data.get("consumed"),
+            "world_size": data.get("world_size"), "schedule": data.get("schedule"),
+            "streams": streams, "streams_from": where, "checkpoint": str(path)}  # fmt: skip
+
+
+def write_card(
+    module: Any,
+    out: Path,
+    run: dict[str, Any],
+    tokenizer: dict[str, Any] | None,
+    eval_results: Sequence[str] | None = None,
+    base_model: str | None = None,
+) -> Path:
+    """``out/README.md``: the model card (:func:`longred_pl.eval.model_card.render_card`)."""
+    from longred_pl.eval.model_card import card_facts, eval_markdown, find_eval_results, render_card
+
+    paths = list(eval_results or []) or find_eval_results(str(out))
+    for path in paths:
+        print(f"[longred export] model card: evaluation from {path}")
+    facts = card_facts(module, run)
+    facts.update(name=out.name, base_model=base_model, tokenizer=tokenizer,
+                 evaluation=[(p, eval_markdown(p)) for p in paths])  # fmt: skip
+    card = out / "README.md"
+    card.write_text(render_card(facts))
+    return card
+
+
+def export_checkpoint(
+    ckpt_path: str,
+    out_dir: str,
+    tokenizer: str | None = None,
+    eval_results: Sequence[str] | None = None,
+    run_config: str | None = None,
+    base_model: str | None = None,
+) -> Path:
+    """A LongReD checkpoint to a Hugging Face directory of the student, with its model card.
+
+    Args:
+        ckpt_path: Lightning checkpoint (.ckpt) or sharded checkpoint directory of a run.
+        out_dir: output directory (created).
+        tokenizer: directory of the tokenizer to ship (default the run's teacher_path).
+        eval_results: ``longred eval`` results.json / ``longred lm-eval`` lm_eval.json or
+            ruler.json for the card (default: those found beside ``out_dir`` that scored it).
+        run_config: the run's config.yaml, for the card's data section (default: found near
+            the checkpoint).
+        base_model: Hub id of the base model for the card's ``base_model`` field.
+    """
+    from longred_pl.eval.model_card import eval_markdown
     from longred_pl.module import LongReDModule
 
+    for path in eval_results or []:  # checked before any weights load
+        if not os.path.isfile(path):
+            raise UserError(f"--eval-results: {path!r} is not a file")
+        eval_markdown(path)
     ckpt = load_checkpoint(ckpt_path)
     hparams = dict(ckpt["hyper_parameters"])
+    method = hparams.get("method", "longred")
     hparams["method"] = "long_cpt"  # the export needs the student only: skip loading a teacher
     module = LongReDModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    if tokenizer is not None:
+        check_tokenizer_dir(tokenizer, int(module.student_config.vocab_size))
+    run = _run_from_checkpoint(ckpt, ckpt_path, run_config)
     module.configure_model()
     module.student.load_state_dict(student_state_from_checkpoint(ckpt), strict=True)
-    return save_student(module, out_dir)
+    out, tokenizer_info = save_student(module, out_dir, tokenizer=tokenizer)
+    module.hparams["method"] = method  # the card describes the run's recipe
+    write_card(module, out, run, tokenizer_info, eval_results, base_model)
+    return out
+
+
+def export(
+    ckpt: str,
+    out_dir: str,
+    tokenizer: str | None = None,
+    eval_results: list[str] | None = None,
+    run_config: str | None = None,
+    base_model: str | None = None,
+) -> Path:
+    """Write a checkpoint's student as a Hugging Face directory with tokenizer and model card.
+
+    Args:
+        ckpt: Lightning checkpoint (.ckpt) or sharded checkpoint directory of a LongReD run.
+        out_dir: output directory.
+        tokenizer: directory to copy the tokenizer from (default: the run's teacher_path).
+        eval_results: evaluation files for the model card (results.json of `longred eval`,
+            lm_eval.json / ruler.json of `longred lm-eval`); default those found beside out_dir.
+        run_config: the run's config.yaml for the card's data section (default: found near ckpt).
+        base_model: Hub id of the base model (the card's base_model field).
+    """
+    out = export_checkpoint(ckpt, out_dir, tokenizer, eval_results, run_config, base_model)
+    print(f"[longred] exported to {out} (model card: {out / 'README.md'})")
+    return out
+
+
+def export_main(argv: Sequence[str] | None = None) -> Path:
+    """``longred export ARGV`` in-process, parsed like the command line (``cli.run_tool``)."""
+    from longred_pl.cli import run_tool
+
+    return run_tool("export", list(argv or []))
 
 
 def full_student_state(module: Any) -> dict[str, torch.Tensor] | None:
@@ -125,8 +307,18 @@ def full_student_state(module: Any) -> dict[str, torch.Tensor] | None:
     return get_model_state_dict(module.student, options=options)
 
 
+def _run_from_trainer(trainer: L.Trainer) -> dict[str, Any]:
+    """The card's run record from a live trainer and its data module."""
+    data = getattr(trainer, "datamodule", None)
+    streams = {k: {name: getattr(c, name) for name in ("urls", "seq_len", "batch_size")}
+               for k, c in (getattr(data, "streams", None) or {}).items()}  # fmt: skip
+    return {"steps": trainer.global_step, "micro_steps": getattr(data, "consumed", None),
+            "world_size": trainer.world_size, "schedule": list(getattr(data, "schedule", [])),
+            "streams": streams, "streams_from": "the run's data module" if streams else None}  # fmt: skip
+
+
 class ExportStudent(L.Callback):
-    """At the end of ``fit``, write the student as a Hugging Face directory.
+    """At the end of ``fit``, write the student as a Hugging Face directory with its card.
 
     Works on one device, DDP and FSDP2 (sharded weights are gathered first; rank 0 writes).
 
@@ -140,6 +332,7 @@ class ExportStudent(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         state = full_student_state(pl_module)
         if trainer.is_global_zero:
-            out = save_student(pl_module, self.dirpath, state)
+            out, tokenizer = save_student(pl_module, self.dirpath, state)
+            write_card(pl_module, out, _run_from_trainer(trainer), tokenizer)
             print(f"[longred] student exported to {out}")
         trainer.strategy.barrier("export_student")

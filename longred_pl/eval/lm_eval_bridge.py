@@ -2,11 +2,13 @@
 
 LongReD's claim (LONGRED.md; Dong et al. 2025, Sec. 4) is that the extended model keeps
 the original's short-text skills, which the paper measures on standard short benchmarks
-(MMLU, HellaSwag, ...). :func:`score_with_lm_eval` runs such tasks on a local Hugging Face
-directory (teacher or exported student) through lm-eval's Python API
-(``lm_eval.simple_evaluate`` with the ``hf`` model); ``longred lm-eval``
-(:func:`lm_eval_main`) does it for several models side by side and writes
-``lm_eval.json`` and ``lm_eval.md``.
+(MMLU, HellaSwag, ...), while matching the long baselines on RULER. :func:`score_with_lm_eval`
+runs short tasks on a local Hugging Face directory (teacher or exported student) through
+lm-eval's Python API (``lm_eval.simple_evaluate`` with the ``hf`` model); RULER tasks go
+through :mod:`longred_pl.eval.ruler` (one run per prompt length). ``longred lm-eval``
+(:func:`lm_eval_models`; :func:`lm_eval_main` runs it from argv) does both for
+several models side by side and writes ``lm_eval.json``/``lm_eval.md`` and
+``ruler.json``/``ruler.md``/``ruler.png``.
 
 Offline: the model is read from its directory (an absolute path, so lm-eval's model-info
 lookup never mistakes it for a Hub repository), ``trust_remote_code`` stays off unless
@@ -18,7 +20,6 @@ lm-eval is an optional extra: ``pip install 'longred_pl[eval]'``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import difflib
 import json
@@ -26,17 +27,19 @@ import os
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from longred_pl.errors import UserError
 from longred_pl.models import load_config
 
 __all__ = [
     "check_model_dir",
     "lm_eval_main",
     "lm_eval_markdown",
+    "lm_eval_models",
     "score_with_lm_eval",
     "task_manager",
 ]
@@ -57,7 +60,7 @@ def _import_lm_eval() -> Any:
 
 
 def task_manager(tasks: Sequence[str], include_path: str | None = None) -> Any:
-    """A TaskManager that knows every name in ``tasks``, or a ValueError naming the unknown.
+    """A TaskManager that knows every name in ``tasks``, or a UserError naming the unknown.
 
     Indexing lm-eval's ~15k built-in task files takes seconds, so tasks that all live in
     ``include_path`` are loaded from there alone.
@@ -67,7 +70,7 @@ def task_manager(tasks: Sequence[str], include_path: str | None = None) -> Any:
 
     if include_path is not None:
         if not os.path.isdir(include_path):
-            raise FileNotFoundError(f"--include-path: {include_path!r} is not a directory")
+            raise UserError(f"--include-path: {include_path!r} is not a directory")
         local = TaskManager(include_path=include_path, include_defaults=False)
         if set(tasks) <= set(local.all_tasks):
             return local
@@ -75,7 +78,7 @@ def task_manager(tasks: Sequence[str], include_path: str | None = None) -> Any:
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         hints = {t: difflib.get_close_matches(t, manager.all_tasks, n=3) for t in unknown}
-        raise ValueError(
+        raise UserError(
             f"--tasks: unknown lm-eval task(s) {unknown} (close matches: {hints}); local task "
             "YAMLs need --include-path DIR"
         )
@@ -112,7 +115,7 @@ def check_model_dir(model_dir: str, trust_remote_code: bool = False) -> str:
     load_config(model_dir, trust_remote_code, field="MODEL_DIR")
     tokenizer_files = ("tokenizer.json", "tokenizer_config.json")
     if not any(os.path.isfile(os.path.join(model_dir, f)) for f in tokenizer_files):
-        raise FileNotFoundError(
+        raise UserError(
             f"MODEL_DIR: {model_dir!r} has no tokenizer; lm-eval tokenises the task text, so "
             "save one there (`longred export` and `longred build-teacher` do)"
         )
@@ -161,9 +164,9 @@ def score_with_lm_eval(
     """
     tasks = list(tasks)
     if not tasks or not all(isinstance(t, str) and t for t in tasks):
-        raise ValueError(f"--tasks: give at least one lm-eval task name, got {tasks!r}")
+        raise UserError(f"--tasks: give at least one lm-eval task name, got {tasks!r}")
     if batch_size < 1 or (limit is not None and limit <= 0) or bootstrap_iters < 0:
-        raise ValueError("--batch-size must be >= 1, --limit > 0, --bootstrap-iters >= 0")
+        raise UserError("--batch-size must be >= 1, --limit > 0, --bootstrap-iters >= 0")
     model_dir = check_model_dir(model_dir, trust_remote_code)
     lm_eval = _import_lm_eval()
     if manager is None:
@@ -212,64 +215,114 @@ def lm_eval_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _limit(text: str) -> int | float:
-    value = float(text)
-    return int(value) if value >= 1 and value.is_integer() else value
+def lm_eval_models(
+    models: list[str],
+    tasks: list[str],
+    out: str,
+    lengths: list[int] | None = None,
+    include_path: str | None = None,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    bootstrap_iters: int = 100_000,
+    seed: int = 0,
+    batch_size: int = 4,
+    device: str = "auto",
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score local Hugging Face models with lm-evaluation-harness tasks, offline.
+
+    Args:
+        models: local model directories, each with a tokenizer.
+        tasks: lm-eval task, group or tag names; ``ruler`` (or RULER task names) runs
+            RULER's offline tasks at ``lengths`` (:mod:`longred_pl.eval.ruler`).
+        out: output directory: lm_eval.json/.md, and ruler.json/.md/.png for RULER.
+        lengths: RULER prompt lengths in tokens (its ``max_seq_lengths``); required with RULER.
+        include_path: directory of extra task YAMLs (local datasets).
+        limit: examples per task (an int) or a fraction (< 1); for RULER, prompts per task
+            and length.
+        num_fewshot: few-shot examples (default: each task's own).
+        bootstrap_iters: bootstrap resamples of the stderrs (0 skips them).
+        seed: lm-eval's seeds.
+        batch_size: requests per forward.
+        device: auto (CUDA when available), cpu, cuda:0 ...
+        dtype: weights' dtype.
+        trust_remote_code: allow custom model code.
+        progress: kept for the shared flags (lm-eval draws its own bars).
+
+    Returns:
+        ``{"tasks", "models": [row per model], "ruler": [row per model] | None, "args"}``.
+    """
+    settings = dict(locals())  # the arguments, recorded in lm_eval.json
+    from longred_pl.eval.evaluator import resolve_device
+    from longred_pl.eval.report import model_names
+    from longred_pl.eval.ruler import preflight, split_tasks
+
+    ruler_names, tasks = split_tasks([t.strip() for t in tasks if t.strip()])
+    if not tasks and not ruler_names:
+        raise UserError("--tasks: give at least one lm-eval task name")
+    if batch_size < 1 or (limit is not None and limit <= 0) or bootstrap_iters < 0:
+        raise UserError("--batch-size must be >= 1, --limit > 0 and --bootstrap-iters >= 0")
+    if lengths and not ruler_names:
+        raise UserError("--lengths is RULER's; add `ruler` to --tasks or drop --lengths")
+    if ruler_names and limit is not None and not float(limit).is_integer():
+        raise UserError("--limit: RULER takes prompts per task and length (an int), not a fraction")
+    for model_dir in models:  # every input checked before the first model is scored
+        check_model_dir(model_dir, trust_remote_code)
+    manager = task_manager(tasks, include_path) if tasks else None
+    ruler_tasks = preflight(models, ruler_names, lengths, trust_remote_code) if ruler_names else []
+    device = str(resolve_device(device))
+    rows, ruler_rows = [], []
+    for name, model_dir in zip(model_names(models), models, strict=True):
+        print(f"[longred lm-eval] {name}: {model_dir}")
+        common: dict[str, Any] = {"batch_size": batch_size, "device": device, "dtype": dtype,
+                                  "trust_remote_code": trust_remote_code, "seed": seed}  # fmt: skip
+        if tasks:
+            result = score_with_lm_eval(
+                model_dir, tasks, include_path, limit, num_fewshot=num_fewshot,
+                bootstrap_iters=bootstrap_iters, manager=manager, **common,
+            )  # fmt: skip
+            rows.append({"name": name, **result})
+        if ruler_tasks:
+            ruler_rows.append(
+                _ruler_row(name, model_dir, lengths or [], ruler_tasks, limit, common)
+            )
+    return _write(rows, ruler_rows, tasks, settings, out)
 
 
-def _parser() -> argparse.ArgumentParser:
-    from longred_pl.eval.evaluator import add_common_flags
+def _ruler_row(name: str, model_dir: str, lengths: list[int], tasks: list[str],
+               limit: int | float | None, common: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    from longred_pl.eval.ruler import score_ruler
 
-    p = argparse.ArgumentParser(
-        prog="longred lm-eval",
-        description="Score local Hugging Face models with lm-evaluation-harness tasks, offline.",
-    )
-    p.add_argument("models", nargs="+", metavar="MODEL_DIR", help="local model directories")
-    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
-    p.add_argument("--include-path", default=None, help="directory of extra task YAMLs")
-    p.add_argument("--limit", type=_limit, default=None, help="examples per task (or fraction < 1)")
-    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples")
-    p.add_argument("--bootstrap-iters", type=int, default=100_000, help="0 skips bootstrap stderrs")
-    p.add_argument("--seed", type=int, default=0, help="lm-eval's seeds")
-    add_common_flags(p)
-    return p
+    window = int(load_config(model_dir, common["trust_remote_code"]).max_position_embeddings)
+    result = score_ruler(model_dir, lengths, tasks, limit=None if limit is None else int(limit),
+                         **common)  # fmt: skip
+    return {"name": name, "window": window, "ruler": result}
+
+
+def _write(rows: list, ruler_rows: list, tasks: list[str], settings: dict, out: str) -> dict:
+    from longred_pl.eval.ruler import write_ruler
+
+    os.makedirs(out, exist_ok=True)
+    results = {"tasks": tasks, "models": rows, "ruler": ruler_rows or None, "args": settings}
+    if rows:
+        Path(out, "lm_eval.json").write_text(json.dumps(results, indent=2) + "\n")
+        markdown = lm_eval_markdown(rows)
+        Path(out, "lm_eval.md").write_text(markdown)
+        print(markdown)
+        print(f"[longred lm-eval] wrote {out}/lm_eval.json and lm_eval.md")
+    if ruler_rows:
+        from longred_pl.eval.report import ruler_markdown
+
+        paths = write_ruler(ruler_rows, out)
+        print(ruler_markdown(ruler_rows))
+        print(f"[longred lm-eval] wrote {', '.join(paths)}")
+    return results
 
 
 def lm_eval_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``longred lm-eval MODEL_DIR ... --tasks T1,T2 [--include-path DIR] --out DIR``."""
-    from longred_pl.eval.evaluator import resolve_device
+    """``longred lm-eval ARGV`` in-process, parsed like the command line (``cli.run_tool``)."""
+    from longred_pl.cli import run_tool
 
-    parser = _parser()
-    ns = parser.parse_args(None if argv is None else list(argv))
-    tasks = [t.strip() for t in ns.tasks.split(",") if t.strip()]
-    names = [Path(d).name or str(d) for d in ns.models]
-    if len(set(names)) < len(names):
-        names = list(ns.models)
-    if ns.batch_size < 1 or (ns.limit is not None and ns.limit <= 0) or ns.bootstrap_iters < 0:
-        parser.error("--batch-size must be >= 1, --limit > 0 and --bootstrap-iters >= 0")
-    try:  # every input checked before the first model is scored
-        if not tasks:
-            raise ValueError("--tasks: give at least one lm-eval task name")
-        for model_dir in ns.models:
-            check_model_dir(model_dir, ns.trust_remote_code)
-        manager = task_manager(tasks, ns.include_path)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    rows = []
-    for name, model_dir in zip(names, ns.models, strict=True):
-        print(f"[longred lm-eval] {name}: {model_dir}")
-        result = score_with_lm_eval(
-            model_dir, tasks, ns.include_path, ns.limit, ns.batch_size,
-            str(resolve_device(ns.device)), num_fewshot=ns.num_fewshot, dtype=ns.dtype,
-            bootstrap_iters=ns.bootstrap_iters, trust_remote_code=ns.trust_remote_code,
-            seed=ns.seed, manager=manager,
-        )  # fmt: skip
-        rows.append({"name": name, **result})
-    os.makedirs(ns.out, exist_ok=True)
-    results = {"tasks": tasks, "models": rows, "args": vars(ns)}
-    Path(ns.out, "lm_eval.json").write_text(json.dumps(results, indent=2) + "\n")
-    markdown = lm_eval_markdown(rows)
-    Path(ns.out, "lm_eval.md").write_text(markdown)
-    print(markdown)
-    print(f"[longred lm-eval] wrote {ns.out}/lm_eval.json and lm_eval.md")
-    return results
+    return run_tool("lm-eval", list(argv or []))

@@ -7,7 +7,9 @@
   retrieval the long stream is meant to teach, as a function of distance.
 * :func:`passkey_probe`: passkey retrieval (Mohtashami & Jaggi 2023, "Landmark
   Attention", arXiv 2305.16300): a 5-digit key hidden at a relative depth in filler
-  text, greedy-decoded after a question at the end. Only meaningful for real LMs.
+  text, greedy-decoded after a question at the end. Prompts are sized with the model's
+  own tokenizer as they are fed (special tokens included), so any real tokenizer can fill
+  the whole window. Only meaningful for real LMs.
 * :func:`position_bucket_perplexity`: next-token cross-entropy by position bucket, the
   usual check that perplexity stays flat up to the extended window.
 
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longred_pl.errors import UserError
 from longred_pl.eval.metrics import next_token_nll
 
 MAX_LOG_PPL = 50.0  # perplexities are reported as exp(min(loss, 50)) to stay finite
@@ -40,6 +43,7 @@ __all__ = [
     "copy_task_ids",
     "forward_logits",
     "greedy_decode",
+    "passkey_min_length",
     "passkey_probe",
     "passkey_prompt",
     "position_bucket_perplexity",
@@ -164,7 +168,7 @@ def repeat_copy_probe(
         batch_size: sequences per forward (default all ``trials``).
         low: lowest id drawn (skip special tokens of real vocabularies).
         bos_token_id: prepended when given (real LMs expect their BOS).
-        progress: show a tqdm bar over distances.
+        progress: show a tqdm bar over the tokens to score (long distances dominate).
 
     Returns:
         ``{d: accuracy}`` in the order of ``distances``.
@@ -172,14 +176,17 @@ def repeat_copy_probe(
     from tqdm.auto import tqdm
 
     if span < 2 or trials < 1 or not 0 <= low < vocab_size:
-        raise ValueError(
+        raise UserError(
             f"repeat_copy_probe needs span >= 2, trials >= 1 and 0 <= low < vocab_size "
             f"(got span={span}, trials={trials}, low={low}, vocab_size={vocab_size})"
         )
+    if any(d < 0 for d in distances):
+        raise UserError(f"--copy-distances must be >= 0, got {list(distances)}")
     scores: dict[int, float] = {}
-    for distance in tqdm(distances, desc="repeat-copy", unit="d", disable=not progress):
-        if distance < 0:
-            raise ValueError(f"distances must be >= 0, got {distance}")
+    tokens = sum((int(bos_token_id is not None) + 2 * span + int(d)) * trials for d in distances)
+    bar = tqdm(total=tokens, desc="repeat-copy", unit="tok", unit_scale=True, disable=not progress)
+    for distance in distances:
+        bar.set_postfix(distance=int(distance))
         ids_BT = copy_task_ids(
             trials, span, int(distance), vocab_size, generator, low, bos_token_id
         )
@@ -188,7 +195,9 @@ def repeat_copy_probe(
             logits_BSV = forward_logits(model, chunk_BT, keep=span)
             predicted_BS = logits_BSV[:, : span - 1].argmax(dim=-1).cpu()
             correct += int((predicted_BS == chunk_BT[:, -(span - 1) :]).sum())
+            bar.update(chunk_BT.numel())
         scores[int(distance)] = correct / (trials * (span - 1))
+    bar.close()
     return scores
 
 
@@ -202,27 +211,50 @@ PASSKEY_FILLER = (
 )
 PASSKEY_NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 PASSKEY_QUESTION = " What is the pass key? The pass key is"
+PASSKEY_ANSWER_TOKENS = 10  # decoded after the question: 5 digits even one token per digit
+
+
+def _passkey_text(needle: str, before: int, after: int) -> str:
+    return (
+        PASSKEY_INTRO + PASSKEY_FILLER * before + needle + PASSKEY_FILLER * after + PASSKEY_QUESTION
+    )
 
 
 def passkey_prompt(tokenizer: Any, length: int, depth: float, key: int) -> str:
-    """Intro, filler with the needle at relative ``depth``, question; about ``length`` tokens."""
+    """Intro, filler with the needle at relative ``depth``, question: at most ``length`` tokens.
+
+    The length is counted as the probe feeds the prompt (``tokenizer.encode(prompt)``,
+    special tokens included), so a prompt of the model's window minus the answer's tokens
+    fits the window exactly, whatever the tokenizer merges across sentence boundaries. The
+    filler is the largest whole number of filler sentences that fits.
+    """
     if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"passkey depths must be in [0, 1], got {depth}")
-
-    def count(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False))
-
+        raise UserError(f"--passkey-depths must be in [0, 1], got {depth}")
     needle = PASSKEY_NEEDLE.format(key=key)
-    fixed = count(PASSKEY_INTRO) + count(needle) + count(PASSKEY_QUESTION)
-    repeats = max(0, (length - fixed) // max(1, count(PASSKEY_FILLER)))
-    before = round(depth * repeats)
-    return (
-        PASSKEY_INTRO
-        + PASSKEY_FILLER * before
-        + needle
-        + PASSKEY_FILLER * (repeats - before)
-        + PASSKEY_QUESTION
-    )
+
+    def count(text: str, special: bool = False) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=special))
+
+    per_filler = max(1, count(PASSKEY_FILLER))
+    repeats = max(0, (length - count(_passkey_text(needle, 0, 0), True)) // per_filler)
+    while True:
+        before = round(depth * repeats)
+        prompt = _passkey_text(needle, before, repeats - before)
+        over = count(prompt, True) - length
+        if over <= 0:
+            return prompt
+        if repeats == 0:
+            raise UserError(
+                f"--passkey-lengths {length}: the passkey prompt without filler is already "
+                f"{length + over} tokens with this tokenizer; use lengths above that"
+            )
+        repeats = max(0, repeats - max(1, math.ceil(over / per_filler)))
+
+
+def passkey_min_length(tokenizer: Any) -> int:
+    """Tokens of the passkey prompt with no filler (the shortest prompt there is)."""
+    needle = PASSKEY_NEEDLE.format(key=99999)
+    return len(tokenizer.encode(_passkey_text(needle, 0, 0)))
 
 
 def _cache_argument(model: nn.Module) -> str | None:
@@ -264,19 +296,21 @@ def passkey_probe(
     depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
     trials: int = 1,
     generator: torch.Generator | None = None,
-    max_new_tokens: int = 8,
+    max_new_tokens: int = PASSKEY_ANSWER_TOKENS,
     progress: bool = False,
 ) -> dict[int, dict[float, float]]:
     """Passkey retrieval accuracy for each prompt length and needle depth.
 
-    A random 5-digit key is hidden at relative ``depth`` of about ``length`` tokens of
-    filler; after "What is the pass key? The pass key is" the model decodes greedily
-    ``max_new_tokens`` tokens, and the first run of digits must equal the key.
+    A random 5-digit key is hidden at relative ``depth`` of a prompt of at most ``length``
+    tokens (:func:`passkey_prompt`, counted with ``tokenizer`` itself, so any real
+    tokenizer works); after "What is the pass key? The pass key is" the model decodes
+    greedily ``max_new_tokens`` tokens, and the first run of digits must equal the key. A
+    model's full window is probed with ``length = window - max_new_tokens``.
 
     Args:
         model: a causal LM.
         tokenizer: its tokenizer (``encode(text, add_special_tokens=...)``, ``decode``).
-        lengths: approximate prompt lengths in tokens.
+        lengths: prompt lengths in tokens (upper bounds, special tokens included).
         depths: relative needle positions in ``[0, 1]`` (0 = start of the filler).
         trials: keys per (length, depth).
         generator: source of the keys.
@@ -311,7 +345,7 @@ def bucket_edges(buckets: int | Sequence[int], seq_len: int) -> list[int]:
     """
     if isinstance(buckets, int):
         if not 1 <= buckets < seq_len:
-            raise ValueError(f"buckets must be in [1, seq_len) = [1, {seq_len}), got {buckets}")
+            raise UserError(f"buckets must be in [1, seq_len) = [1, {seq_len}), got {buckets}")
         return [round(j * seq_len / buckets) for j in range(buckets + 1)]
     edges = [int(e) for e in buckets]
     if (
@@ -319,7 +353,7 @@ def bucket_edges(buckets: int | Sequence[int], seq_len: int) -> list[int]:
         or edges[0] < 0
         or any(b <= a for a, b in zip(edges, edges[1:], strict=False))
     ):
-        raise ValueError(f"bucket edges must be >= 0 and strictly increasing, got {edges}")
+        raise UserError(f"bucket edges must be >= 0 and strictly increasing, got {edges}")
     return edges
 
 

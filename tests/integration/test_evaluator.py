@@ -7,7 +7,10 @@ import json
 import pytest
 import yaml
 
-from longred_pl.eval.evaluator import eval_main, select_layers_main
+from longred_pl.errors import UserError
+from longred_pl.drift import select_layers_main
+from longred_pl.eval.commands import eval_main
+from longred_pl.eval.probes import PASSKEY_ANSWER_TOKENS
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -58,22 +61,23 @@ def test_eval_writes_results_tables_and_plots(tiny_llama, tiny_student, tiny_sha
     table = (out / "results.md").read_text()
     assert "| model | window |" in table and "(teacher)" in table
     assert "| 192-256 |" in table and "| 239 | - |" in table
+    # chance is printed as 1/vocab, not rounded to 0.0000, and results at chance are marked
+    assert "chance = 1/vocab = 0.0078" in table and "`~` = within 2 s.d. of chance" in table
+    assert "| 0 | 0.000 ~ | 0.000 ~ |" in table  # a random model copies nothing
     for name in ("ppl_by_position.png", "copy_accuracy.png"):
         assert (out / name).read_bytes()[:8] == PNG
     assert len(results["plots"]) == 2
 
 
-def test_eval_errors_name_the_flag(tiny_llama, tiny_shards, tmp_path, capsys):
+def test_eval_errors_name_the_flag(tiny_llama, tiny_shards, tmp_path):
     base = ["--short-data", tiny_shards["short"], "--short-seq-len", "16", "--out", str(tmp_path)]
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="--long-data and --long-seq-len go together"):
         eval_main([tiny_llama, *base, "--long-data", tiny_shards["long"]])
-    assert "--long-data and --long-seq-len go together" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="MODEL_DIR"):
         eval_main([str(tmp_path / "missing"), *base])
-    assert "MODEL_DIR" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="--short-data"):
         eval_main([tiny_llama, *base[:1], str(tmp_path), *base[2:]])
-    assert "--short-data" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
 
 
 def test_select_layers_writes_a_distill_layers_snippet(tiny_llama, tiny_shards, tmp_path):
@@ -98,19 +102,16 @@ def test_select_layers_writes_a_distill_layers_snippet(tiny_llama, tiny_shards, 
     assert "| index | cosine |" in (out / "drift.md").read_text()
 
 
-def test_select_layers_errors_name_the_flag(tiny_llama, tiny_shards, tmp_path, capsys):
+def test_select_layers_errors_name_the_flag(tiny_llama, tiny_shards, tmp_path):
     base = ["--teacher", tiny_llama, "--data", tiny_shards["short"], "--out", str(tmp_path)]
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match=r"--rope-kwargs has unknown key\(s\) \['theta'\]"):
         select_layers_main(
             [*base, "--seq-len", "16", "--target-length", "256", "--rope-kwargs", '{"theta": 1}']
         )
-    assert "--rope-kwargs has unknown key(s) ['theta']" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="--target-length is required"):
         select_layers_main([*base, "--seq-len", "16"])
-    assert "--target-length is required" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match=r"--seq-len must be in \[2, 64\]"):
         select_layers_main([*base, "--seq-len", "128", "--target-length", "256"])
-    assert "--seq-len must be in [2, 64]" in capsys.readouterr().err
 
 
 def test_evaluate_model_runs_passkey_with_the_model_directory_tokenizer(tmp_path, tiny_shards):
@@ -142,3 +143,39 @@ def test_evaluate_model_runs_passkey_with_the_model_directory_tokenizer(tmp_path
     no_tokenizer = save_tiny_llama(tmp_path / "lm2")
     with pytest.raises(ValueError, match="--passkey needs a tokenizer"):
         evaluate_model(no_tokenizer, tiny_shards["short"], 16, passkey=True, progress=False)
+
+
+def test_eval_passkey_heatmap_at_the_full_window_and_ruler(tmp_path, tiny_shards):
+    pytest.importorskip("lm_eval", reason="RULER needs lm-eval: pip install 'longred_pl[eval]'")
+    pytest.importorskip(
+        "wonderwords", reason="RULER needs wonderwords: pip install 'lm-eval[ruler]'"
+    )
+    from test_ruler import save_ruler_lm
+
+    student = save_ruler_lm(tmp_path / "student", window=1024)
+    teacher = save_ruler_lm(tmp_path / "teacher", window=256)
+    out = tmp_path / "eval"
+    # fmt: off
+    results = eval_main([
+        student, "--teacher", teacher, "--short-data", tiny_shards["short"],
+        "--short-seq-len", "16", "--num-short", "4", "--copy-span", "4", "--copy-trials", "1",
+        "--copy-distances", "0", "--passkey", "--passkey-depths", "0,1",
+        "--ruler-lengths", "300", "--ruler-tasks", "niah_single_1", "--ruler-limit", "1",
+        "--out", str(out), "--device", "cpu", "--no-progress",
+    ])
+    # fmt: on
+    teacher_row, student_row = results["models"]
+    # default lengths come from the largest window and end at it, less the answer's tokens
+    full = str(1024 - PASSKEY_ANSWER_TOKENS)
+    assert list(student_row["passkey"]) == list(teacher_row["passkey"]) == [
+        "128", "256", "512", full,
+    ]  # fmt: skip
+    assert set(student_row["passkey"][full]) == {"0.0", "1.0"}
+    for row in (teacher_row, student_row):
+        assert row["ruler"]["tasks"].keys() == {"niah_single_1"}
+        assert 0.0 <= row["ruler"]["tasks"]["niah_single_1"]["300"] <= 1.0
+    table = (out / "results.md").read_text()
+    assert f"| depth | 128 | 256 | 512 (> window) | {full} (> window) |" in table
+    assert "| teacher | niah_single_1 | " in table and "RULER % (mean)" in table
+    for name in ("copy_accuracy.png", "passkey_heatmap.png", "ruler.png"):
+        assert (out / name).read_bytes()[:8] == PNG

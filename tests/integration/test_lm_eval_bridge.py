@@ -18,6 +18,7 @@ import torch
 
 pytest.importorskip("lm_eval", reason="needs lm-eval: pip install 'longred_pl[eval]'")
 
+from longred_pl.errors import UserError  # noqa: E402
 from longred_pl.eval.lm_eval_bridge import lm_eval_main, score_with_lm_eval  # noqa: E402
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "data" / "lm_eval_tasks"
@@ -146,14 +147,13 @@ def test_cli_writes_a_table_of_two_models(tmp_path, tiny_lm):
     assert len(table) == 4 and table[3].startswith("| other | ")
 
 
-def test_bad_inputs_fail_before_any_model_loads(tmp_path, tiny_lm, capsys):
-    with pytest.raises(SystemExit):
+def test_bad_inputs_fail_before_any_model_loads(tmp_path, tiny_lm):
+    with pytest.raises(UserError, match="longred_tiny_choice"):  # the close match is named
         lm_eval_main([tiny_lm, "--tasks", "longred_tiny_choise", "--include-path",
                       str(TASKS_DIR), "--out", str(tmp_path)])  # fmt: skip
-    assert "longred_tiny_choice" in capsys.readouterr().err  # the close match is named
     bare = tmp_path / "bare"
     save_tiny_lm(tmp_path / "with_tokenizer", seed=0)
     bare.mkdir()
     (bare / "config.json").write_text((tmp_path / "with_tokenizer" / "config.json").read_text())
-    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+    with pytest.raises(UserError, match="no tokenizer"):
         score_with_lm_eval(str(bare), [CHOICE], include_path=str(TASKS_DIR))

@@ -8,16 +8,21 @@ import pytest
 import torch
 from torch import nn
 
+from longred_pl.errors import UserError
+from longred_pl.eval.evaluator import default_copy_distances
 from longred_pl.eval.probes import (
+    PASSKEY_FILLER,
     bucket_edges,
     copy_task_ids,
     greedy_decode,
+    passkey_min_length,
     passkey_probe,
     passkey_prompt,
     position_bucket_perplexity,
     repeat_copy_probe,
     token_nll,
 )
+from longred_pl.eval.report import at_chance
 
 VOCAB = 128
 SPAN = 8
@@ -139,8 +144,8 @@ def test_passkey_oracle_retrieves_the_key_and_a_random_model_does_not():
         InductionOracle(256), tok, [300, 600], [0.0, 1.0], 2, gen, max_new_tokens=7
     )
     assert scores == {300: {0.0: 1.0, 1.0: 1.0}, 600: {0.0: 1.0, 1.0: 1.0}}
-    random_scores = passkey_probe(tiny_random_llama(vocab=256), tok, [200], [0.5], 2, gen)
-    assert random_scores == {200: {0.5: 0.0}}
+    random_scores = passkey_probe(tiny_random_llama(vocab=256), tok, [300], [0.5], 2, gen)
+    assert random_scores == {300: {0.5: 0.0}}
 
 
 def test_greedy_decode_with_cache_matches_recomputation():
@@ -187,3 +192,61 @@ def test_bad_bucket_edges_are_refused():
         bucket_edges([0, 5, 5], 10)
     with pytest.raises(ValueError, match="buckets must be in"):
         bucket_edges(20, 10)
+
+
+class PairTokenizer(CharTokenizer):
+    """Characters, but ". T" and "e " are one token each, and a BOS (id 1) is prepended.
+
+    Counts are not additive (pieces merge across sentence boundaries) and special tokens
+    change the length: what a real tokenizer does to a prompt built from counted pieces.
+    """
+
+    PAIRS = (". T", "e ")
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids, i = ([1] if add_special_tokens else []), 0
+        while i < len(text):
+            pair = next((p for p in self.PAIRS if text.startswith(p, i)), None)
+            ids.append(0 if pair else ord(text[i]))
+            i += len(pair) if pair else 1
+        return ids
+
+
+class BosCharTokenizer(CharTokenizer):
+    """Characters with a BOS (id 1) prepended, as Llama's tokenizers do."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return ([1] if add_special_tokens else []) + super().encode(text)
+
+
+@pytest.mark.parametrize(
+    "tokenizer",
+    [CharTokenizer(), BosCharTokenizer(), PairTokenizer()],
+    ids=["char", "bos", "pairs"],
+)
+def test_passkey_prompt_fits_the_length_exactly_as_the_probe_encodes_it(tokenizer):
+    per_filler = len(tokenizer.encode(PASSKEY_FILLER, add_special_tokens=False))
+    # every remainder modulo the filler's length, then two long prompts
+    for length in [*range(300, 300 + per_filler + 1), 1024, 4000]:
+        for depth in (0.0, 0.5, 1.0):
+            prompt = passkey_prompt(tokenizer, length, depth, 54321)
+            size = len(tokenizer.encode(prompt))  # what passkey_probe feeds the model
+            assert length - 2 * per_filler < size <= length, (length, depth, size)
+            assert "The pass key is 54321." in prompt
+    head = passkey_prompt(tokenizer, 4000, 0.0, 54321).index("54321")
+    tail = passkey_prompt(tokenizer, 4000, 1.0, 54321).index("54321")
+    assert head < 300 < 3000 < tail  # depth 0 = right after the intro, 1 = before the question
+
+
+def test_passkey_prompt_refuses_a_length_below_its_fixed_text():
+    shortest = passkey_min_length(CharTokenizer())
+    passkey_prompt(CharTokenizer(), shortest, 0.5, 12345)
+    with pytest.raises(UserError, match=f"--passkey-lengths {shortest - 1}: .* {shortest} tokens"):
+        passkey_prompt(CharTokenizer(), shortest - 1, 0.5, 12345)
+
+
+def test_default_copy_distances_are_capped_unless_asked():
+    assert default_copy_distances(32768, 16) == [0, 4, 16, 64, 256, 1024, 4096]
+    assert default_copy_distances(32768, 16, max_distance=0)[-1] == 32768 - 33
+    assert default_copy_distances(256, 8)[-1] == 256 - 17  # a small window is probed whole
+    assert at_chance(0.0, 1 / 128, 14) and not at_chance(1 / 14, 1 / 128, 14)

@@ -1,0 +1,161 @@
+"""`longred export` on a tiny run: weights, tokenizer (or a warning), model card, bad checkpoints."""
+
+from __future__ import annotations
+
+import glob
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tests_helpers import fit_config
+
+from longred_pl.cli import main
+from longred_pl.errors import UserError
+from longred_pl.export import export_main
+
+# 2 optimizer steps x 4 micro-steps of [long, s2l, long, short] (tests_helpers.fit_config):
+# long 4 x 1 x 256, s2l 2 x 2 x 64, short 2 x 4 x 16 tokens
+TOKENS = {"long": 4 * 1 * 256, "s2l": 2 * 2 * 64, "short": 2 * 4 * 16}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_shards) -> dict[str, Path]:
+    """A 2-step LongReD fit whose teacher is a copy of the tiny Llama (no tokenizer)."""
+    from conftest import save_tiny_llama
+
+    root = tmp_path_factory.mktemp("run")
+    teacher = save_tiny_llama(root / "teacher")
+    main(["fit", "--config", fit_config(root, teacher, tiny_shards, max_steps=2)])
+    (ckpt,) = glob.glob(str(root / "ckpt" / "*step=2.ckpt"))
+    return {"root": root, "teacher": Path(teacher), "ckpt": Path(ckpt)}
+
+
+def save_word_tokenizer(path: Path, size: int) -> str:
+    """A word-level tokenizer of ``size`` tokens (byte-level BPE needs more than 128)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, **{f"w{i}": i for i in range(1, size)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(path)
+    return str(path)
+
+
+def card(out: Path) -> tuple[dict, str]:
+    text = (out / "README.md").read_text()
+    _, front, body = text.split("---\n", 2)
+    return yaml.safe_load(front), body
+
+
+def test_export_writes_the_student_and_a_model_card(run, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = export_main([str(run["ckpt"]), str(tmp_path / "hf"), "--base-model", "org/tiny"])
+    student = AutoModelForCausalLM.from_pretrained(out)
+    ckpt = torch.load(run["ckpt"], weights_only=True)
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(value, ckpt["state_dict"][f"student.{name}"], msg=name)
+    front, body = card(out)
+    assert front["library_name"] == "transformers" and front["base_model"] == "org/tiny"
+    assert front["tags"] == ["longred", "long-context", "rope-abf"]
+    assert "| context window (tokens) | 64 | 256 |" in body
+    assert "| RoPE | default rope_theta=10000 | default rope_theta=40000 |" in body
+    assert "`L = L_long + 5 * L_short + 10 * L_s2l`" in body
+    assert "Distilled hidden states (`L_short`): [1, 2] (0 = embeddings, 2 = final" in body
+    config = run["root"] / "lightning_logs" / "version_0" / "config.yaml"
+    assert f"Stream settings from `{config}`" in body
+    assert "| long | " in body and "| 256 | 1 | 24 | random | tests |" in body  # index.json
+    assert "2 optimizer steps, 8 micro-steps, 1 rank(s)" in body
+    total = sum(TOKENS.values())
+    assert f"Tokens trained: {total:,} (long 1,024, short 128, s2l 256)." in body
+    assert "Not evaluated yet" in body
+    assert f"[longred] exported to {out}" in capsys.readouterr().out
+
+
+def test_a_teacher_without_tokenizer_is_said_on_one_line(run, tmp_path, capsys):
+    out = export_main([str(run["ckpt"]), str(tmp_path / "hf")])
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(err) == 1
+    assert f"no tokenizer in '{run['teacher']}'" in err[0] and "--tokenizer DIR" in err[0]
+    assert not (out / "tokenizer.json").exists()
+    assert "**None in this directory**" in card(out)[1]
+
+
+def test_the_tokenizer_comes_from_the_teacher_or_the_flag(run, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    words = save_word_tokenizer(tmp_path / "words", 100)
+    out = export_main([str(run["ckpt"]), str(tmp_path / "a"), "--tokenizer", words])
+    assert len(AutoTokenizer.from_pretrained(out)) == 100
+    assert f"Copied from `{words}`: tokenizer.json" in card(out)[1]
+    with pytest.raises(UserError, match="--tokenizer: .* has no tokenizer"):
+        export_main([str(run["ckpt"]), str(tmp_path / "b"), "--tokenizer", str(run["root"])])
+    big = save_word_tokenizer(tmp_path / "big", 300)
+    with pytest.raises(UserError, match="300 tokens, more than the model's vocab_size 128"):
+        export_main([str(run["ckpt"]), str(tmp_path / "c"), "--tokenizer", big])
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    teacher = tmp_path / "teacher_with_tokenizer"  # what a real run's teacher holds
+    shutil.copytree(run["teacher"], teacher)
+    shutil.copy(Path(words) / "tokenizer.json", teacher)
+    capsys.readouterr()
+    ckpt = torch.load(run["ckpt"], weights_only=True)
+    ckpt["hyper_parameters"]["teacher_path"] = str(teacher)
+    torch.save(ckpt, tmp_path / "moved.ckpt")
+    out = export_main([str(tmp_path / "moved.ckpt"), str(tmp_path / "d")])
+    assert (out / "tokenizer.json").read_bytes() == (teacher / "tokenizer.json").read_bytes()
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_unreadable_checkpoints_are_named_with_the_fix(run, tmp_path):
+    ckpts = tmp_path / "ckpt"
+    ckpts.mkdir()
+    data = run["ckpt"].read_bytes()
+    (ckpts / "last.ckpt").write_bytes(data)
+    (ckpts / "step=4.ckpt").write_bytes(data[: len(data) // 2])
+    (ckpts / "empty.ckpt").write_bytes(b"")
+    for name in ("step=4.ckpt", "empty.ckpt"):
+        path = ckpts / name
+        with pytest.raises(UserError) as caught:
+            export_main([str(path), str(tmp_path / "out")])
+        message = str(caught.value)
+        assert str(path) in message and "truncated" in message and "\n" not in message
+        assert f"use another checkpoint of the run, e.g. {ckpts / 'last.ckpt'}" in message
+    torch.save({"epoch": 1}, ckpts / "other.ckpt")
+    with pytest.raises(UserError, match="not a LongReDModule checkpoint"):
+        export_main([str(ckpts / "other.ckpt"), str(tmp_path / "out")])
+    with pytest.raises(UserError, match="does not exist"):
+        export_main([str(ckpts / "missing.ckpt"), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_evaluation_table_goes_into_the_card(run, tiny_shards, tmp_path, capsys):
+    from longred_pl.eval.commands import eval_main
+
+    out = export_main([str(run["ckpt"]), str(tmp_path / "hf")])
+    # fmt: off
+    eval_main([str(out), "--short-data", tiny_shards["short"], "--short-seq-len", "16",
+               "--num-short", "4", "--copy-trials", "1", "--copy-distances", "0",
+               "--out", str(out / "eval"), "--device", "cpu", "--no-progress"])
+    # fmt: on
+    results = out / "eval" / "results.json"
+    export_main([str(run["ckpt"]), str(out)])  # found beside: it scored this directory
+    assert f"model card: evaluation from {results}" in capsys.readouterr().out
+    body = card(out)[1]
+    assert f"From `{results}`:" in body and "| model | window | RoPE | short ppl |" in body
+    assert "| hf | 256 | default theta=40000 |" in body
+    other = export_main([str(run["ckpt"]), str(tmp_path / "other")])
+    assert "Not evaluated yet" in card(other)[1]  # that results.json scored another directory
+    export_main([str(run["ckpt"]), str(other), "--eval-results", str(results)])
+    assert f"From `{results}`:" in card(other)[1]
+    with pytest.raises(UserError, match="--eval-results: .* is not a results.json"):
+        export_main([str(run["ckpt"]), str(other), "--eval-results", str(out / "config.json")])
+
+
+def test_export_at_the_end_of_fit_writes_the_card_too(run):
+    front, body = card(run["root"] / "student")
+    assert front["tags"][0] == "longred"
+    assert "Stream settings from `the run's data module`" in body
+    assert f"Tokens trained: {sum(TOKENS.values()):,}" in body

