@@ -33,6 +33,7 @@ from torch import nn
 from longred_pl.errors import UserError
 from longred_pl.eval.metrics import AttentionKL, HiddenStateCosine
 from longred_pl.models import freeze, load_causal_lm, load_config
+from longred_pl.plotting import pyplot
 
 __all__ = [
     "DriftReport",
@@ -254,18 +255,6 @@ def recommend_layers(report: DriftReport, k: int) -> list[int]:
     return sorted({*ranked[:k], n})
 
 
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the file-only Agg backend, or an ImportError with the fix."""
-    try:
-        import matplotlib
-    except ImportError as err:
-        raise ImportError("plots need matplotlib: `pip install 'longred_pl[plots]'`") from err
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_drift(report: DriftReport, path: str, title: str | None = None) -> str:
     """Write a two-panel PNG: hidden-state cosine and attention KL by layer. Returns ``path``."""
     plt = pyplot()
@@ -353,7 +342,8 @@ def select_layers(
         progress: show progress bars (``--no-progress`` hides them).
     """
     from longred_pl.data.shards import expand_urls
-    from longred_pl.eval.evaluator import read_batches, resolve_device
+    from longred_pl.eval.evaluator import read_batches
+    from longred_pl.models import resolve_device
 
     if k < 0 or num_samples < 1 or batch_size < 1:
         raise UserError("--k must be >= 0, --num-samples and --batch-size >= 1")

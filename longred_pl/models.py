@@ -22,7 +22,7 @@ from longred_pl.errors import UserError
 from longred_pl.forward import capture_hidden_states, decoder_parts
 
 __all__ = [
-    "capture_hidden_states", "decoder_parts", "freeze", "load_causal_lm", "load_config", "shard_fsdp2", "shard_fsdp2_under",
+    "capture_hidden_states", "decoder_parts", "freeze", "load_causal_lm", "load_config", "resolve_device", "shard_fsdp2", "shard_fsdp2_under",
 ]  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -84,6 +84,13 @@ def load_causal_lm(
         local_files_only=True,
         trust_remote_code=trust_remote_code,
     )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU) or a torch device name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def freeze(model: nn.Module) -> nn.Module:

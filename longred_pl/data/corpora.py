@@ -15,7 +15,7 @@ Each corpus has a fixed held-out set, so `split="val"` is never trained on:
 `SHAKESPEARE_VAL_PLAYS` (one comedy, one tragedy, one history) and, for `python`,
 the files whose SHA-1 of the relative path falls in the `PYTHON_VAL_PERCENT` bucket.
 
-`read_text_files` turns user `.txt`/`.jsonl` files into documents (`.txt` one document per
+`sources.read_text_files` turns user `.txt`/`.jsonl` files into documents (`.txt` one document per
 file, `.jsonl` one per line); `longred_pl.data.sources` streams these and the other input
 formats for `longred prepare`.
 """
@@ -26,7 +26,7 @@ import hashlib
 import importlib.util
 import re
 import sysconfig
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -192,34 +192,3 @@ def load_corpus(name: str, split: Split = "all", max_bytes: int | None = None) -
         raise UserError(f"unknown corpus {name!r} (--corpus); known corpora: {sorted(CORPORA)}")
     _check_split(split)
     return cap_documents(CORPORA[name](split), max_bytes)
-
-
-# --- user files --------------------------------------------------------------------------
-
-
-def read_text_files(
-    paths: Sequence[str | Path], text_field: str = "text", encoding: str = "utf-8"
-) -> list[Document]:
-    """Read user text files: `.txt` is one document per file, `.jsonl` one per non-blank line.
-
-    A list-returning shortcut over `longred_pl.data.sources`, which `longred prepare` uses
-    to stream these and the other formats (parquet, arrow, saved datasets).
-
-    Raises:
-        UserError: a missing path, an unsupported suffix, undecodable bytes (file and byte
-            offset), bad JSON, or a missing/non-string `text_field` (file and line).
-    """
-    from longred_pl.data.sources import READERS, InputFile, ReadOptions
-
-    options = ReadOptions(text_field=text_field, encoding=encoding)
-    documents: list[Document] = []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise UserError(f"{path}: input file not found")
-        if path.suffix not in (".txt", ".jsonl"):
-            raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .txt or .jsonl")
-        for item in READERS[path.suffix[1:]](InputFile(path, path.suffix[1:]), options):
-            if not isinstance(item, Document):
-                raise UserError(f"{item.name}: field {text_field!r} holds token ids, not text")
-            documents.append(item)
-    return documents

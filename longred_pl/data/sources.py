@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -345,3 +345,29 @@ def _array_items(array: Any, file: InputFile, row: int, options: ReadOptions) ->
 
 
 READERS = {"txt": _read_txt, "jsonl": _read_jsonl, "parquet": _read_table, "arrow": _read_table}
+
+
+def read_text_files(
+    paths: Sequence[str | Path], text_field: str = "text", encoding: str = "utf-8"
+) -> list[Document]:
+    """Read user text files: `.txt` is one document per file, `.jsonl` one per non-blank line.
+
+    A list-returning shortcut over `longred_pl.data.sources`, which `longred prepare` uses
+    to stream these and the other formats (parquet, arrow, saved datasets).
+
+    Raises:
+        UserError: a missing path, an unsupported suffix, undecodable bytes (file and byte
+            offset), bad JSON, or a missing/non-string `text_field` (file and line).
+    """
+    options = ReadOptions(text_field=text_field, encoding=encoding)
+    documents: list[Document] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise UserError(f"{path}: input file not found")
+        if path.suffix not in (".txt", ".jsonl"):
+            raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .txt or .jsonl")
+        for item in READERS[path.suffix[1:]](InputFile(path, path.suffix[1:]), options):
+            if not isinstance(item, Document):
+                raise UserError(f"{item.name}: field {text_field!r} holds token ids, not text")
+            documents.append(item)
+    return documents

@@ -35,7 +35,7 @@ from longred_pl.eval.probes import (
     repeat_copy_probe,
     token_nll,
 )
-from longred_pl.models import freeze, load_causal_lm, load_config
+from longred_pl.models import freeze, load_causal_lm, load_config, resolve_device
 
 __all__ = [
     "default_copy_distances",
@@ -97,12 +97,6 @@ def default_copy_distances(
         longest = min(longest, max_distance)
     powers = [4**j for j in range(1, 32) if 4**j < longest]
     return sorted({0, *powers, longest})
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _rope_summary(config: Any) -> str:

@@ -20,19 +20,15 @@ lm-eval is an optional extra: ``pip install 'longred_pl[eval]'``.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import os
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import torch
-
 from longred_pl.errors import UserError
+from longred_pl.eval.harness import _import_lm_eval, _keep_global_rng, check_model_dir
 from longred_pl.models import load_config
 
 __all__ = [
@@ -43,20 +39,6 @@ __all__ = [
     "score_with_lm_eval",
     "task_manager",
 ]
-
-OFFLINE_ENV = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-
-
-def _import_lm_eval() -> Any:
-    for name in OFFLINE_ENV:  # read by `datasets` at import: set before lm-eval imports it
-        os.environ.setdefault(name, "1")
-    try:
-        import lm_eval
-    except ImportError as err:
-        raise ImportError(
-            "longred lm-eval needs lm-evaluation-harness: `pip install 'longred_pl[eval]'`"
-        ) from err
-    return lm_eval
 
 
 def task_manager(tasks: Sequence[str], include_path: str | None = None) -> Any:
@@ -85,18 +67,6 @@ def task_manager(tasks: Sequence[str], include_path: str | None = None) -> Any:
     return manager
 
 
-@contextlib.contextmanager
-def _keep_global_rng() -> Iterator[None]:
-    """lm-eval seeds Python's, NumPy's and torch's global generators; restore the caller's."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
 def _metrics(task_results: dict[str, Any]) -> dict[str, float | None]:
     """``{"acc,none": 0.5, "acc_stderr,none": "N/A"}`` -> ``{"acc": 0.5, "acc_stderr": None}``."""
     out: dict[str, float | None] = {}
@@ -107,19 +77,6 @@ def _metrics(task_results: dict[str, Any]) -> dict[str, float | None]:
         name = metric if filt == "none" else f"{metric}[{filt}]"
         out[name] = float(value) if isinstance(value, int | float) else None
     return out
-
-
-def check_model_dir(model_dir: str, trust_remote_code: bool = False) -> str:
-    """The absolute path of a local model directory with a tokenizer, or a clear error."""
-    model_dir = str(Path(model_dir).resolve())
-    load_config(model_dir, trust_remote_code, field="MODEL_DIR")
-    tokenizer_files = ("tokenizer.json", "tokenizer_config.json")
-    if not any(os.path.isfile(os.path.join(model_dir, f)) for f in tokenizer_files):
-        raise UserError(
-            f"MODEL_DIR: {model_dir!r} has no tokenizer; lm-eval tokenises the task text, so "
-            "save one there (`longred export` and `longred build-teacher` do)"
-        )
-    return model_dir
 
 
 def score_with_lm_eval(
@@ -255,9 +212,9 @@ def lm_eval_models(
         ``{"tasks", "models": [row per model], "ruler": [row per model] | None, "args"}``.
     """
     settings = dict(locals())  # the arguments, recorded in lm_eval.json
-    from longred_pl.eval.evaluator import resolve_device
     from longred_pl.eval.report import model_names
     from longred_pl.eval.ruler import preflight, split_tasks
+    from longred_pl.models import resolve_device
 
     ruler_names, tasks = split_tasks([t.strip() for t in tasks if t.strip()])
     if not tasks and not ruler_names:

@@ -229,7 +229,7 @@ def _plot_copy(plt: Any, rows: Sequence[dict[str, Any]], path: str) -> str:
 
 def plot_passkey(rows: Sequence[dict[str, Any]], path: str) -> str:
     """The needle heat-map: accuracy by depth (rows) and prompt length (columns), per model."""
-    from longred_pl.drift import pyplot
+    from longred_pl.plotting import pyplot
 
     plt = pyplot()
     rows = [r for r in rows if r["passkey"]]
@@ -260,7 +260,7 @@ def plot_passkey(rows: Sequence[dict[str, Any]], path: str) -> str:
 
 def plot_ruler(rows: Sequence[dict[str, Any]], path: str) -> str:
     """RULER score against prompt length: the mean over tasks, then one panel per task."""
-    from longred_pl.drift import pyplot
+    from longred_pl.plotting import pyplot
 
     plt = pyplot()
     rows = [r for r in rows if r.get("ruler")]
@@ -294,7 +294,7 @@ def plot_ruler(rows: Sequence[dict[str, Any]], path: str) -> str:
 def plot_results(rows: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
     """``ppl_by_position.png`` (long data given), ``copy_accuracy.png``, and when run
     ``passkey_heatmap.png`` and ``ruler.png``."""
-    from longred_pl.drift import pyplot
+    from longred_pl.plotting import pyplot
 
     plt = pyplot()
     written = []

@@ -163,7 +163,7 @@ def ensure_punkt_tab(cache_dir: str | os.PathLike | None = None) -> str:
 
 def prepare_offline() -> None:
     """RULER's extra packages present and punkt_tab local; a :class:`UserError` otherwise."""
-    from longred_pl.eval.lm_eval_bridge import _import_lm_eval
+    from longred_pl.eval.harness import _import_lm_eval
 
     _import_lm_eval()
     for module in ("wonderwords", "nltk", "scipy"):
@@ -297,7 +297,7 @@ def preflight(
     """
     from transformers import AutoTokenizer
 
-    from longred_pl.eval.lm_eval_bridge import check_model_dir
+    from longred_pl.eval.harness import check_model_dir
 
     if not lengths:
         raise UserError(
@@ -393,7 +393,7 @@ def score_ruler(
         ``{"model", "lengths", "tasks": {task: {str(length): score}}, "average":
         {str(length): mean over tasks}, "n_samples": {task: {str(length): n}}, "limit"}``.
     """
-    from longred_pl.eval.lm_eval_bridge import _keep_global_rng, check_model_dir
+    from longred_pl.eval.harness import _keep_global_rng, check_model_dir
 
     model_dir = check_model_dir(model_dir, trust_remote_code)
     check_tokenizer(model_dir, trust_remote_code)

@@ -249,6 +249,31 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "model.rope_method": "abf",
         "model.rope_kwargs.rope_theta": _suggested(1000000.0, 32768, 131072),
     },
+    # context parallelism: batch sizes are per data-parallel group (dp = 8 / cp), so the
+    # global short 128 x 1K and s2l 16 x 8K batches stay the paper's
+    "llama3-8b/128k-abf-longred-c-cp4.yaml": {
+        **LONGRED,
+        **CREAM,
+        **LLAMA3_8B,
+        **AT_128K,
+        "model.rope_method": "abf",
+        "model.rope_kwargs.rope_theta": _suggested(500000.0, 8192, 131072),
+        "model.attn_implementation": "longred_ring",
+        "data.short.batch_size": 128 // 2,
+        "data.s2l.batch_size": 16 // 2,
+    },
+    "llama3-8b/512k-abf-longred-c-cp8.yaml": {
+        **LONGRED,
+        **CREAM,
+        **LLAMA3_8B,
+        "model.target_length": 524288,
+        "data.long.seq_len": 524288,
+        "model.rope_method": "abf",
+        "model.rope_kwargs.rope_theta": _suggested(500000.0, 8192, 524288),
+        "model.attn_implementation": "longred_ring",
+        "data.short.batch_size": 128,
+        "data.s2l.batch_size": 16,
+    },
     "llama3.1-8b/128k-llama3-longred-c.yaml": {
         **LONGRED,
         **CREAM,

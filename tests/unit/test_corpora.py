@@ -11,8 +11,8 @@ from longred_pl.data.corpora import (
     cap_documents,
     clean_play_markdown,
     load_corpus,
-    read_text_files,
 )
+from longred_pl.data.sources import read_text_files
 from longred_pl.errors import UserError
 
 
