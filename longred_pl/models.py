@@ -22,7 +22,7 @@ from longred_pl.errors import UserError
 from longred_pl.forward import capture_hidden_states, decoder_parts
 
 __all__ = [
-    "capture_hidden_states", "decoder_parts", "freeze", "load_causal_lm", "load_config", "resolve_device", "shard_fsdp2", "shard_fsdp2_under",
+    "capture_hidden_states", "decoder_parts", "freeze", "load_causal_lm", "load_config", "load_student", "resolve_device", "shard_fsdp2", "shard_fsdp2_under",
 ]  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -84,6 +84,23 @@ def load_causal_lm(
         local_files_only=True,
         trust_remote_code=trust_remote_code,
     )
+
+
+def load_student(path: str, config: Any, attn_implementation: str, dtype: str,
+                 trust_remote_code: bool, gradient_checkpointing: bool) -> nn.Module:  # fmt: skip
+    """The student: the teacher's weights under the extended ``config``, ready to train.
+
+    Its logits are checked against the library's LM-head formula (``forward.check_logit_head``);
+    no KV cache; decoder layers recomputed in backward with ``gradient_checkpointing``.
+    """
+    from longred_pl.forward import check_logit_head, logit_head
+
+    model = load_causal_lm(path, config, attn_implementation, dtype, trust_remote_code)
+    check_logit_head(model, logit_head(model))
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    model.config.use_cache = False
+    return model
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,10 +10,9 @@ Each micro-batch comes from one stream (the data module's schedule), so one
 accumulates the micro-steps of an optimizer step. The three terms are the methods
 :meth:`L_long`, :meth:`L_short` and :meth:`L_s2l`.
 
-Around it, each concern has a room of its own: the teacher (:mod:`frozen_teacher`), the
-one forward path (:mod:`forward`), setup-time checks (:mod:`checks`), per-stream
-metrics, the non-finite-step guard and the progress bar (:mod:`callbacks`, added by
-:meth:`configure_callbacks`), sharding (:mod:`models`).
+Each concern has a room of its own: :mod:`frozen_teacher`, :mod:`forward` (the one forward
+path), :mod:`checks`, :mod:`callbacks` (metrics, NaN guard, bar), :mod:`sequence` (context
+parallelism), :mod:`validation`, :mod:`models` (loading, sharding).
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from longred_pl import checks, positions, rope
-from longred_pl.forward import check_logit_head, logit_head, run_model
+from longred_pl.forward import logit_head, run_model
 from longred_pl.frozen_teacher import FrozenTeacher
 from longred_pl.methods import default_distill_layers, get_method, param_groups, published_adamw
-from longred_pl.models import load_causal_lm, load_config, shard_fsdp2_under
+from longred_pl.models import load_config, load_student, shard_fsdp2_under
 from longred_pl.objectives import (
     IGNORE_INDEX,
     chunked_next_token_loss,
@@ -43,7 +42,7 @@ from longred_pl.validation import HeldOutPerplexity
 
 DType = Literal["float32", "bfloat16", "float16"]
 
-# The frozen teacher is in eval mode by design; Lightning warns about it at every fit.
+# The frozen teacher is in eval mode by design: Lightning would warn at every fit.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
@@ -136,15 +135,11 @@ class LongReDModule(L.LightningModule):
         if self.student is not None:
             return
         hp = self.hparams
-        self.student = load_causal_lm(
+        self.student = load_student(
             hp.teacher_path, self.student_config, hp.attn_implementation, hp.dtype,
-            hp.trust_remote_code,
+            hp.trust_remote_code, hp.gradient_checkpointing,
         )  # fmt: skip
         self.student_head = logit_head(self.student)
-        check_logit_head(self.student, self.student_head)
-        if hp.gradient_checkpointing:
-            self.student.gradient_checkpointing_enable({"use_reentrant": False})
-        self.student.config.use_cache = False
         if self.objective.needs_teacher:
             self.teacher = FrozenTeacher.load(
                 hp.teacher_path, self.teacher_config, hp.attn_implementation,

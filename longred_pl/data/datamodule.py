@@ -23,12 +23,9 @@ time (``state_dict``, called on all ranks) and hands them back to the streams on
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -36,102 +33,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from longred_pl.data.index import stream_index
 from longred_pl.data.schedule import KINDS, build_schedule, count_before, kind_at
 from longred_pl.data.shards import (
     ShardFaults,
     StreamConfig,
     consumer_stream,
-    expand_urls,
-    index_url,
-    is_remote,
     read_shard,
-    shard_name,
 )
 from longred_pl.errors import UserError
-
-
-@dataclass(frozen=True)
-class StreamIndex:
-    """A stream's shards and what their ``index.json`` files say about them."""
-
-    shards: list[str]
-    counts: dict[str, int]  # url -> samples, for the shards an index lists
-    vocab_size: int | None
-    tokenizer: str | None
-
-    @property
-    def complete(self) -> bool:
-        """Every shard's count is known: resume seeks instead of replaying."""
-        return all(url in self.counts for url in self.shards)
-
-
-@functools.lru_cache(maxsize=64)
-def _remote_index(url: str) -> dict[str, Any] | None:
-    """An ``index.json`` read through a ``pipe:`` command or URL (once per process)."""
-    from webdataset.gopen import gopen
-
-    try:
-        with gopen(url, "rb") as handle:
-            return json.loads(handle.read())
-    except (OSError, ValueError):
-        return None  # counts unknown: resume replays (and says so)
-
-
-def _load_index(where: str) -> dict[str, Any] | None:
-    if is_remote(where):
-        return _remote_index(where)
-    if not os.path.isfile(where):
-        return None
-    with open(where) as handle:
-        return json.load(handle)
-
-
-def _names(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-
-def _check_listing(where: str, listed: dict[str, int], group: list[str], field: str) -> None:
-    """Local shards must match their index: none listed and gone, none present and unlisted.
-
-    An unlisted shard is refused rather than read: its tokenizer, length and count were
-    not recorded (nothing vouches for it) and resume could not seek over it.
-    """
-    folder = os.path.dirname(where)
-    missing = sorted(n for n in listed if not os.path.exists(os.path.join(folder, n)))
-    if missing:
-        raise UserError(
-            f"{field}: {where} lists {len(missing)} shard(s) missing from {folder}: "
-            f"{_names(missing)}; restore them, or re-run `longred prepare` for this stream"
-        )
-    unlisted = sorted(shard_name(u) for u in group if shard_name(u) not in listed)
-    if unlisted:
-        raise UserError(
-            f"{field}: {_names(unlisted)} in {folder} not listed in its index.json (left by "
-            f"another run?); remove them, or re-run `longred prepare` for this stream"
-        )
-
-
-def stream_index(urls: str | list[str], field: str) -> StreamIndex:
-    """Expand ``urls`` and read the ``index.json`` beside each group of shards."""
-    shards = expand_urls(urls, field)
-    groups: dict[str, list[str]] = {}
-    for url in shards:
-        where = index_url(url)
-        if where is not None:
-            groups.setdefault(where, []).append(url)
-    counts: dict[str, int] = {}
-    vocab, tokenizer = None, None
-    for where, group in groups.items():
-        index = _load_index(where)
-        if index is None:
-            continue
-        listed = {s["name"]: int(s["num_samples"]) for s in index.get("shards", [])}
-        if not is_remote(where):
-            _check_listing(where, listed, group, field)
-        counts.update({u: listed[shard_name(u)] for u in group if shard_name(u) in listed})
-        vocab = max(vocab or 0, int(index.get("vocab_size", 0))) or None
-        tokenizer = tokenizer or index.get("tokenizer")
-    return StreamIndex(shards, counts, vocab, tokenizer)
 
 
 class MixedLengthStream(IterableDataset):
