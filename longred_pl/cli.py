@@ -37,7 +37,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "prepare": ("longred_pl.data.prepare", "prepare_shards"),
     "build-teacher": ("longred_pl.teacher", "build_teacher_cli"),
     "demo": ("longred_pl.demo", "run_demo"),
-    "export": ("longred_pl.export", "export"),
+    "export": ("longred_pl.export", "export_checkpoint"),
     "eval": ("longred_pl.eval.commands", "evaluate_models"),
     "select-layers": ("longred_pl.drift", "select_layers"),
     "lm-eval": ("longred_pl.eval.lm_eval_bridge", "lm_eval_models"),

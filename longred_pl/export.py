@@ -222,7 +222,7 @@ def export_checkpoint(
     ckpt_path: str,
     out_dir: str,
     tokenizer: str | None = None,
-    eval_results: Sequence[str] | None = None,
+    eval_results: list[str] | None = None,
     run_config: str | None = None,
     base_model: str | None = None,
 ) -> Path:
@@ -258,29 +258,6 @@ def export_checkpoint(
     out, tokenizer_info = save_student(module, out_dir, tokenizer=tokenizer)
     module.hparams["method"] = method  # the card describes the run's recipe
     write_card(module, out, run, tokenizer_info, eval_results, base_model)
-    return out
-
-
-def export(
-    ckpt: str,
-    out_dir: str,
-    tokenizer: str | None = None,
-    eval_results: list[str] | None = None,
-    run_config: str | None = None,
-    base_model: str | None = None,
-) -> Path:
-    """Write a checkpoint's student as a Hugging Face directory with tokenizer and model card.
-
-    Args:
-        ckpt: Lightning checkpoint (.ckpt) or sharded checkpoint directory of a LongReD run.
-        out_dir: output directory.
-        tokenizer: directory to copy the tokenizer from (default: the run's teacher_path).
-        eval_results: evaluation files for the model card (results.json of `longred eval`,
-            lm_eval.json / ruler.json of `longred lm-eval`); default those found beside out_dir.
-        run_config: the run's config.yaml for the card's data section (default: found near ckpt).
-        base_model: Hub id of the base model (the card's base_model field).
-    """
-    out = export_checkpoint(ckpt, out_dir, tokenizer, eval_results, run_config, base_model)
     print(f"[longred] exported to {out} (model card: {out / 'README.md'})")
     return out
 

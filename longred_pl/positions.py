@@ -293,15 +293,7 @@ def uniform_position_ids(
     (this matters only when `T_long` is not a multiple of `T`). The range is empty only
     when `k = 1`; then `end = T - tail - 1` and the ids are `0..T-1`.
 
-    Args:
-        batch_size: B.
-        seq_len: T, the s2l sequence length.
-        target_len: T_long, the extended window; `k = T_long // T`.
-        generator: source of randomness; None uses a fresh entropy-seeded generator.
-        device: device of the returned ids.
-        head_tail_lengths: the two head (= tail) lengths; None means `(T // 3, 4k)`.
-        head_tail_prob: probability of the first length (published 1/2).
-        head_tail_per_sample: draw head/tail per sample instead of once per call.
+    Args: as :func:`cream_position_ids` (without the ``r_*`` parameters of its ``r``).
 
     Returns:
         LongTensor [B, T]: starts at 0, strictly increasing, `< target_len`.
