@@ -31,5 +31,10 @@ fmt: $(STAMP)
 	$(BIN)/ruff format longred_pl tests benchmarks
 	$(BIN)/ruff check --fix longred_pl tests benchmarks
 
+# The step-cost benchmark at smoke sizes (checks that it runs; its figures mean nothing).
+# The measured run: `$(BIN)/python -m benchmarks.step_cost` on a quiet machine (README).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.step_cost --smoke
+
 clean:
 	rm -rf artifacts lightning_logs

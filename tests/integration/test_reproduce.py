@@ -1,4 +1,4 @@
-"""``benchmarks/reproduce.py`` end to end on a tiny two-domain teacher, and its budget plan.
+"""``experiments.reproduce`` end to end on a tiny two-domain teacher, and its budget plan.
 
 The tiny study runs every stage the real one runs (teacher build, shards, evaluation of the
 teacher and the untrained student, calibration fits, four methods, report, resume), with
@@ -9,17 +9,16 @@ from the right runs.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from experiments.reproduce import report, study
+
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY_RECIPE = {
     "corpora": ["shakespeare", "python"],
@@ -39,15 +38,12 @@ TINY_RECIPE = {
 LABELS = ["Teacher (window 256)", "ABF, untrained", "Long+CPT", "Mix+CPT", "LongReD-C", "LongReD-U"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks/reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module  # its dataclass resolves annotations through it
-    spec.loader.exec_module(module)
+    """The study module; the torch thread count it sets (``--threads``) is restored after."""
     threads = torch.get_num_threads()
-    yield module
-    torch.set_num_threads(threads)  # main() sets --threads for the whole process
+    yield study
+    torch.set_num_threads(threads)
 
 
 def tiny_args(tmp_path: Path) -> list[str]:
@@ -121,9 +117,7 @@ def test_reproduce_end_to_end_then_resume(reproduce, tmp_path, monkeypatch):
     passes = saved["settings"]["long_stream_passes"]
     assert passes == pytest.approx(2 * 8 / saved["settings"]["samples"]["long"], abs=1e-3)
 
-    import reproduce_report  # beside reproduce.py, whose import put benchmarks/ on sys.path
-
-    table = reproduce_report.summary(saved)
+    table = report.summary(saved)
     assert list(table) == LABELS and all(table[label]["n"] == 1 for label in LABELS)
     assert table["Teacher (window 256)"]["retention/python"] == (1.0, 0.0)
     run = runs["longred-u/seed0"]["eval"]
@@ -165,3 +159,40 @@ def test_streams_mix_domains_evenly_and_held_out_sets_span_the_split(reproduce):
     assert reproduce.interleave([1, 2, 3], ["a", "b"]) == [1, "a", 2, "b"]
     assert reproduce.spread(list(range(10)), 4) == [0, 2, 5, 7]
     assert reproduce.spread([1, 2], 4) == [1, 2]
+
+
+@pytest.mark.slow
+def test_budget_plan_two_seeds_then_the_weight_ablation(reproduce, tmp_path):
+    """The real plan (calibration fits, steps from ``--budget``), two seeds, the ablation.
+
+    About 4 minutes on 2 cores: the study fills a 4-minute budget by construction.
+    """
+    from experiments.reproduce import ablate
+
+    args = [*tiny_args(tmp_path), "--budget", "4"]
+    args[args.index("--seeds") + 1] = "2"
+    results = reproduce.main(args)
+    steps, plan, runs = results["settings"]["steps"], results["plan"], results["runs"]
+    assert steps >= 1 and set(plan["costs"]) == set(reproduce.METHODS)
+    assert plan["total_s"] <= 4 * 60  # the plan's own estimate of the study fits the budget
+    assert sorted(runs) == sorted(f"{m}/seed{s}" for m in reproduce.METHODS for s in (0, 1))
+    assert all(len(run["fit"]["step_s"]) == steps for run in runs.values())
+    # The seeds differ where they should: the data order (data.seed).
+    seed0, seed1 = runs["longred-c/seed0"], runs["longred-c/seed1"]
+    assert long_samples(seed0, 1) != long_samples(seed1, 1)
+    table = report.summary(results)
+    assert [table[label]["n"] for label in LABELS] == [1, 1, 2, 2, 2, 2]
+    assert "| LongReD-C | 2 |" in (tmp_path / "out" / "reproduce.md").read_text()
+
+    study_flags = tiny_args(tmp_path)  # the same study; the ablation has its own --out
+    del study_flags[study_flags.index("--out") : study_flags.index("--out") + 2]
+    out = tmp_path / "ablation"
+    figures = ablate.main(["--steps", "2", "--out", str(out), "--short-weight", "50", *study_flags])
+    config = yaml.safe_load((out / "run_config.yaml").read_text())
+    assert config["model"]["short_weight"] == 50 and config["model"]["s2l_weight"] == 100
+    assert config["trainer"]["max_steps"] == 2
+    assert sorted(figures) == sorted(reproduce.DOMAINS)
+    for domain, row in figures.items():
+        assert row["short_ppl"] == pytest.approx(math.exp(row["short_loss"]), rel=1e-6), domain
+        assert math.isfinite(row["long_ppl"]), domain
+    assert json.loads((out / "eval.json").read_text()) == figures

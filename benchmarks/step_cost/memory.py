@@ -1,12 +1,14 @@
 """Peak memory of one training micro-step, measured in a fresh process per variant.
 
-``run_probe(spec)`` starts ``python benchmarks/memory_probe.py SPEC_JSON`` and returns the
-JSON line the child prints. The child builds ``LongReDModule`` and runs one micro-step:
+``run_probe(spec)`` starts ``python -m benchmarks.step_cost.memory SPEC_JSON`` (from the
+repository root) and returns the JSON line the child prints. The child builds
+``LongReDModule`` and runs one micro-step:
 
-* ``long``          ``next_token_loss`` forward+backward (``spec["chunk"]`` = loss_chunk_size);
-* ``distill``       ``distill_loss`` on a short batch (teacher no-grad + student), backward;
-* ``student_only``  the student's forward+backward of the same cosine loss against fixed
-  target tensors (allocated before the baseline, like the teacher's weights are).
+* ``long``          ``L_long`` forward+backward (``spec["chunk"]`` = loss_chunk_size);
+* ``distill``       ``L_short`` on a short batch (teacher no-grad + student), backward;
+* ``student_only``  the student's forward+backward (``forward.run_model``) of the same
+  cosine loss against fixed target tensors (allocated before the baseline, like the
+  teacher's weights are).
 
 How the peak is read:
 
@@ -33,20 +35,20 @@ import os
 import resource
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-PROBE = Path(__file__).resolve()
+from benchmarks.common import ROOT
+
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 def run_probe(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
     """Run one variant in a fresh interpreter and return its result."""
-    env = {**os.environ, **MALLOC_ENV, "PYTHONPATH": _pythonpath()}
     proc = subprocess.run(
-        [sys.executable, str(PROBE), json.dumps(spec)],
-        env=env,
+        [sys.executable, "-m", __name__, json.dumps(spec)],
+        cwd=ROOT,  # ``-m`` imports ``benchmarks`` from the working directory
+        env={**os.environ, **MALLOC_ENV},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -55,11 +57,6 @@ def run_probe(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"memory probe {spec['mode']} failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT ") :])
-
-
-def _pythonpath() -> str:
-    parts = [str(PROBE.parent.parent), os.environ.get("PYTHONPATH", "")]
-    return os.pathsep.join(p for p in parts if p)
 
 
 # ----------------------------------------------------------------------- child side
@@ -139,22 +136,24 @@ def _step_fn(module: Any, spec: dict[str, Any], device: Any):
     """``fn(input_ids)`` running the variant's forward+backward."""
     import torch
 
+    from longred_pl.forward import run_model
     from longred_pl.objectives import hidden_cosine_loss
 
     layers = module.distill_layers
     targets: dict[int, torch.Tensor] = {}
 
     def run(input_ids: torch.Tensor) -> None:
+        batch = {"kind": spec["mode"], "input_ids": input_ids, "index": torch.tensor(0)}
         if spec["mode"] == "long":
-            loss = module.next_token_loss(module.student, input_ids)
+            loss = module.L_long(batch)
         elif spec["mode"] == "distill":
-            loss = module.distill_loss(input_ids, layers)
+            loss = module.L_short(batch)  # the distilled layers vs the frozen teacher
         else:
             shape = (*input_ids.shape, int(module.student_config.hidden_size))
             for i in layers:
                 if i not in targets or targets[i].shape != shape:
                     targets[i] = torch.randn(shape, device=device)
-            states = module.hidden_states(module.student, input_ids, layers)
+            states, _ = run_model(module.student, input_ids, layers)
             loss = hidden_cosine_loss(states, targets, layers)
         loss.backward()
 
@@ -184,12 +183,11 @@ def _teacher_checks(module: Any) -> dict[str, Any]:
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
-
-    sys.path.insert(0, str(PROBE.parent))
     import transformers.models.llama.modeling_llama  # noqa: F401  (imported before `start`)
-    from bench_setup import make_module, quiet
 
     import longred_pl.module  # noqa: F401
+    from benchmarks.common import quiet
+    from benchmarks.step_cost.workload import make_module
 
     quiet()
     device = torch.device(spec["device"])

@@ -1,4 +1,4 @@
-"""Report of ``step_cost.py``: each target's value against its threshold, as rows and markdown.
+"""Report of the step-cost benchmark: each target's value vs its threshold, rows and markdown.
 
 Rows are reported, never asserted: ``met`` is True/False for a target with a threshold and
 None for figures shown for information.

@@ -1,4 +1,9 @@
-"""Tables and plots of the reproduction study (``reproduce.py``): pure functions of its JSON."""
+"""Tables and plots of the reproduction study: pure functions of its JSON.
+
+The JSON is written by :mod:`experiments.reproduce.study`. This module imports nothing of
+the repository at module level, so it also loads as a plain file (``notebooks/results.ipynb``
+renders ``reproduce.json`` with it).
+"""
 
 from __future__ import annotations
 

@@ -19,8 +19,11 @@ plus the time of the chunked vs the full-logits loss. Prints a markdown table an
 every raw figure, the machine and the settings to ``--out`` (JSON). No assertion is made:
 the JSON records each target's value, threshold and whether it was met.
 
-    python benchmarks/step_cost.py                # full run (minutes on 2 CPU cores)
-    python benchmarks/step_cost.py --smoke        # seconds; checks that everything runs
+    python -m benchmarks.step_cost                # full run (minutes on 2 CPU cores)
+    python -m benchmarks.step_cost --smoke        # 1-2 min on 2 cores; checks that it all runs
+
+Files: ``workload`` (model, streams, module), ``timing`` (targets 1 and 3, loss time),
+``memory`` (targets 2 and 4, one fresh process per variant), ``report`` (rows, markdown).
 """
 
 from __future__ import annotations
@@ -33,14 +36,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench_setup as setup  # noqa: E402
-import step_timing as timing  # noqa: E402
-from memory_probe import MALLOC_ENV, run_probe  # noqa: E402
-from step_report import markdown, targets  # noqa: E402
-
-from longred_pl.data.schedule import PUBLISHED_SCHEDULE  # noqa: E402
+from benchmarks import common
+from benchmarks.step_cost import timing, workload
+from benchmarks.step_cost.memory import MALLOC_ENV, run_probe
+from benchmarks.step_cost.report import markdown, targets
+from longred_pl.data.schedule import PUBLISHED_SCHEDULE
 
 PARTS = ("step", "long_cpt", "data", "loss", "memory", "teacher")
 SMOKE = {
@@ -57,7 +57,7 @@ SMOKE = {
     "data_batches": 32,
     "mem_len": 512,
     "mem_chunks": "0,512,128",
-    "out": "benchmarks/results/step_cost_smoke.json",
+    "out": "artifacts/benchmarks/step_cost_smoke.json",  # smoke figures are noise: not in results/
 }
 QUICKSTART_NOTE = (
     "'Quickstart scale' (target 3) stands for this benchmark's model and lengths: "
@@ -70,7 +70,9 @@ QUICKSTART_NOTE = (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.step_cost", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--out", default="benchmarks/results/step_cost.json", help="JSON output")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (flags still win)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -139,7 +141,7 @@ def bench_step(
         long_parts = [
             r["student_fwd_bwd_median_s"] for r in plain["micro_steps"] if r["kind"] == "long"
         ]
-        cpt_plain = setup.median(long_parts) * len(cpt_schedule)
+        cpt_plain = common.median(long_parts) * len(cpt_schedule)
         cpt = timing.time_trainer(teacher, urls, args, "long_cpt", cpt_schedule, args.long, device)
         out["trainer_long_cpt"] = cpt
         out["long_cpt_sum_of_parts_s"] = cpt_plain
@@ -148,7 +150,7 @@ def bench_step(
 
 
 def probe(teacher: str, args: argparse.Namespace, device, **spec: Any) -> dict[str, Any]:
-    """One memory-probe variant in a fresh process (see ``memory_probe.py``)."""
+    """One memory-probe variant in a fresh process (see ``memory``)."""
     shared = {"long": args.long, "s2l": args.s2l, "attn": args.attn, "seed": args.seed}
     full = {"teacher": teacher, "device": str(device), "precision": args.precision, "args": shared}
     return run_probe({**full, **spec})
@@ -192,7 +194,7 @@ def bench_teacher_memory(
     teacher: str, facts: dict[str, Any], args: argparse.Namespace, device
 ) -> dict[str, Any]:
     """Target 4: short distillation micro-step vs the student-only equivalent."""
-    batch = setup.batch_sizes(args)["short"]
+    batch = workload.batch_sizes(args)["short"]
     runs = {
         mode: probe(
             teacher,
@@ -224,8 +226,8 @@ def bench_teacher_memory(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every part not skipped; the JSON is rewritten after each, so a cut-off run leaves data."""
-    device = setup.resolve_device(args.device)
-    setup.quiet()
+    device = common.resolve_device(args.device)
+    common.quiet()
     report: dict[str, Any] = {
         "benchmark": "step_cost",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -233,10 +235,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             **vars(args),
             "skip": sorted(args.skip),
-            "batch_sizes": setup.batch_sizes(args),
+            "batch_sizes": workload.batch_sizes(args),
             "tokens_per_micro_batch": args.long * args.long_batch,
         },
-        "machine": setup.machine_info(device),
+        "machine": common.machine_info(device),
         "quickstart_scale": QUICKSTART_NOTE,
         "results": {},
         "targets": [],
@@ -246,14 +248,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["results"][name] = value
         compare_data_with_training(report["results"], args)
         report["targets"] = targets(report["results"], args)
-        report["machine"]["load_average_at_end"] = setup.load_average()
+        report["machine"]["load_average_at_end"] = common.load_average()
         save(report, args.out)
 
     with tempfile.TemporaryDirectory(prefix="step_cost_") as tmp:
-        teacher = args.teacher or setup.build_teacher(Path(tmp) / "teacher", args)
-        facts = setup.model_facts(teacher)
+        teacher = args.teacher or workload.build_teacher(Path(tmp) / "teacher", args)
+        facts = common.model_facts(teacher)
         report["model"] = {**facts, "built_here": args.teacher is None}
-        urls = setup.write_streams(Path(tmp) / "shards", args, facts["vocab_size"], args.schedule)
+        urls = workload.write_streams(
+            Path(tmp) / "shards", args, facts["vocab_size"], args.schedule
+        )
         if not {"step", "long_cpt"} <= args.skip:
             record("step", bench_step(teacher, urls, args, device))
         if "data" not in args.skip:
@@ -292,7 +296,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(markdown(report))
     print(f"\nwrote {args.out}")
     return report
-
-
-if __name__ == "__main__":
-    main()

@@ -23,8 +23,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from bench_setup import datamodule, make_module, median, rope_kwargs, sync, timed
 
+from benchmarks.common import median, sync, timed
+from benchmarks.step_cost.workload import datamodule, make_module, rope_kwargs
 from longred_pl.objectives import chunked_next_token_loss, hidden_cosine_loss, shift_labels
 
 

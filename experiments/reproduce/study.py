@@ -13,10 +13,11 @@ perplexity by position bucket, repeat-copy accuracy by distance.
 ``--budget`` (minutes for the whole study) sets the steps from measured costs: teacher
 build, shards, one evaluation, and a few calibration steps per method; the plan is printed
 before training. Outputs in ``--out``: ``reproduce.json`` (every raw figure, settings, wall
-times, machine), ``reproduce.md`` (mean +- std over seeds), ``reproduce.png``. An interrupted
-study resumes: runs already in the JSON are skipped.
+times, machine), ``reproduce.md`` (mean +- std over seeds), ``reproduce.png`` (default
+``experiments/reproduce/results``). An interrupted study resumes: runs already in the JSON
+are skipped. The tables and the plot are :mod:`experiments.reproduce.report`.
 
-    python benchmarks/reproduce.py                    # about 60 minutes on 2 idle cores
+    python -m experiments.reproduce                   # about 60 minutes on 2 idle cores
 """
 
 from __future__ import annotations
@@ -36,21 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lightning as L
+import torch
+import yaml
 
-import bench_setup as setup  # noqa: E402
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from reproduce_report import (  # noqa: E402
-    DOMAINS,
-    METHODS,
-    markdown,
-    plot,
-    scalars,
-)
+from benchmarks.common import ROOT, machine_info, quiet
+from experiments.reproduce.report import DOMAINS, METHODS, markdown, plot, scalars
 
-ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
 COST_OF = {name: name for name in METHODS} | {"longred-u": "longred-c"}  # same step cost
 START = time.perf_counter()
 
@@ -65,7 +59,9 @@ def hms(seconds: float) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.reproduce", description=__doc__.splitlines()[0]
+    )
     add = p.add_argument
     add("--budget", type=float, default=60.0, help="minutes for the whole study")
     add("--seeds", type=int, default=3, help="seeds 0..N-1 of every method")
@@ -74,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--recipe", default=str(ROOT / "configs/reproduce/teacher-two-domains.yaml"))
     add("--configs", default=str(ROOT / "configs/reproduce"), help="the method YAMLs")
     add("--work", default=str(ROOT / "artifacts/reproduce"), help="teacher, shards, runs")
-    add("--out", default=str(ROOT / "benchmarks/results"), help="JSON, markdown, plot")
+    add("--out", default=str(RESULTS), help="JSON, markdown, plot")
     add("--num-short", type=int, default=128, help="held-out short samples per domain")
     add("--num-long", type=int, default=24, help="held-out long samples per domain")
     add("--copy-trials", type=int, default=16, help="repeat-copy sequences per distance")
@@ -453,13 +449,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     START = time.perf_counter()  # the budget counts from here
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    setup.quiet()
+    quiet()
     study = Study.load(args)
     results = load_results(study)
     invocation: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv[1:] if argv is None else argv,
-        "machine": setup.machine_info(torch.device("cpu")),
+        "machine": machine_info(torch.device("cpu")),
     }
     results["invocations"].append(invocation)
     given = {k: v for k, v in vars(args).items() if k != "steps"}  # steps: choose_steps
@@ -479,7 +475,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(markdown(results))
     log(f"wrote {args.out}/reproduce.json, reproduce.md, reproduce.png")
     return results
-
-
-if __name__ == "__main__":
-    main()
