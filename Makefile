@@ -24,12 +24,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check longred_pl tests benchmarks
-	$(BIN)/ruff format --check longred_pl tests benchmarks
+	$(BIN)/ruff check longred_pl tests benchmarks experiments
+	$(BIN)/ruff format --check longred_pl tests benchmarks experiments
 
 fmt: $(STAMP)
-	$(BIN)/ruff format longred_pl tests benchmarks
-	$(BIN)/ruff check --fix longred_pl tests benchmarks
+	$(BIN)/ruff format longred_pl tests benchmarks experiments
+	$(BIN)/ruff check --fix longred_pl tests benchmarks experiments
 
 # The step-cost benchmark at smoke sizes (checks that it runs; its figures mean nothing).
 # The measured run: `$(BIN)/python -m benchmarks.step_cost` on a quiet machine (README).

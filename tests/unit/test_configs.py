@@ -162,7 +162,7 @@ LLAMA31_ROPE = {  # Llama-3.1-8B's rope_parameters
 }
 
 
-# benchmarks/reproduce.py: the two-domain teacher 256 -> 1024, ABF 10000 -> 80000 (quickstart).
+# experiments/reproduce (python -m experiments.reproduce): the two-domain teacher 256 -> 1024, ABF 10000 -> 80000 (quickstart).
 REPRODUCE = {
     "model.teacher_path": "artifacts/reproduce/teacher",
     "model.rope_method": "abf",
