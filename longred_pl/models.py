@@ -91,7 +91,7 @@ def load_student(path: str, config: Any, attn_implementation: str, dtype: str,
     """The student: the teacher's weights under the extended ``config``, ready to train.
 
     Its logits are checked against the library's LM-head formula (``forward.check_logit_head``);
-    no KV cache; decoder layers recomputed in backward with ``gradient_checkpointing``.
+    no KV cache; train mode; decoder layers recomputed in backward with ``gradient_checkpointing``.
     """
     from longred_pl.forward import check_logit_head, logit_head
 
@@ -100,7 +100,9 @@ def load_student(path: str, config: Any, attn_implementation: str, dtype: str,
     if gradient_checkpointing:
         model.gradient_checkpointing_enable({"use_reentrant": False})
     model.config.use_cache = False
-    return model
+    # from_pretrained returns eval mode and Lightning 2.6 keeps modes as they are: in eval
+    # mode HF skips gradient checkpointing (it checks ``self.training``) and dropout
+    return model.train()
 
 
 def resolve_device(name: str) -> torch.device:

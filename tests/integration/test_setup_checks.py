@@ -143,3 +143,21 @@ def test_longred_test_logs_test_metrics(tiny_llama, tiny_shards, tmp_path):
     )
     (metrics,) = _trainer(tmp_path, 1).test(module, datamodule=data, verbose=False)
     assert metrics["test/ppl_short"] > 1 and 0 < metrics["test/ppl_retention"] < 10
+
+
+def test_student_trains_in_train_mode_teacher_in_eval(tiny_llama, tiny_shards, tmp_path):
+    """HF models load in eval mode and Lightning keeps it: the student must be put in train
+    mode, else HF silently skips gradient checkpointing (and dropout)."""
+    seen = []
+
+    class Modes(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            student = module.student
+            seen.append((student.training, student.model.gradient_checkpointing,
+                         module.teacher.model.training))  # fmt: skip
+
+    module = _module(tiny_llama, gradient_checkpointing=True)
+    trainer = _trainer(tmp_path, 4)
+    trainer.callbacks.append(Modes())
+    trainer.fit(module, datamodule=_data(tiny_shards, ["long", "s2l", "long", "short"]))
+    assert seen == [(True, True, False)] * 4
