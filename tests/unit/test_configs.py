@@ -467,7 +467,7 @@ def test_paper_semantics(parse, name):
     streams = {k: StreamConfig(**plain(data[k])) if data[k] else None for k in kinds}
     others = ("schedule", "ratios", "num_workers", "seed", "shuffle_buffer", "val_batches")
     with mock.patch(
-        "longred_pl.data.datamodule.expand_urls", side_effect=lambda urls, field: [urls]
+        "longred_pl.data.index.expand_urls", side_effect=lambda urls, field: [urls]
     ):
         datamodule = MixedLengthDataModule(**streams, **{k: plain(data[k]) for k in others})
     datamodule.check_model(
