@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from longred_pl.errors import UserError
 from longred_pl.drift import select_layers_main
+from longred_pl.errors import UserError
 from longred_pl.eval.commands import eval_main
 from longred_pl.eval.probes import PASSKEY_ANSWER_TOKENS
 

@@ -466,9 +466,7 @@ def test_paper_semantics(parse, name):
     kinds = ("long", "short", "s2l", "val_short", "val_long")
     streams = {k: StreamConfig(**plain(data[k])) if data[k] else None for k in kinds}
     others = ("schedule", "ratios", "num_workers", "seed", "shuffle_buffer", "val_batches")
-    with mock.patch(
-        "longred_pl.data.index.expand_urls", side_effect=lambda urls, field: [urls]
-    ):
+    with mock.patch("longred_pl.data.index.expand_urls", side_effect=lambda urls, field: [urls]):
         datamodule = MixedLengthDataModule(**streams, **{k: plain(data[k]) for k in others})
     datamodule.check_model(
         teacher_window=teacher.max_position_embeddings,
