@@ -26,11 +26,11 @@ import inspect
 import itertools
 import math
 import re
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from longred_pl.errors import UserError
@@ -80,41 +80,44 @@ def forward_logits(
     return logits_BTV if keep is None else logits_BTV[:, -keep:]
 
 
-def _chunkable(model: nn.Module) -> bool:
-    """A HF model whose logits are ``lm_head(last_hidden_state)`` with nothing after."""
-    config = getattr(model, "config", None)
+_CHECKED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _llama_like(model: nn.Module) -> bool:
+    """A HF causal LM with ``embed_tokens`` / ``layers`` / ``norm`` and an output embedding."""
+    base = getattr(model, "base_model", None)
     get_head: Any = getattr(model, "get_output_embeddings", None)
-    head = get_head() if get_head is not None else None
-    post = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
     return (
-        head is not None
-        and getattr(model, "base_model", model) is not model
-        and not any(getattr(config, name, None) for name in post)
-    )
+        base is not None and base is not model and get_head is not None
+        and get_head() is not None and all(hasattr(base, n) for n in ("embed_tokens", "layers", "norm"))
+    )  # fmt: skip
 
 
 @torch.no_grad()
 def token_nll(model: nn.Module, input_ids_BT: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
     """Per-token next-token NLL ``[B, T-1]`` (fp32), entry ``t`` for target position ``t+1``.
 
-    For Hugging Face causal LMs the LM head runs ``chunk_size`` positions at a time
+    For Llama-like Hugging Face causal LMs this is the library's one NLL
+    (``objectives.chunked_token_nll`` inside the model's forward, ``forward.run_model``,
+    with the model's logit transform): the LM head runs ``chunk_size`` positions at a time
     (``<= 0``: all at once), so ``[B, T, V]`` logits of a long sequence never exist at once.
+    Other models: their full logits.
     """
     input_ids_BT = input_ids_BT.to(_device(model))
-    if not _chunkable(model):
+    if not _llama_like(model):
         return next_token_nll(forward_logits(model, input_ids_BT), input_ids_BT)
-    base: Any = model.base_model
-    head: Any = model.get_output_embeddings()  # type: ignore[operator]
-    hidden_BTD = base(input_ids=input_ids_BT, use_cache=False).last_hidden_state
-    length = input_ids_BT.shape[1]
-    step = chunk_size if chunk_size > 0 else length
-    pieces = []
-    for start in range(0, length - 1, step):
-        stop = min(start + step, length - 1)
-        logits_BCV = head(hidden_BTD[:, start:stop]).float()
-        targets_BC = input_ids_BT[:, start + 1 : stop + 1]
-        pieces.append(F.cross_entropy(logits_BCV.transpose(1, 2), targets_BC, reduction="none"))
-    return torch.cat(pieces, dim=1)
+    from longred_pl.forward import check_logit_head, logit_head, run_model
+    from longred_pl.objectives import chunked_token_nll
+
+    head = logit_head(model)
+    if model not in _CHECKED:  # once per model: its logits are what the formula says
+        check_logit_head(model, head, field="MODEL_DIR")
+        _CHECKED.add(model)
+
+    def nll(hidden_BTD, weight_VD, bias_V):
+        return chunked_token_nll(hidden_BTD, weight_VD, input_ids_BT, chunk_size, bias_V, head)
+
+    return run_model(model, input_ids_BT, (), None, nll)[1]
 
 
 # ------------------------------------------------------------------------ repeat-copy
