@@ -7,8 +7,10 @@ Importing this module sets the offline defaults of Hugging Face before transform
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +22,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+
+from longred_pl.models import resolve_device  # noqa: E402,F401  (re-exported for the benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,15 +89,6 @@ def model_facts(path: str) -> dict[str, Any]:
     }
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available, else cpu; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device here")
-    return torch.device(name)
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -138,3 +133,70 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+# ------------------------------------------------------------------ memory meter
+# Freed tensors leave RSS at once when glibc serves every allocation of 128 KiB or more
+# with mmap: children that measure memory run with this environment.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _hwm() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Meter:
+    """Current and peak bytes of one device (see the module docstring)."""
+
+    def __init__(self, device: Any) -> None:
+        import torch
+
+        self.torch, self.device = torch, device
+        self.cuda = device.type == "cuda"
+        self.can_reset = True if self.cuda else _reset_hwm()
+        self.method = (
+            "torch.cuda.max_memory_allocated after reset_peak_memory_stats"
+            if self.cuda
+            else "RSS high-water mark (VmHWM) after clear_refs=5, glibc mmap threshold 128 KiB"
+            if self.can_reset
+            else "ru_maxrss (high-water mark since start), 1/8-length warm-up"
+        )
+
+    def current(self) -> int:
+        gc.collect()
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+            return int(self.torch.cuda.memory_allocated(self.device))
+        return _rss()
+
+    def reset(self) -> None:
+        if self.cuda:
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.can_reset:
+            _reset_hwm()
+
+    def peak(self) -> int:
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+            return int(self.torch.cuda.max_memory_allocated(self.device))
+        return (
+            _hwm() if self.can_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )

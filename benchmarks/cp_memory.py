@@ -32,7 +32,6 @@ Shape legend: B batch, T tokens, S = T / cp tokens per rank, D hidden size.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -44,8 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+from benchmarks.common import MALLOC_ENV, ROOT, Meter
+
 TARGET_RATIO = 1.7
 
 
@@ -65,54 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cp_memory.json"))
     parser.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-# ------------------------------------------------------------------ memory meter
-def _rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _hwm() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-class Meter:
-    """Current and peak bytes of this process on ``device`` (module docstring)."""
-
-    def __init__(self, device: Any) -> None:
-        import torch
-
-        self.torch, self.device, self.cuda = torch, device, device.type == "cuda"
-        self.method = (
-            "torch.cuda.max_memory_allocated after reset_peak_memory_stats"
-            if self.cuda
-            else "RSS high-water mark (VmHWM) after clear_refs=5, glibc mmap threshold 128 KiB"
-        )
-
-    def current(self) -> int:
-        gc.collect()
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
-            return int(self.torch.cuda.memory_allocated(self.device))
-        return _rss()
-
-    def reset(self) -> None:
-        if self.cuda:
-            self.torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-
-    def peak(self) -> int:
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
-            return int(self.torch.cuda.max_memory_allocated(self.device))
-        return _hwm()
 
 
 # ------------------------------------------------------------------ child (one rank)

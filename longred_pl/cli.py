@@ -66,8 +66,16 @@ def _lightning_cli_class() -> type:
         def _parse_ckpt_path(self) -> None:
             sub = self.config.get("subcommand")
             ckpt = self.config[sub].get("ckpt_path") if sub else None
-            if not ckpt or not os.path.exists(ckpt):
+            if not ckpt:
                 return
+            if ckpt in ("last", "best", "hpc", "registry"):  # Lightning resolves these later
+                print(f"[longred] resume: ckpt_path={ckpt!r} is resolved by Lightning after the "
+                      f"models load; model settings are not compared with it (pass a path to "
+                      f"have them checked)", file=sys.stderr)  # fmt: skip
+                return
+            if not os.path.exists(ckpt):
+                raise UserError(f"ckpt_path: {ckpt!r} does not exist; pass a .ckpt file or a "
+                                f"sharded checkpoint directory of the run")  # fmt: skip
             from longred_pl.module import LongReDModule
 
             given = self.config[sub]["model"]

@@ -106,10 +106,13 @@ def load_student(path: str, config: Any, attn_implementation: str, dtype: str,
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available, else CPU) or a torch device name."""
+    """``auto`` (CUDA when available, else CPU) or a torch device name (``--device``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device here; use --device cpu or auto")
+    return device
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -31,7 +31,6 @@ from longred_pl.frozen_teacher import FrozenTeacher
 from longred_pl.methods import default_distill_layers, get_method, param_groups, published_adamw
 from longred_pl.models import load_config, load_student, shard_fsdp2_under
 from longred_pl.objectives import (
-    IGNORE_INDEX,
     chunked_next_token_loss,
     chunked_token_nll,
     hidden_cosine_loss,
@@ -158,7 +157,7 @@ class LongReDModule(L.LightningModule):
                                            self.hparams.loss_chunk_size, bias_V, self.student_head)  # fmt: skip
 
         local = run_model(self.student, view["input_ids"], (), view["position_ids"], loss)[1]
-        return token_mean(local, (view["labels"] != IGNORE_INDEX).sum(), self.layout)
+        return token_mean(local, view["targets"], self.layout)
 
     def L_short(self, batch: dict[str, Any]) -> torch.Tensor:  # noqa: N802
         """``sum_l (1 - cos)`` of the distilled layers' hidden states vs the teacher's."""

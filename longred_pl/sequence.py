@@ -46,13 +46,16 @@ def layout_of(trainer: Any) -> Any:
 def rank_view(
     input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor | None, layout: Any
 ) -> dict[str, Any]:
-    """``input_ids``, ``position_ids`` (None = contiguous, unsharded only) and shifted ``labels``."""
+    """``input_ids``, ``position_ids`` (None = contiguous, unsharded only), shifted ``labels``
+    and, under CP, ``targets``: this rank's count of labels that count (for :func:`token_mean`).
+    """
     if layout.cp_size == 1:
         return {"input_ids": input_ids_BT, "position_ids": position_ids_BT,
-                "labels": shift_labels(input_ids_BT)}  # fmt: skip
-    from longred_pl.parallel import shard_batch
+                "labels": shift_labels(input_ids_BT), "targets": None}  # fmt: skip
+    from longred_pl.parallel import label_count, shard_batch
 
-    return shard_batch(input_ids_BT, layout.cp_rank, layout.cp_size, position_ids_BT, True)
+    view = shard_batch(input_ids_BT, layout.cp_rank, layout.cp_size, position_ids_BT, True)
+    return {**view, "targets": label_count(view["labels"])}
 
 
 def token_mean(local_mean: torch.Tensor, count: Any, layout: Any) -> torch.Tensor:

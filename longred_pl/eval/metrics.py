@@ -116,8 +116,15 @@ class TokenPerplexity(Metric):
         self.count += nll.numel()
 
     def compute_loss(self) -> torch.Tensor:
-        """The mean NLL (cross-entropy) over all tokens seen."""
-        return (self.nll_sum / self.count.clamp_min(1)).float()
+        """The mean NLL (cross-entropy) over all tokens seen, on every rank.
+
+        Summed over ranks first, as ``compute`` is: torchmetrics syncs only ``compute``, so
+        a plain method would return this rank's share alone (nested in ``compute`` the
+        states are synced already and are read as they are).
+        """
+        synced = self._is_synced
+        with self.sync_context(should_sync=not synced, should_unsync=not synced):
+            return (self.nll_sum / self.count.clamp_min(1)).float()
 
     def compute(self) -> torch.Tensor:
         return self.compute_loss().exp()

@@ -69,3 +69,9 @@ def test_console_prints_one_line(run):
     assert proc.returncode == 2, proc.stderr
     assert len(errors) == 1 and "model.s2l_weight=1.0" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_checkpoint_is_refused_before_the_models_load(run, tmp_path):
+    _, config, _ = run
+    with pytest.raises(UserError, match=r"ckpt_path: '.*nope.ckpt' does not exist"):
+        main(["fit", "--config", config, "--ckpt_path", str(tmp_path / "nope.ckpt")])

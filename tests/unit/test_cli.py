@@ -62,3 +62,15 @@ def test_one_line_unwraps_a_dataloader_worker_traceback():
         '  File "x.py", line 1, in f\nlongred_pl.errors.UserError: data.long: token id 9 is >= 8\n'
     )
     assert cli.one_line(err) == "data.long: token id 9 is >= 8"
+
+
+def test_cuda_device_without_a_gpu_is_refused():
+    import torch
+
+    from longred_pl.models import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(UserError, match="--device cuda: no CUDA device here"):
+        resolve_device("cuda")
