@@ -283,7 +283,9 @@ class MixedLengthDataModule(L.LightningDataModule):
         """Errors for lengths or vocabularies that do not fit the models (see ``LongReDModule.setup``)."""
         limits = {"long": target_length, "val_long": target_length, "short": teacher_window,
                   "s2l": teacher_window, "val_short": teacher_window}  # fmt: skip
-        if method != "longred":  # the baselines read every stream with the student only
+        from longred_pl.methods import get_method
+
+        if not get_method(method).needs_teacher:  # the student alone reads every stream
             limits.update(short=target_length, s2l=target_length)
         for name, cfg in self._all_streams():
             if cfg.seq_len > limits[name]:

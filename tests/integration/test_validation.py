@@ -105,3 +105,21 @@ def test_remote_code_never_runs_unless_asked(tmp_path):
     with pytest.raises(ValueError, match="trust_remote_code"):
         LongReDModule(teacher_path=str(tmp_path), target_length=4096)
     assert not marker.exists()
+
+
+def test_stream_limits_follow_the_registry_not_the_method_name(tiny_shards):
+    """A registered objective with a teacher reads short text at the teacher's window."""
+    from longred_pl.methods import METHODS, Method, register_method
+
+    register_method("my_distill", Method({"long": ("L_long", 1.0), "short": ("L_short", 2.0)},
+                                         needs_teacher=True, description="test"))  # fmt: skip
+    try:
+        with pytest.raises(
+            ValueError, match=r"data.short.seq_len=16 is above the teacher's window"
+        ):
+            dm(tiny_shards, s2l=None, schedule=["long", "short"]).check_model(
+                8, 256, 128, "my_distill"
+            )
+        dm(tiny_shards, s2l=None, schedule=["long", "short"]).check_model(8, 256, 128, "mix_cpt")
+    finally:
+        METHODS.pop("my_distill")
