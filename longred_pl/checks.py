@@ -45,7 +45,7 @@ def distill_layers(layers: list[int] | None, n_layers: int, default: list[int]) 
 def check_run(module: Any, datamodule: Any, trainer: Any) -> None:
     """Cross-checks of module, data module and trainer (see the module docstring)."""
     hp = module.hparams
-    check_mesh(getattr(module, "_device_mesh", None))
+    check_mesh(getattr(module, "device_mesh", None))
     if datamodule is not None and hasattr(datamodule, "check_model"):
         datamodule.check_model(
             teacher_window=int(module.teacher_config.max_position_embeddings),
