@@ -9,6 +9,7 @@ whose ``--help`` comes from its signature and docstring (jsonargparse), like ``f
 * ``longred build-teacher``   train the small real teacher of the embedded default;
 * ``longred demo``            the embedded default end to end (teacher, data, fit, export);
 * ``longred export CKPT OUT`` a checkpoint's student as a Hugging Face directory;
+* ``longred merge S T OUT``   the student's and the original's weights interpolated (``--alpha``);
 * ``longred eval MODEL...``   short/long perplexity, copy probe, passkey; JSON, markdown, plots;
 * ``longred select-layers``   per-layer drift of the extended student; recommends ``distill_layers``;
 * ``longred lm-eval MODEL...`` benchmarks (RULER, short tasks) through lm-eval-harness.
@@ -38,6 +39,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "build-teacher": ("longred_pl.teacher", "build_teacher_cli"),
     "demo": ("longred_pl.demo", "run_demo"),
     "export": ("longred_pl.export", "export_checkpoint"),
+    "merge": ("longred_pl.merge", "merge_models"),
     "eval": ("longred_pl.eval.commands", "evaluate_models"),
     "select-layers": ("longred_pl.drift", "select_layers"),
     "lm-eval": ("longred_pl.eval.lm_eval_bridge", "lm_eval_models"),

@@ -23,7 +23,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,9 +178,17 @@ def batches(rows_NT: torch.Tensor, batch_size: int, generator: torch.Generator):
 
 
 def train(
-    model: torch.nn.Module, rows_NT: torch.Tensor, recipe: TeacherRecipe, progress: bool = True
+    model: torch.nn.Module,
+    rows_NT: torch.Tensor,
+    recipe: TeacherRecipe,
+    progress: bool = True,
+    after_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train `model` for `recipe.steps` steps on `rows_NT`; returns losses, time, tokens."""
+    """Train `model` for `recipe.steps` steps on `rows_NT`; returns losses, time, tokens.
+
+    `after_step(steps_done)` runs after every optimizer step (the learning curve); its time
+    is not counted in `train_seconds`.
+    """
     from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -200,6 +208,10 @@ def train(
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        if after_step is not None:
+            paused = time.perf_counter()
+            after_step(step + 1)
+            start += time.perf_counter() - paused
         if step % 10 == 0 or step == recipe.steps - 1:
             rate = (step + 1) * input_ids_BT.numel() / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{rate:.0f}")
@@ -259,7 +271,34 @@ def _complete(out_dir: Path, recipe: TeacherRecipe) -> bool:
         return False
 
 
-def _train_into(staging: Path, recipe: TeacherRecipe, progress: bool) -> dict[str, Any]:
+def learning_curve(
+    model: torch.nn.Module, val_rows: dict[str, torch.Tensor], recipe: TeacherRecipe, every: int
+) -> tuple[list[dict[str, Any]], Callable[[int], None]]:
+    """A list of held-out losses per corpus, and the `after_step` hook that fills it.
+
+    Every `every` steps and at the last one, each corpus's `val` rows (`eval_rows`, evenly
+    spaced) are measured; a point is `{"step", "tokens", "val/<corpus>/loss"}` and `tokens`
+    counts every training token seen so far (all corpora).
+    """
+    curve: list[dict[str, Any]] = []
+    rows = {name: spread(rows_NT, recipe.eval_rows) for name, rows_NT in val_rows.items()}
+
+    def after_step(steps_done: int) -> None:
+        if steps_done % every and steps_done != recipe.steps:
+            return
+        point: dict[str, Any] = {"step": steps_done}
+        point["tokens"] = steps_done * recipe.batch_size * recipe.window
+        for name, rows_NT in rows.items():
+            point[f"val/{name}/loss"] = round(evaluate(model, rows_NT, recipe.batch_size), 4)
+        model.train()
+        curve.append(point)
+
+    return curve, after_step
+
+
+def _train_into(
+    staging: Path, recipe: TeacherRecipe, progress: bool, curve_every: int = 0
+) -> dict[str, Any]:
     from transformers import LlamaForCausalLM
 
     from longred_pl.data.tokenizer import train_tokenizer
@@ -275,7 +314,9 @@ def _train_into(staging: Path, recipe: TeacherRecipe, progress: bool) -> dict[st
         model = LlamaForCausalLM._from_config(
             teacher_config(recipe, tokenizer), attn_implementation="sdpa", dtype=torch.float32
         )
-    stats = train(model, torch.cat(list(train_rows.values())), recipe, progress)
+    curve, after_step = learning_curve(model, val_rows, recipe, curve_every)
+    train_NT = torch.cat(list(train_rows.values()))
+    stats = train(model, train_NT, recipe, progress, after_step if curve_every else None)
     losses = stats.pop("losses")
     metrics = {
         "num_parameters": sum(p.numel() for p in model.parameters()),
@@ -284,7 +325,10 @@ def _train_into(staging: Path, recipe: TeacherRecipe, progress: bool) -> dict[st
         **_measure(model, train_rows, val_rows, recipe),
         "torch_threads": torch.get_num_threads(),
         "build_seconds": round(time.perf_counter() - start, 2),
+        "train_tokens_per_corpus": {name: rows.numel() for name, rows in train_rows.items()},
     }
+    if curve_every:
+        metrics["curve"] = curve
     model.save_pretrained(staging)
     (staging / RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
     (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -296,11 +340,14 @@ def build_teacher(
     recipe: TeacherRecipe = TeacherRecipe(),  # noqa: B008 (frozen, so a shared default is safe)
     progress: bool = True,
     force: bool = False,
+    curve_every: int = 0,
 ) -> Path:
     """Train the teacher into `out_dir`, or reuse the complete one built from `recipe`.
 
     The build happens in `<out_dir>.partial` and is moved into place when complete, so an
     interrupted build never looks finished. `force=True` retrains even when cached.
+    `curve_every > 0` records the held-out learning curve (`learning_curve`) in
+    metrics.json; a cached teacher is reused as it is.
     """
     out_dir = Path(out_dir).resolve()
     if not force and _complete(out_dir, recipe):
@@ -310,7 +357,7 @@ def build_teacher(
         raise UserError(f"--out: {out_dir} is not empty and holds no teacher; choose another --out")
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    metrics = _train_into(staging, recipe, progress)
+    metrics = _train_into(staging, recipe, progress, curve_every)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     print(f"teacher saved to {out_dir}: {json.dumps(metrics)}")
@@ -321,9 +368,10 @@ def ensure_teacher(
     out_dir: str | Path,
     recipe: TeacherRecipe = TeacherRecipe(),  # noqa: B008
     progress: bool = False,
+    curve_every: int = 0,
 ) -> Path:
     """The cached build: the teacher in `out_dir` for `recipe`, trained only if missing."""
-    return build_teacher(out_dir, recipe, progress=progress, force=False)
+    return build_teacher(out_dir, recipe, progress=progress, force=False, curve_every=curve_every)
 
 
 def build_teacher_cli(

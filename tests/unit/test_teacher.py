@@ -19,6 +19,7 @@ from longred_pl.teacher import (
     TeacherRecipe,
     build_teacher,
     ensure_teacher,
+    learning_curve,
     lr_factor,
     teacher_config,
     train,
@@ -98,6 +99,21 @@ def test_loss_decreases_on_a_repeated_batch():
     stats = train(model, row_T.repeat(recipe.batch_size, 1), recipe, progress=False)
     assert len(stats["losses"]) == 30
     assert stats["losses"][-1] < 0.5 * stats["losses"][0]
+
+
+def test_learning_curve_measures_held_out_loss_every_n_steps_and_at_the_end():
+    recipe = dataclasses.replace(TINY, steps=7, warmup=1, lr=1e-2, eval_rows=2)
+    model = _tiny_model(recipe)
+    gen = torch.Generator().manual_seed(1)
+    rows = torch.randint(2, recipe.vocab_size, (4, recipe.window), generator=gen)
+    val = {"a": rows[:2], "b": rows[2:]}
+    curve, after_step = learning_curve(model, val, recipe, every=3)
+    train(model, rows, recipe, progress=False, after_step=after_step)
+    assert model.training  # the hook hands the model back in train mode
+    assert [p["step"] for p in curve] == [3, 6, 7]
+    assert curve[-1]["tokens"] == 7 * recipe.batch_size * recipe.window
+    assert curve[-1]["val/a/loss"] == pytest.approx(teacher.evaluate(model, val["a"], 4), abs=1e-4)
+    assert curve[-1]["val/a/loss"] < curve[0]["val/a/loss"]  # trained on these very rows
 
 
 def test_lr_schedule_warms_up_then_decays_to_min():

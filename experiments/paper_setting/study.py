@@ -1,0 +1,454 @@
+"""The paper's claim in the paper's setting: the short and s2l text is not the teacher's own.
+
+In LONGRED.md the continued-training chunks (SlimPajama) are not the original model's
+pre-training data; that is why Mix+CPT loses short-text quality there while distillation on
+the same chunks keeps it. Here the teacher learns two domains, A = Shakespeare's plays and
+B = the Python standard library (``configs/paper_setting/teacher.yaml``, trained until its
+held-out learning curve is flat: the curve is recorded and reported); the long stream is
+long documents of A, exactly as in :mod:`experiments.reproduce` (same RoPE change, same long
+samples in the same order); the short and s2l streams are C = the World English Bible
+(``longred_pl.data.corpora``, corpus ``bible``), a domain the teacher never saw.
+
+Runs, each for the same optimizer steps with seeds 0..N-1: Long+CPT, Mix+CPT, LongReD-C
+(distilled layers from ``longred select-layers`` on this teacher and the C short text) and
+LongReD-C with 3x the published weights (15/30 instead of 5/10). Then ``longred merge``
+interpolates each LongReD-C and Mix+CPT student with the teacher at ``--alphas``; alpha = 0 is
+the untrained extended student, alpha = 1 the student. Every model is evaluated with the
+library's ``evaluate_model``: held-out short perplexity and retention per domain (A and B;
+C for information) and held-out long perplexity by position (A and B).
+
+``--budget`` (minutes, default 90) sets the steps from measured costs (teacher build and
+shards if not cached, one evaluation, a few calibration steps per method, the merges).
+Outputs in ``--out`` (default ``experiments/paper_setting/results``): ``paper_setting.json``
+(every figure, settings, wall times, machine), ``paper_setting.md`` (mean +- std over seeds,
+the alpha curve, the teacher's curve, the verdicts) and ``paper_setting.png``. An
+interrupted study resumes: runs and merges already in the JSON are skipped.
+
+    python -m experiments.paper_setting                 # about 90 minutes on 2 idle cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from benchmarks.common import ROOT, machine_info, quiet
+from experiments.paper_setting.report import (
+    ALPHAS,
+    CPT_DOMAIN,
+    DOMAINS,
+    LONG_DOMAINS,
+    MERGED,
+    METHODS,
+    markdown,
+    plot,
+    scalars,
+)
+from experiments.reproduce.study import fit, hms, interleave, plan_steps, spread, tokens_per_step
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NAME = "paper_setting"
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "longred-c-3x": ("longred-c", {"short_weight": 15.0, "s2l_weight": 30.0}),
+}
+"""Runs that are another method's YAML with some ``model`` settings changed."""
+BASE = {name: VARIANTS.get(name, (name, {}))[0] for name in METHODS}
+MERGE_S = 3.0  # writing one merged model (measured: about 1 s); planned with the evaluation
+START = time.perf_counter()
+
+
+def log(message: str) -> None:
+    print(f"[{NAME} {hms(time.perf_counter() - START)}] {message}", flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.paper_setting", description=__doc__.splitlines()[0]
+    )
+    add = p.add_argument
+    add("--budget", type=float, default=90.0, help="minutes for the whole study")
+    add("--seeds", type=int, default=3, help="seeds 0..N-1 of every method")
+    add("--steps", type=int, default=None, help="optimizer steps per run (skips the plan)")
+    add("--threads", type=int, default=2, help="torch intra-op threads")
+    add("--recipe", default=str(ROOT / "configs/paper_setting/teacher.yaml"))
+    add("--configs", default=str(ROOT / "configs/paper_setting"), help="the method YAMLs")
+    add("--work", default=str(ROOT / "artifacts/paper"), help="teacher, shards, runs")
+    add("--out", default=str(RESULTS), help="JSON, markdown, plot")
+    add("--num-short", type=int, default=128, help="held-out short samples per domain")
+    add("--num-long", type=int, default=24, help="held-out long samples per domain")
+    add("--calib-steps", type=int, default=4, help="optimizer steps per calibration fit")
+    add("--curve-every", type=int, default=250, help="teacher learning-curve interval (steps)")
+    add("--select-k", type=int, default=2, help="intermediate layers select-layers picks")
+    add("--alphas", type=float, nargs="*", default=list(ALPHAS), help="merge weights")
+    add("--fresh", action="store_true", help="discard the results of an earlier invocation")
+    return p.parse_args(argv)
+
+
+@dataclass
+class Study:
+    """What every stage shares: arguments, teacher recipe, method configs, paths."""
+
+    args: argparse.Namespace
+    recipe: Any
+    texts: dict[str, str]
+    configs: dict[str, dict]
+    lengths: dict[str, int]
+    work: Path
+    samples: dict[str, int] | None = None
+    distill_layers: list[int] | None = None
+
+    @classmethod
+    def load(cls, args: argparse.Namespace) -> Study:
+        from longred_pl.teacher import TeacherRecipe
+
+        recipe = TeacherRecipe.from_file(args.recipe)
+        bases = sorted(set(BASE.values()))
+        texts = {n: (Path(args.configs) / f"{n}.yaml").read_text() for n in bases}
+        configs = {}
+        for name, base in BASE.items():
+            configs[name] = yaml.safe_load(texts[base])
+            configs[name]["model"].update(VARIANTS.get(name, (base, {}))[1])
+        data = configs["longred-c"]["data"]
+        lengths = {k: data[k]["seq_len"] for k in ("long", "short", "s2l")}
+        lengths["val_short"] = recipe.window
+        return cls(args, recipe, texts, configs, lengths, Path(args.work))
+
+    @property
+    def teacher(self) -> Path:
+        return self.work / "teacher"
+
+    @property
+    def data(self) -> Path:
+        return self.work / "data"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed study must share with the runs already done."""
+        a = self.args
+        return {
+            "recipe": self.recipe.to_dict(),
+            "lengths": self.lengths,
+            "configs": {
+                n: hashlib.sha256(t.encode()).hexdigest()[:16] for n, t in self.texts.items()
+            },
+            "variants": {n: v[1] for n, v in VARIANTS.items()},
+            "eval": [a.num_short, a.num_long, a.select_k],
+            "python": sys.version.split()[0],  # the stdlib corpus is the interpreter's
+        }
+
+
+# ----------------------------------------------------------------------- teacher, data
+def ensure_teacher(study: Study) -> dict[str, Any]:
+    """Build (minutes) or reuse the teacher, with its held-out learning curve."""
+    from longred_pl.teacher import ensure_teacher as build
+
+    saved = study.teacher / "recipe.json"
+    cached = (study.teacher / "metrics.json").is_file() and saved.is_file()
+    cached = cached and json.loads(saved.read_text()) == study.recipe.to_dict()
+    log("teacher: cached" if cached else "teacher: building (minutes; cached afterwards)")
+    start = time.perf_counter()
+    build(study.teacher, study.recipe, progress=not cached, curve_every=study.args.curve_every)
+    metrics = json.loads((study.teacher / "metrics.json").read_text())
+    return {"built_now": not cached, "seconds": round(time.perf_counter() - start, 1), **metrics}
+
+
+def stream_plan(lengths: dict[str, int]) -> dict[str, tuple[tuple[str, ...], str, int, bool]]:
+    """Each stream's ``(domains, split, seq_len, pack)``: long = A, short and s2l = C."""
+    plan = {"long": ((DOMAINS[0],), "train", lengths["long"], False)}
+    for kind in ("short", "s2l"):
+        plan[kind] = ((CPT_DOMAIN,), "train", lengths[kind], True)
+    for d in DOMAINS:
+        plan[f"val_short_{d}"] = ((d,), "val", lengths["val_short"], True)
+    for d in LONG_DOMAINS:
+        plan[f"val_long_{d}"] = ((d,), "val", lengths["long"], False)
+    return plan
+
+
+def prepare_data(study: Study) -> dict[str, int]:
+    """Write every stream's shards with the teacher's tokenizer; cached by their spec."""
+    from longred_pl.data.corpora import load_corpus
+    from longred_pl.data.prepare import cut_samples, tokenize_documents, write_shards
+    from longred_pl.data.tokenizer import load_tokenizer
+
+    spec = {k: v for k, v in study.fingerprint().items() if k in ("recipe", "lengths", "python")}
+    spec["eval"] = [study.args.num_short, study.args.num_long]
+    manifest = study.data / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text())["spec"] == spec:
+        return json.loads(manifest.read_text())["samples"]
+    tokenizer, tokens, samples = load_tokenizer(study.teacher), {}, {}
+    for name, (domains, split, seq_len, pack) in stream_plan(study.lengths).items():
+        for d in domains:
+            if (d, split) not in tokens:
+                docs = load_corpus(d, split, study.recipe.corpus_max_bytes)
+                tokens[d, split] = list(tokenize_documents(docs, tokenizer, progress=False))
+        cuts = [list(cut_samples(tokens[d, split], seq_len, pack, len(tokenizer))) for d in domains]
+        rows = cuts[0] if len(cuts) == 1 else interleave(*cuts)
+        if name.startswith("val_"):
+            rows = spread(rows, study.args.num_short if "short" in name else study.args.num_long)
+        index = write_shards(
+            rows, study.data / name, seq_len, samples_per_shard=256, pack=False,
+            vocab_size=len(tokenizer), tokenizer_name=str(study.teacher),
+            source={"stream": name, "spec": spec}, overwrite=True,
+        )  # fmt: skip
+        samples[name] = index["num_samples"]
+    manifest.write_text(json.dumps({"spec": spec, "samples": samples}, indent=2) + "\n")
+    return samples
+
+
+def choose_layers(study: Study, results: dict) -> list[int]:
+    """``longred select-layers`` on this teacher and the short (C) text: the distilled layers."""
+    from longred_pl.drift import select_layers
+
+    if "select_layers" not in results:
+        m = study.configs["longred-c"]["model"]
+        start = time.perf_counter()
+        picked = select_layers(
+            str(study.teacher), str(study.data / "short"), study.lengths["short"],
+            str(study.work / "select-layers"), rope_method=m["rope_method"],
+            target_length=m["target_length"], rope_kwargs=m.get("rope_kwargs"),
+            k=study.args.select_k, device="cpu", progress=False,
+        )  # fmt: skip
+        results["select_layers"] = {
+            "distill_layers": picked["distill_layers"],
+            "drift": picked["report"],
+            "seconds": round(time.perf_counter() - start, 1),
+            "command": f"longred select-layers --teacher {study.teacher} --data "
+            f"{study.data / 'short'} --seq-len {study.lengths['short']} --rope-method "
+            f"{m['rope_method']} --target-length {m['target_length']} --rope-kwargs "
+            f"'{json.dumps(m.get('rope_kwargs'))}' --k {study.args.select_k} --out "
+            f"{study.work / 'select-layers'}",
+        }
+    layers = results["select_layers"]["distill_layers"]
+    log(f"select-layers: distill_layers {layers}")
+    return layers
+
+
+# ------------------------------------------------------------------------------ training
+def run_config(study: Study, name: str, seed: int, steps: int, run_dir: Path) -> dict:
+    """A method's YAML with this run's seeds, steps, layers, teacher, shards and outputs."""
+    cfg = copy.deepcopy(study.configs[name])
+    cfg["seed_everything"] = cfg["model"]["seed"] = cfg["data"]["seed"] = seed
+    cfg["model"]["teacher_path"] = str(study.teacher)
+    if "distill_layers" in cfg["model"]:
+        assert study.distill_layers is not None, "choose_layers first"
+        cfg["model"]["distill_layers"] = study.distill_layers
+    for kind in ("long", "short", "s2l"):
+        if cfg["data"].get(kind):
+            cfg["data"][kind]["urls"] = str(study.data / kind)
+    trainer = cfg["trainer"]
+    trainer.update(max_steps=steps, default_root_dir=str(run_dir), enable_progress_bar=False)
+    trainer.update(enable_model_summary=False)
+    trainer["logger"]["init_args"]["save_dir"] = str(run_dir)
+    export = {"dirpath": str(run_dir / "student")}
+    trainer["callbacks"] = [{"class_path": "longred_pl.export.ExportStudent", "init_args": export}]
+    return cfg
+
+
+def calibrate(study: Study) -> dict[str, dict[str, float]]:
+    """Steady step time and fixed cost of each base method (a variant costs as its base)."""
+    costs, work = {}, study.work / "calibration"
+    for name in sorted(set(BASE.values())):
+        costs[name] = fit(run_config(study, name, 0, study.args.calib_steps, work), work)
+        step, fixed = costs[name]["steady_step_s"], costs[name]["overhead_s"]
+        log(f"calibration {name}: {step:.2f} s per step, {fixed:.1f} s start-up and export")
+    shutil.rmtree(work, ignore_errors=True)
+    keys = ("steady_step_s", "overhead_s")
+    return {m: {k: costs[b][k] for k in keys} for m, b in BASE.items()}
+
+
+# ---------------------------------------------------------------------------- evaluation
+def evaluate(study: Study, model_dir: Path, long: bool = True) -> dict[str, Any]:
+    """``evaluate_model`` once per domain: short (all domains) and long (A and B)."""
+    from longred_pl.eval.evaluator import evaluate_model
+
+    assert study.samples is not None, "prepare_data first"
+    start, n, data = time.perf_counter(), study.samples, study.data
+    out: dict[str, Any] = {"short": {}, "long": {}}
+    for d in DOMAINS:
+        with_long = long and d in LONG_DOMAINS
+        result = evaluate_model(
+            str(model_dir), str(data / f"val_short_{d}"), study.lengths["val_short"],
+            str(data / f"val_long_{d}") if with_long else None,
+            study.lengths["long"] if with_long else None,
+            num_short=n[f"val_short_{d}"], num_long=n.get(f"val_long_{d}", 1), batch_size=8,
+            buckets=8, seed=0, device="cpu", progress=False,
+            copy_span=2, copy_trials=1, copy_distances=[0],  # the copy probe is not reported
+        )  # fmt: skip
+        out["short"][d], out["long"][d] = result["short"], result["long"]
+        out.update(window=result["window"], rope=result["rope"])
+    return {**out, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def save_untrained_student(study: Study, out: Path) -> Path:
+    """The teacher's weights with the students' RoPE, before any training (= merge alpha 0)."""
+    from longred_pl.export import copy_tokenizer
+    from longred_pl.models import load_causal_lm, load_config
+    from longred_pl.rope import extend_rope
+
+    m = study.configs["longred-c"]["model"]
+    config = load_config(str(study.teacher))
+    config = extend_rope(config, m["rope_method"], m["target_length"], **m.get("rope_kwargs", {}))
+    model: Any = load_causal_lm(str(study.teacher), config)
+    model.save_pretrained(out)
+    copy_tokenizer(str(study.teacher), str(out))
+    return out
+
+
+def merge_and_evaluate(study: Study, student: Path, alpha: float) -> dict[str, Any]:
+    """``longred merge STUDENT TEACHER OUT --alpha A``, evaluated, the merged model removed."""
+    from longred_pl.merge import merge_models
+
+    out, start = study.work / "merged", time.perf_counter()
+    merge_models(str(student), str(study.teacher), str(out), alpha=alpha, overwrite=True)
+    merge_s = round(time.perf_counter() - start, 2)
+    record = {"alpha": alpha, "merge_s": merge_s, "eval": evaluate(study, out)}
+    shutil.rmtree(out, ignore_errors=True)
+    return record
+
+
+def save(results: dict, out: Path) -> None:
+    """Write the JSON atomically; the table and the plot once the steps are chosen."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{NAME}.json.tmp").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"{NAME}.json.tmp").replace(out / f"{NAME}.json")
+    if results["settings"].get("tokens_per_run") and results["runs"]:
+        (out / f"{NAME}.md").write_text(markdown(results))
+        plot(results, out / f"{NAME}.png")
+
+
+# ---------------------------------------------------------------------------------- main
+def load_results(study: Study) -> dict[str, Any]:
+    """The results of an earlier invocation of the same study (resume), else a new record."""
+    path, args = Path(study.args.out) / f"{NAME}.json", study.args
+    if args.fresh or not path.is_file():
+        settings = {"steps": args.steps, "seeds_done": []}
+        new = {"benchmark": NAME, "fingerprint": study.fingerprint(), "settings": settings}
+        return new | {"runs": {}, "merges": {}, "invocations": []}
+    results = json.loads(path.read_text())
+    done = results["settings"]["steps"]
+    if results["fingerprint"] != study.fingerprint():
+        raise SystemExit(f"{path} holds another study (recipe, configs or evaluation sizes "
+                         "differ); pass --fresh to start over, or another --out")  # fmt: skip
+    if args.steps is not None and done not in (None, args.steps):
+        raise SystemExit(f"{path} holds runs of {done} steps; drop --steps or pass --fresh")
+    results["settings"]["steps"] = done or args.steps
+    return results
+
+
+def references(study: Study, results: dict) -> None:
+    """Evaluate the teacher and the untrained extended student, once per study."""
+    if not results.get("untrained"):
+        results["teacher"] = {"eval": evaluate(study, study.teacher, long=False)}
+        untrained = save_untrained_student(study, study.work / "untrained")
+        results["untrained"] = {"eval": evaluate(study, untrained)}
+        save(results, Path(study.args.out))
+    log(f"teacher and untrained student evaluated ({results['untrained']['eval']['seconds']} s)")
+
+
+def merges_per_seed(study: Study) -> int:
+    return len(MERGED) * len(study.args.alphas)
+
+
+def choose_steps(study: Study, results: dict, invocation: dict) -> int:
+    """``--steps``, else the steps of the runs already done, else the budget plan."""
+    if results["settings"]["steps"] is None:
+        start, eval_s = time.perf_counter(), results["untrained"]["eval"]["seconds"]
+        costs = calibrate(study)
+        invocation["calibration_s"] = round(time.perf_counter() - start, 1)
+        elapsed, seeds = time.perf_counter() - START, study.args.seeds
+        merge_s = seeds * merges_per_seed(study) * (eval_s + MERGE_S)
+        steps = plan_steps(study.args.budget * 60, elapsed, costs, eval_s, seeds, 30 + merge_s)
+        run_s = {n: c["overhead_s"] + steps * c["steady_step_s"] + eval_s for n, c in costs.items()}
+        total = elapsed + seeds * sum(run_s.values()) + merge_s
+        results["plan"] = {"costs": costs, "eval_s": eval_s, "run_s": run_s, "merge_s": merge_s}
+        results["plan"]["total_s"] = total
+        results["settings"]["steps"] = steps
+        each = ", ".join(f"{METHODS[n]} {s:.0f} s" for n, s in run_s.items())
+        log(f"plan: {steps} steps per run ({each}); merges {merge_s:.0f} s; "
+            f"study about {total / 60:.0f} min")  # fmt: skip
+    steps = results["settings"]["steps"]
+    tokens = {
+        n: {k: v * steps for k, v in tokens_per_step(c).items()} for n, c in study.configs.items()
+    }
+    results["settings"]["tokens_per_run"] = tokens
+    long_samples = results["settings"]["samples"]["long"]
+    passes = tokens["longred-c"]["long"] / study.lengths["long"] / long_samples
+    results["settings"]["long_stream_passes"] = round(passes, 3)  # > 1: long samples repeat
+    log(f"{steps} optimizer steps per run ({passes:.2f} passes over the long samples); "
+        f"training tokens per run: {json.dumps(tokens)}")  # fmt: skip
+    return steps
+
+
+def run_all(study: Study, results: dict, steps: int) -> None:
+    """Train, evaluate and merge every (method, seed) not yet in ``results``, seed by seed."""
+    todo = [(n, s) for s in range(study.args.seeds) for n in METHODS]
+    for i, (name, seed) in enumerate(todo):
+        key, run_dir = f"{name}/seed{seed}", study.work / "runs" / name / f"seed{seed}"
+        if key not in results["runs"]:
+            log(f"run {i + 1}/{len(todo)}: {METHODS[name]} seed {seed}, {steps} steps")
+            record: dict[str, Any] = {"method": name, "seed": seed, "steps": steps}
+            record["fit"] = fit(run_config(study, name, seed, steps, run_dir), run_dir)
+            record["eval"] = evaluate(study, run_dir / "student")
+            results["runs"][key] = record
+            results["settings"]["seeds_done"] = sorted(
+                {r["seed"] for r in results["runs"].values()}
+            )
+            save(results, Path(study.args.out))
+            row = scalars(results["runs"][key]["eval"], results["teacher"]["eval"])
+            kept = ", ".join(f"{d} {row[f'retention/{d}']:.3f}" for d in DOMAINS)
+            wall = record["fit"]["wall_s"] + record["eval"]["seconds"]
+            log(f"  {wall:.0f} s; short-text retention {kept}")
+        if name in MERGED:
+            for alpha in study.args.alphas:
+                if f"{key}/alpha{alpha}" not in results["merges"]:
+                    merged = merge_and_evaluate(study, run_dir / "student", alpha)
+                    results["merges"][f"{key}/alpha{alpha}"] = {"method": name, "seed": seed}
+                    results["merges"][f"{key}/alpha{alpha}"].update(merged)
+                    save(results, Path(study.args.out))
+            log(f"  merged with the teacher at alpha {study.args.alphas}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    global START
+    START = time.perf_counter()  # the budget counts from here
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    quiet()
+    study = Study.load(args)
+    results = load_results(study)
+    invocation: dict[str, Any] = {
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "machine": machine_info(torch.device("cpu")),
+    }
+    results["invocations"].append(invocation)
+    given = {k: v for k, v in vars(args).items() if k != "steps"}  # steps: choose_steps
+    results["settings"].update(given | {"lengths": study.lengths})
+    results["teacher_build"] = ensure_teacher(study)
+    invocation["teacher_s"] = results["teacher_build"]["seconds"]
+    start = time.perf_counter()
+    study.samples = results["settings"]["samples"] = prepare_data(study)
+    invocation["data_s"] = round(time.perf_counter() - start, 1)
+    log(f"shards in {study.data}: {study.samples}")
+    study.distill_layers = choose_layers(study, results)
+    references(study, results)
+    steps = choose_steps(study, results, invocation)
+    run_all(study, results, steps)
+    invocation["total_s"] = round(time.perf_counter() - START, 1)
+    complete = len(results["runs"]) >= len(METHODS) * args.seeds
+    results["complete"] = complete and len(results["merges"]) >= merges_per_seed(study) * args.seeds
+    save(results, Path(args.out))
+    print(markdown(results))
+    log(f"wrote {args.out}/{NAME}.json, {NAME}.md, {NAME}.png")
+    return results
