@@ -5,7 +5,9 @@ much within the study's budget. Each size is built with ``configs/paper_setting/
 (its size and ``--steps`` replaced) and its held-out loss on A and B recorded every
 ``--every`` steps (``longred_pl.teacher.learning_curve``). The figure that decides is the
 gain over the last stretch of the curve holding as many A tokens as one Long+CPT run of the
-study reads (``--student-tokens``): ``exp(loss_before - loss_end)``, 1.0 = flat.
+study reads (``--student-tokens``): ``exp(loss_before - loss_end)``, 1.0 = flat (under the cosine schedule this also counts the
+learning-rate decay); and, directly, the gain of the built teacher trained on that many more
+A tokens at the students' learning rate (``continued_gain``).
 
 Outputs in ``--out``: ``teacher_curve.json`` (every point, build times), ``teacher_curve.md``
 and ``teacher_curve.png``. Builds are cached under ``--work`` (same recipe: reused).
@@ -49,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1_728_512,
         help="A tokens of one Long+CPT run (experiments/reproduce: 211 x 8 x 1024)",
     )
+    p.add_argument("--student-lr", type=float, default=3e-4, help="the students' lr")
     p.add_argument("--recipe", default=str(ROOT / "configs/paper_setting/teacher.yaml"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default=str(ROOT / "artifacts/paper/curve"))
@@ -84,22 +87,66 @@ def late_gain(metrics: dict, recipe: Any, student_tokens: int) -> dict[str, Any]
     return {"share_A": round(share, 4), "stretch_steps": round(stretch), "ppl_gain": gains}
 
 
+def continued_gain(
+    teacher_dir: Path, recipe: Any, student_tokens: int, lr: float, seed: int = 0
+) -> dict[str, Any]:
+    """The direct test: the built teacher trained on ``student_tokens`` more tokens of A.
+
+    Train rows of A at the teacher's window and RoPE, shuffled, AdamW at the students' ``lr``
+    (constant; betas 0.9/0.95, weight decay 0.1, clip 1.0, as configs/paper_setting); the
+    held-out loss of A and B before and after. ``ppl_gain`` = exp(before - after): 1.0 = more
+    in-domain text no longer improves the teacher.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from longred_pl.data.tokenizer import load_tokenizer
+    from longred_pl.teacher import _load, _pack, batches, evaluate, spread
+
+    tokenizer = load_tokenizer(teacher_dir)
+    train_rows = _pack(_load(recipe, "train"), tokenizer, recipe.window, progress=False)
+    val_rows = _pack(_load(recipe, "val"), tokenizer, recipe.window, progress=False)
+    val = {d: spread(rows, recipe.eval_rows) for d, rows in val_rows.items()}
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+    before = {d: evaluate(model, rows, recipe.batch_size) for d, rows in val.items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr, betas=(0.9, 0.95), weight_decay=0.1)
+    steps = round(student_tokens / (recipe.batch_size * recipe.window))
+    data = batches(train_rows[DOMAINS[0]], recipe.batch_size, torch.Generator().manual_seed(seed))
+    model.train()
+    for _ in range(steps):
+        input_ids_BT = next(data)
+        loss = model(input_ids=input_ids_BT, labels=input_ids_BT).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    after = {d: evaluate(model, rows, recipe.batch_size) for d, rows in val.items()}
+    return {
+        "steps": steps, "lr": lr, "tokens": steps * recipe.batch_size * recipe.window,
+        "val_loss_before": before, "val_loss_after": after,
+        "ppl_gain": {d: math.exp(before[d] - after[d]) for d in before},
+    }  # fmt: skip
+
+
 def markdown(results: dict) -> str:
     lines = [
         "Held-out loss of the teacher (A = Shakespeare, B = Python stdlib) against training "
         "steps, one build per size. Late gain: perplexity ratio over the last stretch of the "
         f"curve holding {results['student_tokens']} A tokens (one Long+CPT run); 1.0 = flat.",
         "",
+        "Continued: the built teacher trained on that many more tokens of A alone (its window "
+        "and RoPE, the students' AdamW lr, constant): held-out perplexity ratio before/after.",
+        "",
         "| size | parameters | steps | s per step | val loss A | val loss B | late gain A | "
-        "late gain B |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "late gain B | continued gain A | continued gain B |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results["sizes"].items():
-        last, g = r["curve"][-1], r["late"]["ppl_gain"]
+        last, g, c = r["curve"][-1], r["late"]["ppl_gain"], r["continued"]["ppl_gain"]
         lines.append(
             f"| {name} | {r['num_parameters']} | {r['steps']} | {r['s_per_step']:.3f} | "
             f"{last['val/shakespeare/loss']:.4f} | {last['val/python/loss']:.4f} | "
-            f"{g['shakespeare']:.4f} | {g['python']:.4f} |"
+            f"{g['shakespeare']:.4f} | {g['python']:.4f} | {c['shakespeare']:.4f} | "
+            f"{c['python']:.4f} |"
         )
     for name, r in results["sizes"].items():
         lines += ["", f"{name}: step, val loss A, val loss B", ""]
@@ -151,7 +198,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "num_parameters": metrics["num_parameters"],
             "s_per_step": metrics["train_seconds"] / n, "build_seconds": metrics["build_seconds"],
             "late": late_gain(metrics, recipe, args.student_tokens),
+            "continued": continued_gain(out, recipe, args.student_tokens, args.student_lr),
         }  # fmt: skip
+        print(f"{name}: {json.dumps(results['sizes'][name]['continued'])}", flush=True)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "teacher_curve.json").write_text(json.dumps(results, indent=1) + "\n")
