@@ -1,4 +1,4 @@
-"""Config builder shared by the integration tests that run `longred fit`."""
+"""Config builder shared by the integration tests that run `longred fit`; the studies' tiny teacher."""
 
 from __future__ import annotations
 
@@ -67,3 +67,21 @@ def fit_config(tmp_path, tiny_llama, tiny_shards, max_steps, every=2, slow=None,
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
+
+
+TINY_STUDY_RECIPE = {
+    "corpora": ["shakespeare", "python"],
+    "corpus_max_bytes": 120_000,
+    "vocab_size": 320,
+    "hidden_size": 32,
+    "num_layers": 4,  # the study configs distil hidden states of 4-layer teachers
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "intermediate_size": 64,
+    "window": 256,  # the study configs' teacher window
+    "batch_size": 4,
+    "steps": 20,
+    "warmup": 5,
+    "eval_rows": 8,
+}
+"""A 47K-parameter two-domain teacher for the studies' end-to-end tests (`experiments/`)."""

