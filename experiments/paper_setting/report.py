@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from experiments.reproduce.report import band, cell, mean_std
+from experiments.reproduce.report import band, cell, cost_lines, mean_std
 
 METHODS = {
     "long-cpt": "Long+CPT",
@@ -156,14 +156,7 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| {METHODS[method]} | {alpha:g} | {row['n']} | " + " | ".join(cells) + " |"
             )
-    lines += ["", "| method | long tokens | short tokens | s2l tokens | fit s | eval s |"]
-    lines.append("|---|---:|---:|---:|---:|---:|")
-    for name, label in METHODS.items():
-        t = s["tokens_per_run"][name]
-        runs = [r for r in results["runs"].values() if r["method"] == name]
-        fit_s = cell(mean_std([r["fit"]["wall_s"] for r in runs]), ".0f", len(runs))
-        eval_s = cell(mean_std([r["eval"]["seconds"] for r in runs]), ".0f", len(runs))
-        lines.append(f"| {label} | {t['long']} | {t['short']} | {t['s2l']} | {fit_s} | {eval_s} |")
+    lines += ["", *cost_lines(results, METHODS)]
     lines += ["", *teacher_lines(results)]
     if "select_layers" in results:
         sel = results["select_layers"]

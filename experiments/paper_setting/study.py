@@ -30,7 +30,6 @@ interrupted study resumes: runs and merges already in the JSON are skipped.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
 import shutil
@@ -43,7 +42,7 @@ from typing import Any
 import torch
 import yaml
 
-from benchmarks.common import ROOT, machine_info, quiet
+from benchmarks.common import ROOT, quiet
 from experiments.paper_setting.report import (
     ALPHAS,
     CPT_DOMAIN,
@@ -160,6 +159,10 @@ def ensure_teacher(study: Study) -> dict[str, Any]:
     start = time.perf_counter()
     build(study.teacher, study.recipe, progress=not cached, curve_every=study.args.curve_every)
     metrics = json.loads((study.teacher / "metrics.json").read_text())
+    curve = metrics.get("curve") or [{"step": None}]
+    if cached and curve[0]["step"] != min(study.args.curve_every, study.recipe.steps):
+        log(f"teacher: --curve-every {study.args.curve_every} not applied: the cached teacher's "
+            f"curve starts at step {curve[0]['step']}; delete {study.teacher} to rebuild it")  # fmt: skip
     return {"built_now": not cached, "seconds": round(time.perf_counter() - start, 1), **metrics}
 
 
@@ -403,14 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quiet()
     study = Study.load(args)
     results = load_results(study)
-    invocation: dict[str, Any] = {
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "argv": sys.argv[1:] if argv is None else argv,
-        "machine": machine_info(torch.device("cpu")),
-    }
-    results["invocations"].append(invocation)
-    given = {k: v for k, v in vars(args).items() if k != "steps"}  # steps: choose_steps
-    results["settings"].update(given | {"lengths": study.lengths})
+    invocation = first_study.start_invocation(results, args, argv, study.lengths)
     results["teacher_build"] = ensure_teacher(study)
     invocation["teacher_s"] = results["teacher_build"]["seconds"]
     start = time.perf_counter()

@@ -88,19 +88,25 @@ def markdown(results: dict) -> str:
             for k, f in zip([*keys, "copy_near", "copy_far"], specs, strict=True)
         ]
         lines.append(f"| {label} | {row['n']} | " + " | ".join(cells) + " |")
-    lines += ["", "| method | long tokens | short tokens | s2l tokens | fit s | eval s |"]
-    lines.append("|---|---:|---:|---:|---:|---:|")
-    for name, label in METHODS.items():
-        t = s["tokens_per_run"][name]
-        runs = [r for r in results["runs"].values() if r["method"] == name]
-        fit_s = cell(mean_std([r["fit"]["wall_s"] for r in runs]), ".0f", len(runs))
-        eval_s = cell(mean_std([r["eval"]["seconds"] for r in runs]), ".0f", len(runs))
-        lines.append(f"| {label} | {t['long']} | {t['short']} | {t['s2l']} | {fit_s} | {eval_s} |")
+    lines += ["", *cost_lines(results, METHODS)]
     built = results["teacher_build"]
     times = [{k: v for k, v in i.items() if k != "machine"} for i in results["invocations"]]
     lines += ["", f"Teacher: {built['num_parameters']} parameters, built in "]
     lines[-1] += f"{built['build_seconds']} s. Invocations: {json.dumps(times)}"
     return "\n".join(lines) + "\n"
+
+
+def cost_lines(results: dict, methods: dict[str, str]) -> list[str]:
+    """Training tokens per stream and fit / evaluation seconds (mean ± std) of each method."""
+    lines = ["| method | long tokens | short tokens | s2l tokens | fit s | eval s |"]
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    for name, label in methods.items():
+        t = results["settings"]["tokens_per_run"][name]
+        runs = [r for r in results["runs"].values() if r["method"] == name]
+        fit_s = cell(mean_std([r["fit"]["wall_s"] for r in runs]), ".0f", len(runs))
+        eval_s = cell(mean_std([r["eval"]["seconds"] for r in runs]), ".0f", len(runs))
+        lines.append(f"| {label} | {t['long']} | {t['short']} | {t['s2l']} | {fit_s} | {eval_s} |")
+    return lines
 
 
 def band(ax: Any, label: str, evals: list[dict], domain: str) -> None:

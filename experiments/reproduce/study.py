@@ -444,6 +444,21 @@ def run_all(study: Study, results: dict, steps: int) -> None:
         log(f"  {cost[name]:.0f} s; short-text retention {kept}; ETA {hms(left)}")
 
 
+def start_invocation(
+    results: dict, args: argparse.Namespace, argv: list[str] | None, lengths: dict[str, int]
+) -> dict[str, Any]:
+    """Record this invocation (start, arguments, machine) and its settings in ``results``."""
+    invocation: dict[str, Any] = {
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "machine": machine_info(torch.device("cpu")),
+    }
+    results["invocations"].append(invocation)
+    given = {k: v for k, v in vars(args).items() if k != "steps"}  # steps: choose_steps
+    results["settings"].update(given | {"lengths": lengths})
+    return invocation
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     global START
     START = time.perf_counter()  # the budget counts from here
@@ -452,14 +467,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quiet()
     study = Study.load(args)
     results = load_results(study)
-    invocation: dict[str, Any] = {
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "argv": sys.argv[1:] if argv is None else argv,
-        "machine": machine_info(torch.device("cpu")),
-    }
-    results["invocations"].append(invocation)
-    given = {k: v for k, v in vars(args).items() if k != "steps"}  # steps: choose_steps
-    results["settings"].update(given | {"lengths": study.lengths})
+    invocation = start_invocation(results, args, argv, study.lengths)
     results["teacher_build"] = ensure_teacher(study)
     invocation["teacher_s"] = results["teacher_build"]["seconds"]
     start = time.perf_counter()
