@@ -3,7 +3,7 @@
 In LONGRED.md the continued-training chunks (SlimPajama) are not the original model's
 pre-training data; that is why Mix+CPT loses short-text quality there while distillation on
 the same chunks keeps it. Here the teacher learns two domains, A = Shakespeare's plays and
-B = the Python standard library (``configs/paper_setting/teacher.yaml``, trained until its
+B = the Python standard library (``configs/paper_setting/teacher-paper-setting.yaml``, trained until its
 held-out learning curve is flat: the curve is recorded and reported); the long stream is
 long documents of A, exactly as in :mod:`experiments.reproduce` (same RoPE change, same long
 samples in the same order); the short and s2l streams are C = the World English Bible
@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--seeds", type=int, default=3, help="seeds 0..N-1 of every method")
     add("--steps", type=int, default=None, help="optimizer steps per run (skips the plan)")
     add("--threads", type=int, default=2, help="torch intra-op threads")
-    add("--recipe", default=str(ROOT / "configs/paper_setting/teacher.yaml"))
+    add("--recipe", default=str(ROOT / "configs/paper_setting/teacher-paper-setting.yaml"))
     add("--configs", default=str(ROOT / "configs/paper_setting"), help="the method YAMLs")
     add("--work", default=str(ROOT / "artifacts/paper"), help="teacher, shards, runs")
     add("--out", default=str(RESULTS), help="JSON, markdown, plot")

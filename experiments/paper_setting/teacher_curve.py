@@ -1,7 +1,7 @@
 """Held-out learning curves of the paper-setting teacher at several sizes: how big, how long.
 
 The issue's condition: a teacher big enough that more in-domain text no longer improves it
-much within the study's budget. Each size is built with ``configs/paper_setting/teacher.yaml``
+much within the study's budget. Each size is built with ``configs/paper_setting/teacher-paper-setting.yaml``
 (its size and ``--steps`` replaced) and its held-out loss on A and B recorded every
 ``--every`` steps (``longred_pl.teacher.learning_curve``). The figure that decides is the
 gain over the last stretch of the curve holding as many A tokens as one Long+CPT run of the
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="A tokens of one Long+CPT run (experiments/reproduce: 211 x 8 x 1024)",
     )
     p.add_argument("--student-lr", type=float, default=3e-4, help="the students' lr")
-    p.add_argument("--recipe", default=str(ROOT / "configs/paper_setting/teacher.yaml"))
+    p.add_argument("--recipe", default=str(ROOT / "configs/paper_setting/teacher-paper-setting.yaml"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default=str(ROOT / "artifacts/paper/curve"))
     p.add_argument("--out", default=str(RESULTS))

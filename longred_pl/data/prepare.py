@@ -384,7 +384,7 @@ def prepare_shards(
         tokenizer: Hugging Face tokenizer (or model) directory; its vocabulary bounds the ids.
         out: output shard directory.
         seq_len: tokens per sample.
-        corpus: embedded corpora to read (shakespeare, python); each is one input.
+        corpus: embedded corpora to read (shakespeare, python, bible); each is one input.
         files: inputs, each one input of the mix: a .txt/.jsonl/.parquet/.arrow file, a
             quoted glob of them, or a directory written by datasets' save_to_disk.
         split: split of the embedded corpora and of saved DatasetDicts (train, val, all).

@@ -134,12 +134,14 @@ def offline_run(tmp_path_factory) -> dict[str, Any]:
         for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
             (root / name.lower()).mkdir()
             mp.setenv(name, str(root / name.lower()))
+        wandb.teardown()  # a W&B service left by an earlier test would keep its own settings
         try:
             cli = main(["fit", "--config", str(fit_config(root, teacher, shards)),
                         "--config", str(wandb_logger_config(root))])  # fmt: skip
             assert isinstance(cli.trainer.logger, WandbLogger)
         finally:
-            wandb.finish()  # Lightning leaves the run open after fit; this flushes the log
+            wandb.finish()  # Lightning leaves the run open after fit
+            wandb.teardown()  # stops the service: only then is the transaction log complete
     (run_dir,) = (root / "wandb_logs" / "wandb").glob("offline-run-*")
     return {"teacher": teacher, "run_dir": run_dir, **read_offline_run(run_dir)}
 

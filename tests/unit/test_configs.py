@@ -144,6 +144,7 @@ TEACHERS["artifacts/reproduce/teacher"] = (  # configs/reproduce/teacher-two-dom
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     ),
 )
+TEACHERS["artifacts/paper/teacher"] = TEACHERS["artifacts/reproduce/teacher"]  # same shape
 SHAPE_8B = dict(
     hidden_size=4096,
     num_attention_heads=32,
@@ -189,6 +190,20 @@ REPRODUCE_LONGRED = {
 }
 
 
+# experiments/paper_setting (python -m experiments.paper_setting): the same student setting, a
+# teacher that learned A and B only, short and s2l text from C (the World English Bible).
+PAPER = {
+    **REPRODUCE,
+    "model.teacher_path": "artifacts/paper/teacher",
+    "data.long.urls": "artifacts/paper/data/long",
+}
+PAPER_THREE = {
+    **PAPER,
+    **{k: v for k, v in REPRODUCE_THREE.items() if k not in PAPER},
+    "data.short.urls": "artifacts/paper/data/short",
+    "data.s2l.urls": "artifacts/paper/data/s2l",
+}
+
 def _suggested(theta: float, window: int, target: int) -> Any:
     from longred_pl.rope import suggest_abf_theta
 
@@ -207,6 +222,23 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "reproduce/mix-cpt.yaml": {**REPRODUCE_THREE, "model.method": "mix_cpt"},
     "reproduce/longred-c.yaml": {**REPRODUCE_LONGRED, "model.s2l_positions": "cream"},
     "reproduce/longred-u.yaml": {**REPRODUCE_LONGRED, "model.s2l_positions": "uniform"},
+    "paper_setting/long-cpt.yaml": {
+        **PAPER,
+        "model.method": "long_cpt",
+        "data.schedule": ["long"],
+        "data.short": None,
+        "data.s2l": None,
+        "trainer.accumulate_grad_batches": 8,
+    },
+    "paper_setting/mix-cpt.yaml": {**PAPER_THREE, "model.method": "mix_cpt"},
+    "paper_setting/longred-c.yaml": {
+        **PAPER_THREE,
+        "model.method": "longred",
+        "model.distill_layers": [2, 3, 4],  # the committed run's select-layers choice
+        "model.short_weight": 5.0,
+        "model.s2l_weight": 10.0,
+        "model.s2l_positions": "cream",
+    },
     "llama3-8b/32k-abf-longred-c.yaml": {**LONGRED, **CREAM, **ABF_32K},
     "llama3-8b/32k-abf-longred-u.yaml": {**LONGRED, **UNIFORM, **ABF_32K},
     "llama3-8b/32k-pi-longred-c.yaml": {
