@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="A tokens of one Long+CPT run (experiments/reproduce: 211 x 8 x 1024)",
     )
     p.add_argument("--student-lr", type=float, default=3e-4, help="the students' lr")
-    p.add_argument("--recipe", default=str(ROOT / "configs/paper_setting/teacher-paper-setting.yaml"))
+    p.add_argument(
+        "--recipe", default=str(ROOT / "configs/paper_setting/teacher-paper-setting.yaml")
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default=str(ROOT / "artifacts/paper/curve"))
     p.add_argument("--out", default=str(RESULTS))

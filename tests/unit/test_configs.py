@@ -204,6 +204,7 @@ PAPER_THREE = {
     "data.s2l.urls": "artifacts/paper/data/s2l",
 }
 
+
 def _suggested(theta: float, window: int, target: int) -> Any:
     from longred_pl.rope import suggest_abf_theta
 
