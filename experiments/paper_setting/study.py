@@ -3,8 +3,9 @@
 In LONGRED.md the continued-training chunks (SlimPajama) are not the original model's
 pre-training data; that is why Mix+CPT loses short-text quality there while distillation on
 the same chunks keeps it. Here the teacher learns two domains, A = Shakespeare's plays and
-B = the Python standard library (``configs/paper_setting/teacher-paper-setting.yaml``, trained until its
-held-out learning curve is flat: the curve is recorded and reported); the long stream is
+B = the Python standard library (``configs/paper_setting/teacher-paper-setting.yaml``,
+3000 steps chosen from measured learning curves; its curve is recorded and reported, and
+it is not flat); the long stream is
 long documents of A, exactly as in :mod:`experiments.reproduce` (same RoPE change, same long
 samples in the same order); the short and s2l streams are C = the World English Bible
 (``longred_pl.data.corpora``, corpus ``bible``), a domain the teacher never saw.
