@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 
@@ -85,3 +87,15 @@ TINY_STUDY_RECIPE = {
     "eval_rows": 8,
 }
 """A 47K-parameter two-domain teacher for the studies' end-to-end tests (`experiments/`)."""
+
+
+def tiny_study_args(tmp_path: Path, *extra: str) -> list[str]:
+    """A study's command line on the tiny teacher (1 seed, 1 thread, small evaluation), under
+    ``tmp_path``; ``extra`` are the study's own flags."""
+    recipe = tmp_path / "tiny-teacher.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_STUDY_RECIPE))
+    # fmt: off
+    return ["--recipe", str(recipe), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+            "--seeds", "1", "--threads", "1", "--num-short", "8", "--num-long", "2",
+            "--calib-steps", "2", *extra]
+    # fmt: on

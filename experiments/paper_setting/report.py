@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from experiments.reproduce.report import band, cell, cost_lines, mean_std
+from experiments.reproduce.report import band, cell, cost_lines, mean_std, save_figure
 
 METHODS = {
     "long-cpt": "Long+CPT",
@@ -220,9 +220,4 @@ def plot(results: dict, path: Path) -> None:
                      label="LongReD-C, 3x weights")  # fmt: skip
     axes[2].set(xlabel="long ppl A (lower is better)", ylabel="retention A+B (higher is better)",
                 title="merge with the teacher: alpha annotated")  # fmt: skip
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, axes, path)

@@ -31,10 +31,8 @@ interrupted study resumes: runs and merges already in the JSON are skipped.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,97 +72,46 @@ def log(message: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.paper_setting", description=__doc__.splitlines()[0]
-    )
+    p = first_study.study_parser(
+        "python -m experiments.paper_setting", __doc__, budget=90.0, out=RESULTS,
+        recipe="configs/paper_setting/teacher-paper-setting.yaml", configs="configs/paper_setting",
+    )  # fmt: skip
     add = p.add_argument
-    add("--budget", type=float, default=90.0, help="minutes for the whole study")
-    add("--seeds", type=int, default=3, help="seeds 0..N-1 of every method")
-    add("--steps", type=int, default=None, help="optimizer steps per run (skips the plan)")
-    add("--threads", type=int, default=2, help="torch intra-op threads")
-    add("--recipe", default=str(ROOT / "configs/paper_setting/teacher-paper-setting.yaml"))
-    add("--configs", default=str(ROOT / "configs/paper_setting"), help="the method YAMLs")
     add("--work", default=str(ROOT / "artifacts/paper"), help="teacher, shards, runs")
-    add("--out", default=str(RESULTS), help="JSON, markdown, plot")
-    add("--num-short", type=int, default=128, help="held-out short samples per domain")
-    add("--num-long", type=int, default=24, help="held-out long samples per domain")
-    add("--calib-steps", type=int, default=4, help="optimizer steps per calibration fit")
     add("--curve-every", type=int, default=250, help="teacher learning-curve interval (steps)")
     add("--select-k", type=int, default=2, help="intermediate layers select-layers picks")
     add("--alphas", type=float, nargs="*", default=list(ALPHAS), help="merge weights")
-    add("--fresh", action="store_true", help="discard the results of an earlier invocation")
     return p.parse_args(argv)
 
 
 @dataclass
-class Study:
-    """What every stage shares: arguments, teacher recipe, method configs, paths."""
+class Study(first_study.Study):
+    """The first study's, with the weight variants of the methods and the distilled layers."""
 
-    args: argparse.Namespace
-    recipe: Any
-    texts: dict[str, str]
-    configs: dict[str, dict]
-    lengths: dict[str, int]
-    work: Path
-    samples: dict[str, int] | None = None
     distill_layers: list[int] | None = None
 
     @classmethod
-    def load(cls, args: argparse.Namespace) -> Study:
-        from longred_pl.teacher import TeacherRecipe
-
-        recipe = TeacherRecipe.from_file(args.recipe)
+    def read_configs(cls, args: argparse.Namespace) -> tuple[dict[str, str], dict[str, dict]]:
+        """The base configs' texts (fingerprinted); each method's config, its variant applied."""
         bases = sorted(set(BASE.values()))
         texts = {n: (Path(args.configs) / f"{n}.yaml").read_text() for n in bases}
         configs = {}
         for name, base in BASE.items():
             configs[name] = yaml.safe_load(texts[base])
             configs[name]["model"].update(VARIANTS.get(name, (base, {}))[1])
-        data = configs["longred-c"]["data"]
-        lengths = {k: data[k]["seq_len"] for k in ("long", "short", "s2l")}
-        lengths["val_short"] = recipe.window
-        return cls(args, recipe, texts, configs, lengths, Path(args.work))
+        return texts, configs
 
-    @property
-    def teacher(self) -> Path:
-        return self.work / "teacher"
-
-    @property
-    def data(self) -> Path:
-        return self.work / "data"
+    def eval_sizes(self) -> list[int]:
+        return [self.args.num_short, self.args.num_long, self.args.select_k]
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a resumed study must share with the runs already done."""
-        a = self.args
-        return {
-            "recipe": self.recipe.to_dict(),
-            "lengths": self.lengths,
-            "configs": {
-                n: hashlib.sha256(t.encode()).hexdigest()[:16] for n, t in self.texts.items()
-            },
-            "variants": {n: v[1] for n, v in VARIANTS.items()},
-            "eval": [a.num_short, a.num_long, a.select_k],
-            "python": sys.version.split()[0],  # the stdlib corpus is the interpreter's
-        }
+        return {**super().fingerprint(), "variants": {n: v[1] for n, v in VARIANTS.items()}}
 
 
 # ----------------------------------------------------------------------- teacher, data
 def ensure_teacher(study: Study) -> dict[str, Any]:
     """Build (minutes) or reuse the teacher, with its held-out learning curve."""
-    from longred_pl.teacher import ensure_teacher as build
-
-    saved = study.teacher / "recipe.json"
-    cached = (study.teacher / "metrics.json").is_file() and saved.is_file()
-    cached = cached and json.loads(saved.read_text()) == study.recipe.to_dict()
-    log("teacher: cached" if cached else "teacher: building (minutes; cached afterwards)")
-    start = time.perf_counter()
-    build(study.teacher, study.recipe, progress=not cached, curve_every=study.args.curve_every)
-    metrics = json.loads((study.teacher / "metrics.json").read_text())
-    curve = metrics.get("curve") or [{"step": None}]
-    if cached and curve[0]["step"] != min(study.args.curve_every, study.recipe.steps):
-        log(f"teacher: --curve-every {study.args.curve_every} not applied: the cached teacher's "
-            f"curve starts at step {curve[0]['step']}; delete {study.teacher} to rebuild it")  # fmt: skip
-    return {"built_now": not cached, "seconds": round(time.perf_counter() - start, 1), **metrics}
+    return first_study.ensure_teacher(study, study.args.curve_every, say=log)
 
 
 def stream_plan(lengths: dict[str, int]) -> dict[str, tuple[tuple[str, ...], str, int, bool]]:
@@ -242,7 +189,7 @@ def choose_layers(study: Study, results: dict) -> list[int]:
 def run_config(study: Study, name: str, seed: int, steps: int, run_dir: Path) -> dict:
     """The first study's run config (seeds, steps, teacher, shards, outputs) plus the layers
     chosen by ``select-layers`` for the distilling methods."""
-    cfg = first_study.run_config(study, name, seed, steps, run_dir)  # type: ignore[arg-type]
+    cfg = first_study.run_config(study, name, seed, steps, run_dir)
     if "distill_layers" in cfg["model"]:
         assert study.distill_layers is not None, "choose_layers first"
         cfg["model"]["distill_layers"] = study.distill_layers
@@ -251,14 +198,7 @@ def run_config(study: Study, name: str, seed: int, steps: int, run_dir: Path) ->
 
 def calibrate(study: Study) -> dict[str, dict[str, float]]:
     """Steady step time and fixed cost of each base method (a variant costs as its base)."""
-    costs, work = {}, study.work / "calibration"
-    for name in sorted(set(BASE.values())):
-        costs[name] = fit(run_config(study, name, 0, study.args.calib_steps, work), work)
-        step, fixed = costs[name]["steady_step_s"], costs[name]["overhead_s"]
-        log(f"calibration {name}: {step:.2f} s per step, {fixed:.1f} s start-up and export")
-    shutil.rmtree(work, ignore_errors=True)
-    keys = ("steady_step_s", "overhead_s")
-    return {m: {k: costs[b][k] for k in keys} for m, b in BASE.items()}
+    return first_study.calibrate(study, BASE, run_config, say=log)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -309,31 +249,12 @@ def save(results: dict, out: Path) -> None:
 # ---------------------------------------------------------------------------------- main
 def load_results(study: Study) -> dict[str, Any]:
     """The results of an earlier invocation of the same study (resume), else a new record."""
-    path, args = Path(study.args.out) / f"{NAME}.json", study.args
-    if args.fresh or not path.is_file():
-        settings = {"steps": args.steps, "seeds_done": []}
-        new = {"benchmark": NAME, "fingerprint": study.fingerprint(), "settings": settings}
-        return new | {"runs": {}, "merges": {}, "invocations": []}
-    results = json.loads(path.read_text())
-    done = results["settings"]["steps"]
-    if results["fingerprint"] != study.fingerprint():
-        raise SystemExit(f"{path} holds another study (recipe, configs or evaluation sizes "
-                         "differ); pass --fresh to start over, or another --out")  # fmt: skip
-    if args.steps is not None and done not in (None, args.steps):
-        raise SystemExit(f"{path} holds runs of {done} steps; drop --steps or pass --fresh")
-    results["settings"]["steps"] = done or args.steps
-    return results
+    return first_study.load_results(study, NAME, empty=("runs", "merges"))
 
 
 def references(study: Study, results: dict) -> None:
     """Evaluate the teacher and the untrained extended student, once per study."""
-    if not results.get("untrained"):
-        results["teacher"] = {"eval": evaluate(study, study.teacher, long=False)}
-        save_untrained = first_study.save_untrained_student  # the teacher's weights, new RoPE
-        untrained = save_untrained(study, study.work / "untrained")  # type: ignore[arg-type]
-        results["untrained"] = {"eval": evaluate(study, untrained)}
-        save(results, Path(study.args.out))
-    log(f"teacher and untrained student evaluated ({results['untrained']['eval']['seconds']} s)")
+    first_study.references(study, results, evaluate_fn=evaluate, save_fn=save, say=log)
 
 
 def merges_per_seed(study: Study) -> int:

@@ -144,6 +144,13 @@ def plot(results: dict, path: Path) -> None:
         ax.axvline(256, ls=":", color="grey")
         ax.set(xlabel="target position (dotted: teacher window)", ylabel="perplexity")
         ax.set_title(f"held-out long {d}: perplexity by position")
+    save_figure(fig, axes, path)
+
+
+def save_figure(fig: Any, axes: Any, path: Path) -> None:
+    """Grid and legend on every axis, then the PNG (120 dpi); the figure is closed."""
+    import matplotlib.pyplot as plt
+
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")

