@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import yaml
 
-from benchmarks.common import ROOT, quiet
+from benchmarks.common import quiet
 from experiments.paper_setting.report import (
     ALPHAS,
     CPT_DOMAIN,
@@ -75,9 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = first_study.study_parser(
         "python -m experiments.paper_setting", __doc__, budget=90.0, out=RESULTS,
         recipe="configs/paper_setting/teacher-paper-setting.yaml", configs="configs/paper_setting",
+        work="artifacts/paper",
     )  # fmt: skip
     add = p.add_argument
-    add("--work", default=str(ROOT / "artifacts/paper"), help="teacher, shards, runs")
     add("--curve-every", type=int, default=250, help="teacher learning-curve interval (steps)")
     add("--select-k", type=int, default=2, help="intermediate layers select-layers picks")
     add("--alphas", type=float, nargs="*", default=list(ALPHAS), help="merge weights")

@@ -1,13 +1,15 @@
 """Held-out learning curves of the paper-setting teacher at several sizes: how big, how long.
 
 The issue's condition: a teacher big enough that more in-domain text no longer improves it
-much within the study's budget. Each size is built with ``configs/paper_setting/teacher-paper-setting.yaml``
-(its size and ``--steps`` replaced) and its held-out loss on A and B recorded every
-``--every`` steps (``longred_pl.teacher.learning_curve``). The figure that decides is the
-gain over the last stretch of the curve holding as many A tokens as one Long+CPT run of the
-study reads (``--student-tokens``): ``exp(loss_before - loss_end)``, 1.0 = flat (under the cosine schedule this also counts the
-learning-rate decay); and, directly, the gain of the built teacher trained on that many more
-A tokens at the students' learning rate (``continued_gain``).
+much within the study's budget. Each size is built with
+``configs/paper_setting/teacher-paper-setting.yaml`` (its size and ``--steps`` replaced) and
+its held-out loss on A and B recorded every ``--every`` steps
+(``longred_pl.teacher.learning_curve``). The figure that decides is the gain over the last
+stretch of the curve holding as many A tokens as one Long+CPT run of the study reads
+(``--student-tokens``): ``exp(loss_before - loss_end)``, 1.0 = flat (under the cosine
+schedule this also counts the learning-rate decay); and, directly, the gain of the built
+teacher trained on that many more A tokens at the students' learning rate
+(``continued_gain``).
 
 Outputs in ``--out``: ``teacher_curve.json`` (every point, build times), ``teacher_curve.md``
 and ``teacher_curve.png``. Builds are cached under ``--work`` (same recipe: reused).

@@ -61,10 +61,10 @@ def hms(seconds: float) -> str:
 
 
 def study_parser(
-    prog: str, doc: str, *, budget: float, recipe: str, configs: str, out: Path
+    prog: str, doc: str, *, budget: float, recipe: str, configs: str, work: str, out: Path
 ) -> ArgumentParser:
-    """The flags every study takes, with the study's defaults (``recipe`` and ``configs``
-    relative to the repository); each study adds its own."""
+    """The flags every study takes, with the study's defaults (``recipe``, ``configs`` and
+    ``work`` relative to the repository); each study adds its own."""
     p = ArgumentParser(prog=prog, description=doc.splitlines()[0])
     add = p.add_argument
     add("--budget", type=float, default=budget, help="minutes for the whole study")
@@ -73,6 +73,7 @@ def study_parser(
     add("--threads", type=int, default=2, help="torch intra-op threads")
     add("--recipe", default=str(ROOT / recipe))
     add("--configs", default=str(ROOT / configs), help="the method YAMLs")
+    add("--work", default=str(ROOT / work), help="teacher, shards, runs")
     add("--out", default=str(out), help="JSON, markdown, plot")
     add("--num-short", type=int, default=128, help="held-out short samples per domain")
     add("--num-long", type=int, default=24, help="held-out long samples per domain")
@@ -85,10 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = study_parser(
         "python -m experiments.reproduce", __doc__, budget=60.0, out=RESULTS,
         recipe="configs/reproduce/teacher-two-domains.yaml", configs="configs/reproduce",
+        work="artifacts/reproduce",
     )  # fmt: skip
-    add = p.add_argument
-    add("--work", default=str(ROOT / "artifacts/reproduce"), help="teacher, shards, runs")
-    add("--copy-trials", type=int, default=16, help="repeat-copy sequences per distance")
+    p.add_argument("--copy-trials", type=int, default=16, help="repeat-copy sequences per distance")
     return p.parse_args(argv)
 
 

@@ -198,10 +198,17 @@ PAPER = {
     "data.long.urls": "artifacts/paper/data/long",
 }
 PAPER_THREE = {
+    **REPRODUCE_THREE,
     **PAPER,
-    **{k: v for k, v in REPRODUCE_THREE.items() if k not in PAPER},
     "data.short.urls": "artifacts/paper/data/short",
     "data.s2l.urls": "artifacts/paper/data/s2l",
+}
+LONG_ONLY = {  # Long+CPT: the 8 long micro-steps of a LongReD step, no other stream
+    "model.method": "long_cpt",
+    "data.schedule": ["long"],
+    "data.short": None,
+    "data.s2l": None,
+    "trainer.accumulate_grad_batches": 8,
 }
 
 
@@ -212,32 +219,16 @@ def _suggested(theta: float, window: int, target: int) -> Any:
 
 
 EXPECTED: dict[str, dict[str, Any]] = {
-    "reproduce/long-cpt.yaml": {
-        **REPRODUCE,
-        "model.method": "long_cpt",
-        "data.schedule": ["long"],
-        "data.short": None,
-        "data.s2l": None,
-        "trainer.accumulate_grad_batches": 8,  # the 8 long micro-steps of a LongReD step
-    },
+    "reproduce/long-cpt.yaml": {**REPRODUCE, **LONG_ONLY},
     "reproduce/mix-cpt.yaml": {**REPRODUCE_THREE, "model.method": "mix_cpt"},
     "reproduce/longred-c.yaml": {**REPRODUCE_LONGRED, "model.s2l_positions": "cream"},
     "reproduce/longred-u.yaml": {**REPRODUCE_LONGRED, "model.s2l_positions": "uniform"},
-    "paper_setting/long-cpt.yaml": {
-        **PAPER,
-        "model.method": "long_cpt",
-        "data.schedule": ["long"],
-        "data.short": None,
-        "data.s2l": None,
-        "trainer.accumulate_grad_batches": 8,
-    },
+    "paper_setting/long-cpt.yaml": {**PAPER, **LONG_ONLY},
     "paper_setting/mix-cpt.yaml": {**PAPER_THREE, "model.method": "mix_cpt"},
     "paper_setting/longred-c.yaml": {
+        **REPRODUCE_LONGRED,
         **PAPER_THREE,
-        "model.method": "longred",
         "model.distill_layers": [2, 3, 4],  # the committed run's select-layers choice
-        "model.short_weight": 5.0,
-        "model.s2l_weight": 10.0,
         "model.s2l_positions": "cream",
     },
     "llama3-8b/32k-abf-longred-c.yaml": {**LONGRED, **CREAM, **ABF_32K},
