@@ -1,106 +1,117 @@
 #!/usr/bin/env bash
-# GPU smoke of longred_pl on CUDA (written for a single H200), about 8 minutes at most.
-# Runs from the repository root:   bash benchmarks/gpu_smoke.sh
-# Parts, each under its own time limit:
-#   gpu_env, flash_parity, fsdp_fit   pytest -m gpu on tests/gpu/<file> (CUDA + bf16; flash-attn
-#                                     vs sdpa incl. s2l skipped ids; LongReD fits under FSDP1
-#                                     and FSDP2, unsharded-loss equality, RoPE inv_freq dtype)
-#   cp_kernels                        pytest -m gpu tests/integration/test_cp_attention.py: the
-#                                     ring attention's CUDA kernels vs sdpa (the ring itself
-#                                     needs 2 GPUs)
-#   cp_gpu                            python -m benchmarks.cp_memory --device cuda: context
-#                                     parallelism over 2 GPUs (SKIP with fewer than 2)
-#   step_cost                         python -m benchmarks.step_cost at GPU sizes (last: it gets
-#                                     the time left; its JSON is rewritten after each target)
-# A pytest part whose tests were all skipped (e.g. no flash_attn) reads SKIP.
-# Wheels in .whl/ (if any) are installed into /tmp/site, else the packages must be present.
-# Outputs in ${OUT:-benchmarks/results}: gpu_smoke.log (everything printed),
-# gpu_smoke_summary.md (the status table), step_cost_gpu.json and cp_memory_gpu.json.
-# The script exits nonzero if any part failed or timed out.
-set -euo pipefail
+# GPU smoke of longred_pl, in one call of at most 8 minutes, for the machine this project is
+# lent (one H200; torch 2.11.0+cu130, transformers 5.17, lightning 2.6.6, Python 3.12, no
+# network). Runs from the repository root:   bash benchmarks/gpu_smoke.sh
+#
+# Wheels to carry: what that machine lacks (benchmarks/gpu_wheels.py computes the list from
+# pyproject.toml, the image's package list and this environment; tests/unit/test_gpu_wheels.py
+# checks this header against it): 5 pure-Python wheels, 1.0 MiB together. Once, here:
+#   echo /.whl/ >> .git/info/exclude
+#   python -m benchmarks.gpu_wheels .whl   # = pip download --no-deps --only-binary=:all:
+#     --python-version 3.12 -d .whl braceexpand==0.1.7 docstring-parser==0.18.0
+#     jsonargparse==4.53.0 typeshed-client==2.15.0 webdataset==1.0.2
+# then one device call, naming .whl in carry:
+#   run(command="bash benchmarks/gpu_smoke.sh", carry=[".whl"], timeout_s=540)
+#   (the parts stop at BUDGET_S=450; the figures come back in $OUT)
+# SMOKE_TINY=1 runs every part at toy sizes: on a CPU, the dry run of this script.
+#
+# It installs .whl/*.whl into /tmp/site without network (--no-index --no-deps), puts the
+# repository and /tmp/site on PYTHONPATH (so every process it starts, Lightning's and
+# pytest's included, imports longred_pl from this tree), then runs, each under its own
+# time limit and all within BUDGET_S:
+#   env         versions, the GPU, bf16, the measured bf16 matmul rate (MFU's denominator)
+#   ring        (b) the ring's CUDA kernels without a second GPU: the ring simulated in one
+#               process, 2 and 4 chunks, bf16 flash and fp32 memory-efficient, fwd + bwd,
+#               against unsharded attention
+#   gpu_tests   pytest -m gpu tests/gpu (bf16 matmul, flash-attn parity if installed, tiny
+#               LongReD fits under FSDP1 and FSDP2 in bf16, unsharded-loss equality, RoPE
+#               inv_freq kept fp32, a sharded FSDP1 checkpoint)
+#   recipe      (a) configs/llama3-8b/32k-abf-longred-c.yaml + configs/trainer/fsdp2-8gpu.yaml
+#               as written, ~1.2B random Llama, lengths / 4 (8K long), bf16-mixed, one GPU:
+#               one step with clipping, a checkpoint, a resume for step 2, an export
+#   throughput  (c) tokens/s and MFU of long_cpt and longred at 8K and 32K (activation
+#               checkpointing), (d) the peak of one long micro-step next to the README's
+#               estimate; its figures are written after each case
+# Outputs in ${OUT:-benchmarks/results}: gpu_smoke.json (every part's figures and status)
+# and gpu_smoke.log (everything printed). Exits nonzero if a part failed or timed out.
+set -uo pipefail
 
 OUT=${OUT:-benchmarks/results}
 PY=${PYTHON:-python3}
-BUDGET_S=${BUDGET_S:-470}  # all parts together, leaving time for start-up and copying back
+BUDGET_S=${BUDGET_S:-450}
+WORK=${WORK:-/tmp/longred_smoke}
 DEADLINE=$((SECONDS + BUDGET_S))
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$WORK/parts"
 LOG="$OUT/gpu_smoke.log"
-SUMMARY="$OUT/gpu_smoke_summary.md"
-PART_LOG=$(mktemp)
-trap 'rm -f "$PART_LOG"' EXIT
 : >"$LOG"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   echo "installing $(ls .whl/*.whl | wc -l) wheel(s) from .whl/ into /tmp/site" | tee -a "$LOG"
-  "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tee -a "$LOG"
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl 2>&1 | tee -a "$LOG"
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
 else
   echo "no .whl/: using the installed packages" | tee -a "$LOG"
 fi
-command -v nvidia-smi >/dev/null && nvidia-smi 2>&1 | tee -a "$LOG" || true
+# every import the parts need, first: a missing package ends the run here, in seconds
+if ! "$PY" -c "import torch, lightning, transformers, webdataset, jsonargparse, longred_pl.cli, \
+longred_pl.module, longred_pl.parallel, benchmarks.gpu_smoke.parts; print('imports ok')" \
+  2>&1 | tee -a "$LOG" | grep -q "imports ok"; then
+  echo '{"parts": {}, "error": "imports failed: see gpu_smoke.log"}' >"$OUT/gpu_smoke.json"
+  exit 1
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi 2>&1 | tee -a "$LOG"
 
-NAMES=()
-STATUSES=()
-TIMES=()
-
-# run_part NAME MAX_SECONDS COMMAND...: run under a time limit, log, record the status.
-# Exit 0 is PASS (SKIP for pytest when nothing passed), 3 is SKIP, 124/137 TIMEOUT.
+STATUS=()
+# run_part NAME MAX_SECONDS COMMAND...: under a time limit; its status goes into the JSON.
 run_part() {
   local name=$1 cap=$2
   shift 2
-  local left=$((DEADLINE - SECONDS))
-  local status rc=0 start=$SECONDS
+  local left=$((DEADLINE - SECONDS)) start=$SECONDS rc=0 status
   if ((left < 20)); then
     echo "=== $name: SKIP (no time left)" | tee -a "$LOG"
-    NAMES+=("$name") STATUSES+=("SKIP (no time)") TIMES+=(0)
+    STATUS+=("$name=SKIP (no time left)=0")
     return 0
   fi
   local limit=$((cap < left ? cap : left))
   echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
-  set +e
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$PART_LOG" | tee -a "$LOG"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
-  set -e
   case $rc in
     0) status=PASS ;;
-    3) status=SKIP ;;
     124 | 137) status="TIMEOUT (${limit}s)" ;;
     *) status="FAIL (rc $rc)" ;;
   esac
-  if [[ $rc == 0 && $* == *pytest* ]] && ! grep -Eq '[0-9]+ (passed|xfailed)' "$PART_LOG"; then
-    status=SKIP
-  fi
-  NAMES+=("$name") STATUSES+=("$status") TIMES+=($((SECONDS - start)))
   echo "=== $name: $status" | tee -a "$LOG"
+  STATUS+=("$name=$status=$((SECONDS - start))")
 }
 
-# -rA: the tests' printed measurements (errors, losses, dtypes) go into the log.
-GPU_TESTS=("$PY" -m pytest -m gpu -q -rA)
-run_part gpu_env 60 "${GPU_TESTS[@]}" tests/gpu/test_cuda_env.py
-run_part flash_parity 90 "${GPU_TESTS[@]}" tests/gpu/test_flash_parity.py
-run_part fsdp_fit 150 "${GPU_TESTS[@]}" tests/gpu/test_fsdp_fit.py
-run_part cp_kernels 90 "${GPU_TESTS[@]}" tests/integration/test_cp_attention.py
-# Context parallelism needs one GPU per rank (NCCL refuses two ranks on one device).
-run_part cp_gpu 90 bash -c '
-  n=$("$0" -c "import torch; print(torch.cuda.device_count())")
-  if ((n < 2)); then echo "SKIP: context parallelism needs 2 GPUs, this machine has $n"; exit 3; fi
-  exec "$0" -m benchmarks.cp_memory --device cuda --seq-len 16384 --out "$1/cp_memory_gpu.json"
-' "$PY" "$OUT"
-run_part step_cost 270 "$PY" -m benchmarks.step_cost --device cuda --precision bf16-mixed \
-  --vocab 128256 --hidden 1024 --intermediate 2816 --layers 8 --heads 16 --kv-heads 8 \
-  --long 8192 --short 1024 --s2l 2048 --steps 4 --reps 3 --data-batches 256 \
-  --mem-len 8192 --mem-chunks 0,4096,1024 --out "$OUT/step_cost_gpu.json"
+TINY=()
+[[ ${SMOKE_TINY:-0} == 1 ]] && TINY=(--tiny)
+# a part of benchmarks/gpu_smoke (a command line, not a function: `timeout` runs it)
+part() { echo "$PY" -m benchmarks.gpu_smoke "$1" --work "$WORK" --json "$WORK/parts/$1.json" "${TINY[@]}"; }
 
-failed=0
-{
-  echo "| part | status | seconds |"
-  echo "|---|---|---|"
-  for i in "${!NAMES[@]}"; do
-    echo "| ${NAMES[$i]} | ${STATUSES[$i]} | ${TIMES[$i]} |"
-    case ${STATUSES[$i]} in FAIL* | TIMEOUT*) failed=1 ;; esac
-  done
-} >"$SUMMARY"
-echo | tee -a "$LOG"
-tee -a "$LOG" <"$SUMMARY"
-exit "$failed"
+run_part env 60 $(part env)
+run_part ring 60 $(part ring)
+run_part gpu_tests 90 "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider tests/gpu
+run_part recipe 200 $(part recipe)
+run_part throughput 300 $(part throughput)
+
+"$PY" - "$WORK/parts" "$OUT/gpu_smoke.json" "${STATUS[@]}" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, sys
+from pathlib import Path
+parts, out, statuses = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+result = {"parts": {}}
+for entry in statuses:
+    name, status, seconds = entry.split("=")
+    path = parts / f"{name}.json"
+    figures = json.loads(path.read_text()) if path.exists() else {}
+    result["parts"][name] = {"status": status, "seconds": int(seconds), **figures}
+out.write_text(json.dumps(result, indent=2))
+print("| part | status | seconds |\n|---|---|---|")
+for name, part in result["parts"].items():
+    print(f"| {name} | {part['status']} | {part['seconds']} |")
+EOF
+! printf '%s\n' "${STATUS[@]}" | grep -Eq '=(FAIL|TIMEOUT)'

@@ -2,8 +2,8 @@
 
 ``LongReDModule.__init__`` checks its own settings (:func:`check_settings`,
 :func:`distill_layers`); ``LongReDModule.setup`` calls :func:`check_run`, which compares
-the module with the data module and the trainer: stream lengths and vocabulary (the data
-module's ``check_model``), the streams the objective consumes, the accumulation against
+the module with the data module and the trainer: the precision, stream lengths and vocabulary
+(the data module's ``check_model``), the streams the objective consumes, the accumulation against
 the schedule's period, and the skipped-position scheme against the s2l length. Every
 failure is a :class:`~longred_pl.errors.UserError` naming the field and the fix.
 """
@@ -45,6 +45,7 @@ def distill_layers(layers: list[int] | None, n_layers: int, default: list[int]) 
 def check_run(module: Any, datamodule: Any, trainer: Any) -> None:
     """Cross-checks of module, data module and trainer (see the module docstring)."""
     hp = module.hparams
+    check_precision(str(getattr(trainer, "precision", "32-true")))
     check_mesh(getattr(module, "device_mesh", None))
     if datamodule is not None and hasattr(datamodule, "check_model"):
         datamodule.check_model(
@@ -90,6 +91,25 @@ def check_accumulation(accumulate: int, schedule: list[str]) -> None:
             f"trainer.accumulate_grad_batches={accumulate} does not cover whole periods of "
             f"data.schedule ({period} micro-steps: {schedule}); set "
             f"trainer.accumulate_grad_batches: {period} (or a multiple of it)"
+        )
+
+
+def check_precision(precision: str) -> None:
+    """Refuse 16-bit "true" precision: no fp32 master weights, RoPE frequencies in 16 bits.
+
+    Lightning's ``bf16-true`` / ``16-true`` cast the whole module, buffers included. RoPE
+    ``inv_freq`` keeps 8 significant bits, so the rotation angle ``p * inv_freq`` drifts:
+    for Llama-3's frequencies (theta 500000, head dim 128) by up to 59 rad at position
+    32768 and 15 rad at 8192 (computed). AdamW moves a weight by about ``lr`` per step, and
+    in bf16 ``0.01 + 2e-5 == 0.01``: the published lr's updates round away. ``bf16-mixed``
+    keeps fp32 weights (bf16 compute); ``model.teacher_dtype: bfloat16`` halves the teacher.
+    """
+    if precision in ("bf16-true", "16-true"):
+        raise UserError(
+            f"trainer.precision={precision} casts the student's weights and RoPE inv_freq to "
+            f"16 bits (no fp32 master weights: small AdamW updates round away; rotation angles "
+            f"at long positions off by radians); use trainer.precision: bf16-mixed, and "
+            f"model.teacher_dtype: bfloat16 for a 16-bit teacher"
         )
 
 

@@ -140,7 +140,7 @@ def _others(path: str) -> str:
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
-    """A Lightning checkpoint as one dict, consolidating sharded (FSDP2/DCP) directories.
+    """A Lightning checkpoint as one dict, consolidating sharded (FSDP1/FSDP2, DCP) directories.
 
     Loads with ``weights_only=True``: no pickled code runs, whatever the file holds. A file
     that is not a readable checkpoint is a :class:`UserError` naming it and the fix.
@@ -176,6 +176,8 @@ def _load(path: str) -> dict[str, Any]:
         merged = os.path.join(tmp, "consolidated.pt")
         dcp_to_torch_save(path, merged)
         ckpt.update(torch.load(merged, map_location="cpu", weights_only=True))
+    if "state_dict" not in ckpt and isinstance(ckpt.get("model"), dict):
+        ckpt["state_dict"] = ckpt.pop("model")  # FSDPStrategy (FSDP1) names the weights "model"
     return ckpt
 
 
@@ -270,12 +272,26 @@ def export_main(argv: Sequence[str] | None = None) -> Path:
 
 
 def full_student_state(module: Any) -> dict[str, torch.Tensor] | None:
-    """The student's full state dict when its parameters are sharded (FSDP2), else None.
+    """The student's full state dict when its parameters are sharded (FSDP1, FSDP2), else None.
 
-    A collective: every rank must call it. Tensors are gathered to CPU.
+    A collective: every rank must call it. Tensors are gathered to CPU (under FSDP1 on
+    rank 0 only: the other ranks get an empty dict).
     """
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.tensor import DTensor
 
+    trainer = getattr(module, "_trainer", None)
+    root = getattr(getattr(trainer, "strategy", None), "model", None)
+    if isinstance(root, FSDP):  # FSDPStrategy: one root unit over the LightningModule
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+
+        # on a CPU run, "offloading" frees the gathered weights under the clone (segfault)
+        on_gpu = next(root.parameters()).device.type != "cpu"
+        config = FullStateDictConfig(offload_to_cpu=on_gpu, rank0_only=True)
+        with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
+            state = root.state_dict()
+        prefix = "student."
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not any(isinstance(p, DTensor) for p in module.student.parameters()):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -297,7 +313,8 @@ def _run_from_trainer(trainer: L.Trainer) -> dict[str, Any]:
 class ExportStudent(L.Callback):
     """At the end of ``fit``, write the student as a Hugging Face directory with its card.
 
-    Works on one device, DDP and FSDP2 (sharded weights are gathered first; rank 0 writes).
+    Works on one device, DDP, FSDP1 and FSDP2 (sharded weights are gathered first; rank 0
+    writes).
 
     Args:
         dirpath: output directory (created).

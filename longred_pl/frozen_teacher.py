@@ -1,19 +1,20 @@
 """The frozen teacher: loaded once, never trained, never saved, never in train mode.
 
-:class:`FrozenTeacher` owns everything the original model needs as a teacher (DESIGN.md,
-"Rules of the house"):
+:class:`FrozenTeacher` owns everything the original model needs as a teacher:
 
 * loading from its local directory (``local_files_only``) with its own dtype;
 * freezing: ``requires_grad_(False)`` (it is outside the optimizer, which only sees the
   student) and forwards under ``torch.no_grad()`` (not ``inference_mode``: its outputs
   meet the student's autograd graph in the cosine loss);
-* the eval lock: ``train(True)`` leaves it in eval mode, so Lightning's ``model.train()``
-  at every fit/validation switch cannot turn dropout on;
-* checkpoint exclusion: a state-dict hook on the *parent* module drops the teacher's keys
-  from the parent's checkpoint (it is re-loaded from its path), and a load hook forgives
-  their absence; the teacher's own ``state_dict()`` stays complete;
+* the eval lock: ``train(True)`` leaves it in eval mode;
 * FSDP2: the root unit is resharded after each no-grad forward (FSDP2 keeps the root
   gathered after forward for a backward that never comes).
+
+``LongReDModule`` *holds* its teacher without registering it as a submodule
+(``LongReDModule.teacher``), so the teacher is outside the module's ``parameters()``,
+``state_dict()`` (checkpoints: it is re-loaded from its path), ``train()`` and every
+wrapper Lightning applies (DDP, FSDP1's root unit); the module shards it itself
+(``fsdp.shard_models``) and moves it with itself (``LongReDModule._apply``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class FrozenTeacher(nn.Module):
         super().__init__()
         self.model = freeze(model)
         self.head = logit_head(model)
+        self.train(False)  # the eval lock: it never leaves eval mode
 
     @classmethod
     def load(cls, path: str, config: Any, attn_implementation: str, dtype: str,
@@ -54,21 +56,6 @@ class FrozenTeacher(nn.Module):
     def train(self, mode: bool = True) -> FrozenTeacher:
         """Always eval mode (the eval lock)."""
         return super().train(False)
-
-    def exclude_from_checkpoint(self, parent: nn.Module, name: str) -> None:
-        """Keep ``parent.<name>.*`` out of ``parent``'s state dict and forgive it on load."""
-        marker = name + "."
-
-        def drop(module: nn.Module, state_dict: dict[str, Any], prefix: str, _meta: Any) -> None:
-            for key in [k for k in state_dict if k.startswith(prefix + marker)]:
-                del state_dict[key]
-
-        def forgive(module: nn.Module, incompatible: Any) -> None:
-            missing = incompatible.missing_keys
-            missing[:] = [k for k in missing if not _under(k, marker)]
-
-        parent.register_state_dict_post_hook(drop)
-        parent.register_load_state_dict_post_hook(forgive)
 
     @torch.no_grad()
     def hidden_states(
@@ -99,8 +86,3 @@ class FrozenTeacher(nn.Module):
         reshard = getattr(self.model, "reshard", None)
         if callable(reshard):
             reshard()
-
-
-def _under(key: str, marker: str) -> bool:
-    """Whether state-dict ``key`` lies under a ``marker`` (``"teacher."``) submodule."""
-    return key.startswith(marker) or ("." + marker) in key

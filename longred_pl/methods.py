@@ -124,10 +124,24 @@ def published_adamw(params: Iterable[Any]) -> Any:
     return torch.optim.AdamW(params, lr=2e-5, betas=(0.9, 0.95), weight_decay=0.1)
 
 
-def param_groups(model: Any) -> list[dict[str, Any]]:
-    """The trainable parameters, weight decay on matrices only (not on norms and biases)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+def param_groups(model: Any, matrix_names: frozenset[str]) -> list[dict[str, Any]]:
+    """The trainable parameters, weight decay on matrices only (not on norms and biases).
+
+    ``matrix_names`` (``fsdp.matrix_parameter_names``, read before sharding) tells the
+    matrices: FSDP1 with ``use_orig_params`` shows each rank 1-D views of its shard.
+    """
+    from longred_pl.fsdp import clean_name
+
+    decay, no_decay, seen = [], [], set()
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
+            name = clean_name(name)
+            seen.add(name)
+            (decay if name in matrix_names else no_decay).append(param)
+    if not matrix_names <= seen:
+        lost = sorted(matrix_names - seen)
+        raise RuntimeError(
+            f"{len(lost)} matrices read at load are not parameters of the sharded student "
+            f"(e.g. {lost[0]!r}): weight decay would silently skip them"
+        )
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]

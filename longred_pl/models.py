@@ -7,7 +7,8 @@ stays off unless the user sets it.
 
 Reading hidden states and running the LM head inside the forward live in
 :mod:`longred_pl.forward` (``capture_hidden_states``, ``run_model``); freezing the
-teacher in :mod:`longred_pl.frozen_teacher`.
+teacher in :mod:`longred_pl.frozen_teacher`; sharding under each strategy in
+:mod:`longred_pl.fsdp`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from longred_pl.errors import UserError
 from longred_pl.forward import capture_hidden_states, decoder_parts
 
 __all__ = [
-    "capture_hidden_states", "decoder_parts", "freeze", "load_causal_lm", "load_config", "load_student", "resolve_device", "shard_fsdp2", "shard_fsdp2_under",
+    "capture_hidden_states", "decoder_parts", "freeze", "load_causal_lm", "load_config", "load_student", "resolve_device",
 ]  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -120,59 +121,3 @@ def freeze(model: nn.Module) -> nn.Module:
     model.requires_grad_(False)
     model.eval()
     return model
-
-
-def shard_fsdp2(model: nn.Module, mesh: Any, param_dtype: torch.dtype | None = None) -> nn.Module:
-    """FSDP2: ``fully_shard`` every decoder layer, then the whole model (the root unit).
-
-    The root unit holds the embeddings, the final norm and the LM head; it is gathered for
-    the whole forward and backward, so ``get_output_embeddings().weight`` can be used by the
-    chunked loss after a forward. Frozen models (the teacher) are sharded the same way.
-
-    Args:
-        model: a Llama-like causal LM.
-        mesh: the data-parallel device mesh (``LightningModule.device_mesh["data_parallel"]``).
-        param_dtype: compute dtype of gathered parameters (e.g. bf16); reductions stay fp32.
-    """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    kwargs: dict[str, Any] = {"mesh": mesh}
-    if param_dtype is not None:
-        kwargs["mp_policy"] = MixedPrecisionPolicy(
-            param_dtype=param_dtype, reduce_dtype=torch.float32
-        )
-    _, _, layers, _ = decoder_parts(model)
-    for layer in layers:
-        fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
-    return model
-
-
-def data_parallel_mesh(module: Any) -> Any:
-    """The mesh FSDP2 shards over: ``data_parallel`` (``dp_cp`` under CP), else None."""
-    try:
-        mesh = module.device_mesh
-    except (AttributeError, RuntimeError):
-        return None
-    if mesh is None:
-        return None
-    names = mesh.mesh_dim_names or ()
-    if "context_parallel" in names:  # FSDP2 shards over dp x cp (as torchtitan does)
-        from longred_pl.parallel import fsdp_mesh
-
-        return fsdp_mesh(mesh)
-    return mesh["data_parallel"] if "data_parallel" in names else mesh
-
-
-def shard_fsdp2_under(module: Any, models: list[nn.Module | None]) -> None:
-    """``shard_fsdp2`` each of ``models`` over ``module``'s data-parallel mesh, if it has one.
-
-    bf16 parameters in compute when the trainer's precision is ``bf16*``.
-    """
-    mesh = data_parallel_mesh(module)
-    if mesh is None:
-        return
-    bf16 = str(module.trainer.precision).startswith("bf16")
-    for model in models:
-        if model is not None:
-            shard_fsdp2(model, mesh, torch.bfloat16 if bf16 else None)

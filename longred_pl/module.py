@@ -28,8 +28,9 @@ from torch import nn
 from longred_pl import checks, positions, rope
 from longred_pl.forward import logit_head, run_model
 from longred_pl.frozen_teacher import FrozenTeacher
+from longred_pl.fsdp import clip_grad_norm, matrix_parameter_names, prepare_strategy, shard_models
 from longred_pl.methods import default_distill_layers, get_method, param_groups, published_adamw
-from longred_pl.models import load_config, load_student, shard_fsdp2_under
+from longred_pl.models import load_config, load_student
 from longred_pl.objectives import (
     chunked_next_token_loss,
     chunked_token_nll,
@@ -43,6 +44,11 @@ DType = Literal["float32", "bfloat16", "float16"]
 
 # The frozen teacher is in eval mode by design: Lightning would warn at every fit.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+# Under FSDPStrategy configure_model wraps student and teacher with the strategy's own wrap
+# policy (fsdp.py); Lightning then warns that the policy "will be ignored", which it is not.
+warnings.filterwarnings(
+    "ignore", message=r"A FSDP `auto_wrap_policy` is set, but the model is already wrapped"
+)
 
 
 class LongReDModule(L.LightningModule):
@@ -118,34 +124,59 @@ class LongReDModule(L.LightningModule):
         self.optimizer_factory = optimizer or published_adamw
         self.scheduler_factory = lr_scheduler
         self.student: nn.Module | None = None
-        self.teacher: FrozenTeacher | None = None
+        self._hold_teacher(None)
         self.heldout = HeldOutPerplexity()
         self.step_stats = StepStats()
         self.layout = Layout()  # set in setup: data/context-parallel coordinates
 
     # ------------------------------------------------------------------ models
+    @property
+    def teacher(self) -> FrozenTeacher | None:
+        """The frozen teacher, held but not registered (``frozen_teacher`` docstring)."""
+        return self.__dict__["_frozen_teacher"]
+
+    def _hold_teacher(self, teacher: FrozenTeacher | None) -> None:
+        object.__setattr__(self, "_frozen_teacher", teacher)  # not a submodule, on purpose
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LongReDModule:
+        """``to`` / ``cuda`` / ``float`` ... reach the held teacher too."""
+        super()._apply(fn, recurse)
+        if self.teacher is not None:
+            self.teacher._apply(fn, recurse)
+        return self
+
     def setup(self, stage: str) -> None:
         """Cross-check data, schedule and trainer against the models before loading them."""
         self.layout = layout_of(self.trainer)
         checks.check_run(self, getattr(self.trainer, "datamodule", None), self.trainer)
+        prepare_strategy(self.trainer.strategy)
 
     def configure_model(self) -> None:
-        """Load student and teacher (called by the Trainer, inside the strategy's context)."""
+        """Load student and teacher, then shard them under the strategy (``fsdp.shard_models``).
+
+        Called by the Trainer inside the strategy's context. Loading reads whole sequences
+        even under context parallelism (the load-time logit check runs on this rank alone).
+        """
         if self.student is not None:
             return
         hp = self.hparams
-        self.student = load_student(
-            hp.teacher_path, self.student_config, hp.attn_implementation, hp.dtype,
-            hp.trust_remote_code, hp.gradient_checkpointing,
-        )  # fmt: skip
-        self.student_head = logit_head(self.student)
-        if self.objective.needs_teacher:
-            self.teacher = FrozenTeacher.load(
-                hp.teacher_path, self.teacher_config, hp.attn_implementation,
-                hp.teacher_dtype or hp.dtype, hp.trust_remote_code,
+        with unsharded(self.layout):
+            student = load_student(
+                hp.teacher_path, self.student_config, hp.attn_implementation, hp.dtype,
+                hp.trust_remote_code, hp.gradient_checkpointing,
             )  # fmt: skip
-            self.teacher.exclude_from_checkpoint(self, "teacher")
-        shard_fsdp2_under(self, [self.student, self.teacher and self.teacher.model])
+            teacher = None
+            if self.objective.needs_teacher:
+                teacher = FrozenTeacher.load(
+                    hp.teacher_path, self.teacher_config, hp.attn_implementation,
+                    hp.teacher_dtype or hp.dtype, hp.trust_remote_code,
+                )  # fmt: skip
+        self.student_head = logit_head(student)
+        self.matrix_names = matrix_parameter_names(student)  # weight decay; FSDP1 flattens
+        self.student, teacher_model = shard_models(self, [student, teacher and teacher.model])
+        if teacher is not None:
+            teacher.model = teacher_model
+            self._hold_teacher(teacher)  # moved by _apply, or already sharded onto the device
 
     # ------------------------------------------------------------------- terms
     def L_long(self, batch: dict[str, Any]) -> torch.Tensor:  # noqa: N802 (the paper's name)
@@ -242,8 +273,25 @@ class LongReDModule(L.LightningModule):
     # --------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
         """The optimizer over the student only (no weight decay on norms and biases)."""
-        optimizer = self.optimizer_factory(param_groups(self.student))
+        optimizer = self.optimizer_factory(param_groups(self.student, self.matrix_names))
         if self.scheduler_factory is None:
             return optimizer
         schedule = {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Any,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by norm with the sharding's own norm (FSDP1, FSDP2); log ``train/grad_norm``.
+
+        The logged norm is the student's whole gradient before clipping, over all ranks.
+        ``gradient_clip_algorithm: value`` is left to Lightning.
+        """
+        if gradient_clip_algorithm == "value":
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        norm = clip_grad_norm(self, gradient_clip_val or None)
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)

@@ -1,18 +1,33 @@
 """Every private torch API that context parallelism uses, in one place.
 
-Checked on torch 2.13.0 (CPU build, gloo). The ring algorithm is torch's own
-(``torch.distributed.tensor.experimental._context_parallel._attention``): the public
-``context_parallel()`` entry point refuses CPU tensors and dispatches through DTensor, but
-the two templated functions underneath take plain local tensors, a process group and an
-attention op, which is all we need. If a torch upgrade moves them, this is the only file
-to change; :data:`CHECKED_TORCH` records the range it was verified on and a warning is
-emitted once outside it.
+The ring algorithm is torch's own: the public ``context_parallel()`` entry point refuses
+CPU tensors and dispatches through DTensor, but the two templated functions underneath
+take plain local tensors, a process group and an attention op, which is all we need. If
+a torch upgrade moves them, this is the only file to change.
+
+Checked by reading each version's source (:data:`CHECKED_TORCH`, a warning is emitted
+once outside that range):
+
+* torch 2.13.0 (CPU build, also run here) and 2.11.0 (the wheel's source; the GPU
+  machines this project is lent run 2.11.0+cu130): the ring lives in
+  ``torch.distributed.tensor.experimental._context_parallel._attention``;
+  ``_templated_ring_attention(group, seq_dim, op, query, key, value, is_causal, **kwargs)``
+  and ``_templated_ring_attention_backward(group, seq_dim, op, grad_out, grad_out_name,
+  query, key, value, out, logsumexp, is_causal, **kwargs)`` have the same parameters and
+  the same loop in both (they differ only in ``assert`` vs ``raise AssertionError``), as
+  do ``_cp_options``, ``_RotateMethod``, ``_SDPAMerger`` and torch's CUDA ring wrappers
+  (``_scaled_dot_product_ring_{flash,efficient}_attention[_backward]``), whose calling
+  conventions the CUDA kernel adapters of ``ring_attention`` follow;
+* torch 2.8.0: the ring lives in ``torch.distributed.tensor.experimental._attention`` and
+  takes a ``DeviceMesh``, not a process group: refused with an error naming the versions
+  (:func:`locate_ring`).
 
 Uses:
 * ``_templated_ring_attention`` / ``_templated_ring_attention_backward``: the ring;
 * ``_cp_options``: their global switches (load balancing, fp32 merge, rotation method),
   pinned for the duration of each call so that another user of torch CP cannot change
   the algorithm under us;
+* ``_SDPAMerger``: the ring's log-sum-exp merge, reused by ``ring_simulation``;
 * ``DeviceMesh._flatten``: the flattened (dp, cp) mesh that FSDP2 shards over (as
   torchtitan does).
 """
@@ -20,24 +35,51 @@ Uses:
 from __future__ import annotations
 
 import contextlib
+import importlib
+import inspect
 import warnings
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-CHECKED_TORCH = ("2.13", "2.13")  # inclusive (major.minor) range this file was verified on
+CHECKED_TORCH = ("2.11", "2.13")  # inclusive (major.minor) range this file was verified on
+# Where torch has kept its ring: the layout this file uses first, then older ones.
+RING_MODULE = "torch.distributed.tensor.experimental._context_parallel._attention"
+OLD_RING_MODULE = "torch.distributed.tensor.experimental._attention"  # torch <= 2.8: a mesh
 
-try:
-    from torch.distributed.tensor.experimental._context_parallel import _attention as _cp
-except ImportError as err:  # pragma: no cover - depends on the installed torch
+
+def locate_ring(import_module: Callable[[str], ModuleType] = importlib.import_module) -> ModuleType:
+    """torch's ring-attention module, if it has the layout and signature this file uses.
+
+    Raises:
+        ImportError: naming the installed torch, what was found, and the checked versions.
+    """
+    wanted = f"torch {CHECKED_TORCH[0]}-{CHECKED_TORCH[1]} (checked)"
+    try:
+        module = import_module(RING_MODULE)
+    except ImportError:
+        module = None
+    if module is not None:
+        first = next(iter(inspect.signature(module._templated_ring_attention).parameters))
+        if first == "group":
+            return module
+        found = f"{RING_MODULE}._templated_ring_attention takes {first!r}, not a process group"
+    else:
+        try:
+            import_module(OLD_RING_MODULE)
+            found = f"its ring in {OLD_RING_MODULE}, taking a DeviceMesh (torch <= 2.8)"
+        except ImportError:
+            found = "no ring attention at all"
     raise ImportError(
-        f"longred_pl.parallel needs torch's ring attention "
-        f"(torch.distributed.tensor.experimental._context_parallel._attention), checked on "
-        f"torch {CHECKED_TORCH[0]}-{CHECKED_TORCH[1]}; installed torch {torch.__version__} "
-        f"does not have it"
-    ) from err
+        f"longred_pl.parallel needs torch's ring attention ({RING_MODULE}, taking a process "
+        f"group), as in {wanted}; installed torch {torch.__version__} has {found}"
+    )
+
+
+_cp = locate_ring()
 
 
 def _check_version() -> None:
@@ -117,6 +159,11 @@ def ring_backward(
             is_causal=True,
             **kwargs,
         )
+
+
+def sdpa_merger(seq_dim: int = 2) -> Any:
+    """torch's ring merger: ``step(out, lse, partial)`` per block, ``results()`` -> (out, lse)."""
+    return _cp._SDPAMerger(True, seq_dim=seq_dim)
 
 
 def flatten_mesh(mesh: Any, name: str) -> Any:

@@ -1,27 +1,28 @@
 """A tiny LongReD fit on CUDA under Lightning's FSDP1 and FSDP2 strategies.
 
-* ``fsdp1``: ``FSDPStrategy`` (FSDP1), auto-wrap by decoder layer, ``use_orig_params``;
+* ``fsdp1``: ``FSDPStrategy`` (FSDP1), auto-wrap by decoder layer, ``use_orig_params``,
+  sharded checkpoints: Lightning wraps the module (the student), the module wraps its
+  held teacher as a root of its own (``longred_pl/fsdp.py``);
 * ``fsdp2``: ``ModelParallelStrategy`` with ``data_parallel_size`` = devices and
   ``tensor_parallel_size=1``; ``LongReDModule.configure_model`` calls ``fully_shard``.
 
-Three properties:
+Four properties:
 
 1. bf16-mixed fits: finite losses, the frozen teacher unchanged and without gradients,
-   the student trained.
+   the student trained, a checkpoint written without teacher weights that exports.
 2. The losses of the first optimizer step (long, s2l, long, short, all at the initial
    weights) equal those of the unsharded module on the same batches (fp32). The LM-head
    loss runs in a forward pre-hook of the output embedding, i.e. inside the root unit's
-   forward where the head weight is gathered (``forward.py``), so it is right by
-   construction; this test is the evidence. It runs in one process (``DEVICES``), where
-   FSDP1 clamps to ``NO_SHARD`` (torch does so for a world of 1): it proves the wiring
-   (wrapping, hooks, precision), not the sharding, which needs 2 processes.
-3. RoPE ``inv_freq`` stays fp32. Lightning's FSDP1 ``bf16-mixed`` plugin builds
-   ``MixedPrecision(buffer_dtype=torch.bfloat16)`` and FSDP1 casts every buffer to it
-   at its first forward, ``inv_freq`` included (seen with torch's FSDP1 on 2 CPU ranks):
-   ``fsdp1`` is therefore an expected failure (strict: it fails the suite as soon as it
-   passes, so the marker goes when the library keeps the buffer fp32), and
-   ``fsdp1-fp32-buffers`` (the strategy's ``mixed_precision`` with ``buffer_dtype=None``)
-   is the remedy it points to. FSDP2's ``MixedPrecisionPolicy`` leaves buffers alone.
+   forward where the head weight is gathered (``forward.py``). It runs in one process
+   (``DEVICES``), where FSDP1 clamps to ``NO_SHARD`` (torch does so for a world of 1): it
+   proves the wiring on CUDA (wrapping, hooks, precision); the sharding itself is proved
+   on 2 CPU processes (``tests/integration/test_fsdp{1,2}_cpu.py``).
+3. RoPE ``inv_freq`` stays fp32 under bf16-mixed. Lightning's FSDP1 ``bf16-mixed`` plugin
+   asks for ``MixedPrecision(buffer_dtype=torch.bfloat16)``; the module gives FSDP1 the
+   plugin's policy without the buffer cast (``fsdp.fsdp1_mixed_precision``). FSDP2's
+   ``MixedPrecisionPolicy`` leaves buffers alone.
+4. Clipping by norm runs under both (``gradient_clip_val``; Lightning's FSDP1 plugin
+   refuses it, the module clips with FSDP1's own ``clip_grad_norm_``).
 """
 
 from __future__ import annotations
@@ -50,13 +51,8 @@ def strategy(name: str):
 
     if name == "fsdp2":
         return ModelParallelStrategy(data_parallel_size=DEVICES, tensor_parallel_size=1)
-    kwargs = {}
-    if name == "fsdp1-fp32-buffers":
-        from torch.distributed.fsdp import MixedPrecision
-
-        bf16 = torch.bfloat16
-        kwargs["mixed_precision"] = MixedPrecision(param_dtype=bf16, reduce_dtype=bf16)
-    return FSDPStrategy(auto_wrap_policy={LlamaDecoderLayer}, use_orig_params=True, **kwargs)
+    return FSDPStrategy(auto_wrap_policy={LlamaDecoderLayer}, use_orig_params=True,
+                        state_dict_type="sharded")  # fmt: skip
 
 
 def make_module(teacher_path: str):
@@ -111,17 +107,22 @@ def models(module) -> dict[str, torch.nn.Module]:
     return {"student": module.student, "teacher": module.teacher.model}
 
 
-def fit(name: str, precision: str, teacher_path: str, shards: dict[str, str]):
+def fit(name: str, precision: str, teacher_path: str, shards: dict[str, str], out: Path):
     """``STEPS`` optimizer steps of LongReD under strategy ``name``: (module, recorder)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     module, recorder = make_module(teacher_path), Recorder()
+    checkpoint = ModelCheckpoint(dirpath=out, every_n_train_steps=STEPS, save_top_k=-1)
     trainer = L.Trainer(
         accelerator="gpu", devices=DEVICES, strategy=strategy(name), precision=precision,
         max_steps=STEPS, accumulate_grad_batches=len(SCHEDULE), logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[recorder],
+        gradient_clip_val=1.0, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[recorder, checkpoint],
+        default_root_dir=out,
     )  # fmt: skip
     trainer.fit(module, datamodule=make_data(shards))
     print(f"{name} {precision}: root unit {recorder.root}")
+    recorder.checkpoint = out / f"epoch=0-step={STEPS}.ckpt"
     return module, recorder
 
 
@@ -131,9 +132,10 @@ def full_weights(model: torch.nn.Module, root: torch.nn.Module) -> dict[str, tor
 
     from torch.distributed.fsdp import FullyShardedDataParallel
 
+    owner = model if isinstance(model, FullyShardedDataParallel) else root  # the teacher's own
     gather = (
-        FullyShardedDataParallel.summon_full_params(root, writeback=False)
-        if isinstance(root, FullyShardedDataParallel)
+        FullyShardedDataParallel.summon_full_params(owner, writeback=False)
+        if isinstance(owner, FullyShardedDataParallel)
         else contextlib.nullcontext()
     )
     out = {}
@@ -148,13 +150,14 @@ def full_weights(model: torch.nn.Module, root: torch.nn.Module) -> dict[str, tor
 
 
 @pytest.fixture(scope="module")
-def fitted(tiny_llama, tiny_shards):
+def fitted(tiny_llama, tiny_shards, tmp_path_factory):
     """``fitted(name, precision)``: one fit per strategy and precision, shared by the tests."""
     done = {}
 
     def get(name: str, precision: str):
         if (name, precision) not in done:
-            done[name, precision] = fit(name, precision, tiny_llama, tiny_shards)
+            out = tmp_path_factory.mktemp(f"{name}-{precision}")
+            done[name, precision] = fit(name, precision, tiny_llama, tiny_shards, out)
         return done[name, precision]
 
     return get
@@ -185,6 +188,11 @@ def test_bf16_mixed_fit_trains_the_student_only(name, fitted, tiny_llama):
     assert all(math.isfinite(x) for x in recorder.losses)
     assert teacher_moved == 0.0 and teacher_grads == 0
     assert student_moved > 0.0
+    from longred_pl.export import export_checkpoint, load_checkpoint
+
+    saved = load_checkpoint(str(recorder.checkpoint))["state_dict"]
+    assert saved and not any("teacher" in k for k in saved)
+    export_checkpoint(str(recorder.checkpoint), str(recorder.checkpoint.parent / "hf"))
 
 
 @pytest.mark.parametrize("name", ["fsdp1", "fsdp2"])
@@ -200,28 +208,12 @@ def test_first_step_losses_equal_the_unsharded_module(name, fitted, reference):
     assert recorder.losses[: len(SCHEDULE)] == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            "fsdp1",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,  # the dtype assertion; a crash is a failure
-                reason="Lightning's FSDP1 bf16-mixed sets MixedPrecision(buffer_dtype=bf16): "
-                "FSDP1 casts RoPE inv_freq to bf16 (NOTES.md, 'Noticed and left alone')",
-            ),
-        ),
-        "fsdp1-fp32-buffers",
-        "fsdp2",
-    ],
-)
+@pytest.mark.parametrize("name", ["fsdp1", "fsdp2"])
 def test_bf16_mixed_keeps_rope_inv_freq_fp32(name, fitted, reference):
     _, recorder = fitted(name, "bf16-mixed")
     exact = {n: b.cpu().double() for n, b in rope_buffers(reference.student).items()}
     for model, buffers in recorder.inv_freq.items():
-        if not buffers:  # not an AssertionError: the xfail above is about the dtype only
-            pytest.fail(f"{model}: no inv_freq buffer found")
+        assert buffers, f"{model}: no inv_freq buffer found"
         for key, value in buffers.items():
             line = f"{name}: {model} {key} {value.dtype}"
             if model == "student":  # the teacher's RoPE is another (unextended) one

@@ -17,7 +17,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from longred_pl.models import load_causal_lm, load_config, shard_fsdp2
+from longred_pl.fsdp import shard_fsdp2
+from longred_pl.models import load_causal_lm, load_config
 from longred_pl.objectives import chunked_next_token_loss, hidden_cosine_loss
 from longred_pl.parallel import (
     build_dp_cp_mesh,

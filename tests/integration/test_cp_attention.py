@@ -45,6 +45,12 @@ def other_llama(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("other_llama"), seed=1)
 
 
+def _python_path() -> str:
+    """The repository first: the workers import longred_pl from this tree, installed or not."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+
+
 @pytest.fixture(scope="module")
 def worker(tiny_llama, other_llama, tmp_path_factory):
     """Run the 2-rank worker once; return a loader of its results."""
@@ -53,7 +59,7 @@ def worker(tiny_llama, other_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("cp")
     script = os.path.join(os.path.dirname(__file__), "cp_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _python_path()}
     proc = subprocess.run(
         [*cmd, script, tiny_llama, other_llama, str(out)],
         env=env,
@@ -74,6 +80,29 @@ def test_ring_attention_matches_causal_sdpa_with_gqa(worker):
     (out * w).sum().backward()
     for name, want in (("out", out), ("dq", q.grad), ("dk", k.grad), ("dv", v.grad)):
         torch.testing.assert_close(got[name], want.detach(), **ATTN_TOL, msg=name)
+
+
+def test_ring_simulation_equals_the_two_process_ring(worker):
+    """One process simulating 2 ranks computes what the real gloo ring computed (the
+    simulation checks the CUDA kernels on a single GPU, benchmarks/gpu_smoke.sh)."""
+    from longred_pl.parallel.ring_simulation import simulate_ring
+
+    got = worker("attention")
+    q, k, v, w = cp_cases.attention_inputs()
+    simulated = simulate_ring(q, k, v, w, cp=2, scale=cp_cases.SCALE)
+    for name in ("out", "dq", "dk", "dv"):
+        torch.testing.assert_close(simulated[name], got[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_ring_simulation_matches_unsharded_attention(cp):
+    from longred_pl.parallel.ring_simulation import simulate_ring, unsharded_attention
+
+    q, k, v, w = cp_cases.attention_inputs()
+    simulated = simulate_ring(q, k, v, w, cp=cp, scale=cp_cases.SCALE)
+    reference = unsharded_attention(q, k, v, w, scale=cp_cases.SCALE)
+    for name in ("out", "dq", "dk", "dv"):
+        torch.testing.assert_close(simulated[name], reference[name], **ATTN_TOL, msg=name)
 
 
 def _student(model_dir: str):
@@ -165,7 +194,10 @@ def test_cuda_kernels_match_sdpa(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "cp_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     proc = subprocess.run(
-        [*cmd, str(nproc), script, "--cuda", str(tmp_path)], capture_output=True, text=True
+        [*cmd, str(nproc), script, "--cuda", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": _python_path()},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     errors = torch.load(tmp_path / "cuda.pt", weights_only=True)

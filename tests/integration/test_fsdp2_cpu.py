@@ -67,7 +67,9 @@ def data_config(root):
     }
 
 
-def run_fit(root, teacher, out, devices, max_steps, ckpt_path=None):
+def run_fit(root, teacher, out, devices, max_steps, ckpt_path=None, strategy=None, model=None,
+            trainer=None):  # fmt: skip
+    """``longred fit`` of the tiny recipe; ``strategy`` replaces FSDP2 when ``devices > 1``."""
     config = {
         "seed_everything": 0,
         "trainer": {
@@ -101,11 +103,12 @@ def run_fit(root, teacher, out, devices, max_steps, ckpt_path=None):
                 },
             ],
         },
-        "model": MODEL | {"teacher_path": teacher},
+        "model": MODEL | {"teacher_path": teacher} | (model or {}),
         "data": data_config(root),
     }
+    config["trainer"].update(trainer or {})
     if devices > 1:
-        config["trainer"]["strategy"] = {
+        config["trainer"]["strategy"] = strategy or {
             "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
             "init_args": {"data_parallel_size": devices, "tensor_parallel_size": 1},
         }
@@ -114,7 +117,9 @@ def run_fit(root, teacher, out, devices, max_steps, ckpt_path=None):
     cmd = [sys.executable, "-m", "longred_pl.cli", "fit", "--config", str(out / "config.yaml")]
     if ckpt_path:
         cmd += ["--ckpt_path", ckpt_path]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rehearsal = os.path.join(os.path.dirname(__file__), os.pardir, "rehearsal")  # CPUFSDPStrategy
+    path = os.pathsep.join([os.path.abspath(rehearsal), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -127,12 +132,17 @@ def losses(out):
         (int(r["step"]), k): float(v)
         for r in rows
         for k, v in r.items()
-        if k.startswith("train/loss") and v
+        if (k.startswith("train/loss") or k == "train/grad_norm") and v
     }
 
 
-def simulate_data_parallel(root, teacher, world=2, steps=4, accumulate=4):
-    """One process doing what ``world`` data-parallel ranks do; returns losses, weights, ppl."""
+def simulate_data_parallel(root, teacher, world=2, steps=4, accumulate=4, weight_decay=0.01,
+                           clip=None):  # fmt: skip
+    """One process doing what ``world`` data-parallel ranks do; returns losses, weights, ppl.
+
+    AdamW (lr 1e-3, ``weight_decay`` on matrices only); gradients clipped to a total norm of
+    ``clip`` (over the whole student) before each step when given.
+    """
     from types import SimpleNamespace
 
     from longred_pl.data.datamodule import MixedLengthDataModule
@@ -143,8 +153,9 @@ def simulate_data_parallel(root, teacher, world=2, steps=4, accumulate=4):
     torch.manual_seed(0)
     init = {k: v for k, v in MODEL.items() if k != "optimizer"}
     module = LongReDModule(
-        teacher_path=teacher, **init, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)
-    )
+        teacher_path=teacher, **init,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=weight_decay),
+    )  # fmt: skip
     module.configure_model()
     opt = module.configure_optimizers()
     cfg = data_config(root)
@@ -170,6 +181,8 @@ def simulate_data_parallel(root, teacher, world=2, steps=4, accumulate=4):
                 (loss / (accumulate * world)).backward()
                 key = batch["kind"]
                 sums.setdefault(key, []).append(float(term))
+        norm = torch.nn.utils.clip_grad_norm_(module.student.parameters(), clip or float("inf"))
+        logged[(step, "train/grad_norm")] = float(norm)
         opt.step()
         opt.zero_grad()
         for kind, values in sums.items():

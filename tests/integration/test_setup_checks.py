@@ -161,3 +161,44 @@ def test_student_trains_in_train_mode_teacher_in_eval(tiny_llama, tiny_shards, t
     trainer.callbacks.append(Modes())
     trainer.fit(module, datamodule=_data(tiny_shards, ["long", "s2l", "long", "short"]))
     assert seen == [(True, True, False)] * 4
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+def test_true_half_precision_refused_before_models_load(tiny_llama, tiny_shards, tmp_path,
+                                                         precision):  # fmt: skip
+    """Lightning's *-true casts RoPE inv_freq and the weights themselves to 16 bits."""
+    module = _module(tiny_llama)
+    trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        accumulate_grad_batches=4, default_root_dir=tmp_path)  # fmt: skip
+    with pytest.raises(UserError, match=rf"trainer.precision={precision}.*bf16-mixed"):
+        trainer.fit(module, datamodule=_data(tiny_shards, ["long", "s2l", "long", "short"]))
+    assert module.student is None
+
+
+def test_loading_under_context_parallelism_runs_no_collective(tiny_llama, monkeypatch):
+    """The strategy sets the process-wide CP group before configure_model; loading (the
+    load-time logit check is a forward) must not run the ring: on NCCL that is a collective
+    on CPU tensors and fails at load."""
+    import importlib
+
+    from longred_pl.sequence import Layout
+
+    # the module, not the package's same-named function
+    ring = importlib.import_module("longred_pl.parallel.ring_attention")
+
+    group = object()  # stands for the CP group of 2 that ContextParallelStrategy sets
+
+    def no_ring(*args, **kwargs):
+        raise AssertionError("the ring attention ran while the models loaded")
+
+    monkeypatch.setattr(ring, "cp_active", lambda g: g is group)
+    monkeypatch.setattr(ring, "ring_attention", no_ring)
+    module = _module(tiny_llama, attn_implementation="longred_ring")
+    module.layout = Layout(cp_rank=0, cp_size=2, cp_group=group)
+    ring.set_cp_group(group)
+    try:
+        module.configure_model()
+    finally:
+        ring.set_cp_group(None)
+    assert module.student is not None and module.teacher is not None

@@ -67,7 +67,7 @@ PUBLISHED = {  # every paper config, baselines included
     "model.optimizer.init_args.betas": [0.9, 0.95],
     "model.optimizer.init_args.weight_decay": 0.1,
     "model.lr_scheduler": None,  # constant learning rate
-    "model.attn_implementation": "flash_attention_2",
+    "model.attn_implementation": "sdpa",
     "model.dtype": "float32",
     "model.loss_chunk_size": 4096,
     "model.gradient_checkpointing": True,
