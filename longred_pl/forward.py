@@ -161,20 +161,27 @@ def logit_head(model: nn.Module) -> LogitHead:
 def check_logit_head(model: nn.Module, head: LogitHead, field: str = "model.teacher_path") -> None:
     """Refuse a model whose own logits differ from ``head(hidden @ W.T + b)``.
 
-    One forward of 8 tokens compares the model's logits with the library's formula, so
-    a model with another logit transform (a bias, scale or cap not covered above) is
-    refused at load instead of trained on wrong logits.
+    Two forwards of 8 tokens on the model as it is (sharded or not, on its device): the
+    library's formula inside the forward, where the head's weight is whole
+    (:func:`run_model`), and the model's own logits. A model with another logit transform
+    (a bias, scale or cap not covered by :func:`logit_head`) is refused at load instead of
+    trained on wrong logits. Every rank of a sharded model must call it (a collective).
     """
     from longred_pl.objectives import _project
 
-    vocab = int(model.get_output_embeddings().weight.shape[0])
-    ids_BT = torch.arange(8, device=model.get_output_embeddings().weight.device)[None] % vocab
-    with capture_hidden_states(model, [len(decoder_parts(model)[2])]) as states:
-        logits_BTV = model(input_ids=ids_BT, use_cache=False, logits_to_keep=0).logits
-    hidden_BTD = next(iter(states.values()))
-    lm_head = model.get_output_embeddings()
-    ours_BTV = head.logits(_project(hidden_BTD, lm_head.weight, getattr(lm_head, "bias", None)))
-    error = float((ours_BTV - logits_BTV.float()).abs().max())
+    config = model.config
+    device = next(p for p in model.parameters()).device
+    ids_BT = torch.arange(8, device=device)[None] % int(config.vocab_size)
+
+    def formula(hidden_BTD, weight_VD, bias_V):
+        return head.logits(_project(hidden_BTD, weight_VD, bias_V))
+
+    ours_BTV = run_model(model, ids_BT, (), None, formula)[1]
+    logits_BTV = model(input_ids=ids_BT, use_cache=False, logits_to_keep=0).logits
+    reshard = getattr(model, "reshard", None)  # FSDP2 keeps the root gathered after a forward
+    if callable(reshard):
+        reshard()
+    error = float((ours_BTV.float() - logits_BTV.float()).abs().max())
     rel = 1e-3 if logits_BTV.dtype == torch.float32 else 5e-2  # bf16/fp16 weights round
     tol = rel * max(1.0, float(logits_BTV.float().abs().max()))
     if not error <= tol:
@@ -183,3 +190,57 @@ def check_logit_head(model: nn.Module, head: LogitHead, field: str = "model.teac
             f"reproduce (max difference {error:.3g}); supported: lm_head weight/bias, "
             f"logit_scale, logits_scaling, final_logit_softcapping"
         )
+
+
+def proxy_config(config: Any) -> Any:
+    """``config`` shrunk to a toy model: the same class and logit settings, 1 layer, 64 tokens.
+
+    The logit transform of a causal LM is fixed by its class and its config (bias, scale,
+    soft cap), not by its weights or sizes, so a toy of the same config computes its
+    logits the same way (:func:`check_model_head`).
+    """
+    import copy
+
+    small = copy.deepcopy(config)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    group = max(1, heads // kv_heads)
+    small.num_attention_heads, small.num_key_value_heads = group, 1
+    if getattr(small, "head_dim", None) is not None:
+        small.head_dim = 8
+    small.hidden_size, small.intermediate_size = 8 * group, 16
+    small.num_hidden_layers, small.vocab_size = 1, 64
+    if isinstance(getattr(small, "layer_types", None), list):
+        small.layer_types = small.layer_types[:1]
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(small, name, None)
+        if isinstance(value, int) and value >= small.vocab_size:
+            setattr(small, name, None)
+    return small
+
+
+def check_model_head(model: nn.Module, trust_remote_code: bool = False,
+                     field: str = "model.teacher_path") -> None:  # fmt: skip
+    """:func:`check_logit_head` on a toy of ``model``'s config, not on ``model`` itself.
+
+    A forward of the real model at load would gather a sharded model's embeddings and head
+    twice over (all-gather buffer and parameters: measured 412 MB of a 125M model's rank)
+    and, under context parallelism, run a collective: the toy runs on the CPU alone, from
+    the global random state's side (``fork_rng``). A config the toy cannot be built from
+    falls back to the check on the model itself.
+    """
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            toy = AutoModelForCausalLM.from_config(
+                proxy_config(model.config), attn_implementation="eager", dtype=torch.float32,
+                trust_remote_code=trust_remote_code,
+            )  # fmt: skip
+    except Exception:  # noqa: BLE001  (an unusual config: check the model itself)
+        check_logit_head(model, logit_head(model), field)
+        return
+    if logit_head(toy) != logit_head(model):
+        raise RuntimeError(f"toy of {type(model).__name__}: another logit head than the model's")
+    check_logit_head(toy, logit_head(toy), field)

@@ -14,7 +14,7 @@
 (``LongReDModule.teacher``), so the teacher is outside the module's ``parameters()``,
 ``state_dict()`` (checkpoints: it is re-loaded from its path), ``train()`` and every
 wrapper Lightning applies (DDP, FSDP1's root unit); the module shards it itself
-(``fsdp.shard_models``) and moves it with itself (``LongReDModule._apply``).
+(``fsdp.placement``, ``fsdp.wrap_teacher``) and moves it with itself (``_apply``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from longred_pl.forward import check_logit_head, logit_head, run_model
+from longred_pl.forward import check_model_head, logit_head, run_model
 from longred_pl.models import freeze
-from longred_pl.objectives import chunked_token_nll
 
 
 class FrozenTeacher(nn.Module):
@@ -45,12 +44,16 @@ class FrozenTeacher(nn.Module):
 
     @classmethod
     def load(cls, path: str, config: Any, attn_implementation: str, dtype: str,
-             trust_remote_code: bool = False) -> FrozenTeacher:  # fmt: skip
-        """Load the teacher from ``path`` with its own (unextended) ``config``."""
+             trust_remote_code: bool = False, placement: Any = None) -> FrozenTeacher:  # fmt: skip
+        """Load the teacher from ``path`` with its own (unextended) ``config``.
+
+        ``placement`` (``models.Placement``): where and how it is built (sharded, on a device).
+        """
         from longred_pl.models import load_causal_lm
 
-        model = load_causal_lm(path, config, attn_implementation, dtype, trust_remote_code)
-        check_logit_head(model, logit_head(model))
+        model = load_causal_lm(path, config, attn_implementation, dtype, trust_remote_code,
+                               placement)  # fmt: skip
+        check_model_head(model, trust_remote_code)
         return cls(model)
 
     def train(self, mode: bool = True) -> FrozenTeacher:
@@ -68,18 +71,6 @@ class FrozenTeacher(nn.Module):
         states, _ = run_model(self.model, input_ids_BT, indices, position_ids_BT)
         self.reshard()
         return states
-
-    @torch.no_grad()
-    def token_nll(self, input_ids_BT: torch.Tensor, chunk_size: int) -> torch.Tensor:
-        """Per-token next-token NLL ``[B, T-1]`` (validation perplexity of the teacher)."""
-
-        def nll(hidden_BTD, weight_VD, bias_V):
-            return chunked_token_nll(hidden_BTD, weight_VD, input_ids_BT, chunk_size, bias_V,
-                                     self.head)  # fmt: skip
-
-        _, out = run_model(self.model, input_ids_BT, (), None, nll)
-        self.reshard()
-        return out
 
     def reshard(self) -> None:
         """Free an FSDP2 root's gathered weights after a forward without backward."""

@@ -1,19 +1,22 @@
 """Sharding the student and the teacher under Lightning's strategies, and what that changes.
 
-``LongReDModule.configure_model`` loads both models, then :func:`shard_models` shards them
-under the run's strategy:
+``LongReDModule.configure_model`` builds both models where :func:`placement` says and
+shards them under the run's strategy:
 
 * FSDP2 (``ModelParallelStrategy``, ``longred_pl.parallel.ContextParallelStrategy``):
   ``fully_shard`` every decoder layer, then the whole model (:func:`shard_fsdp2`), for
   the student and the teacher alike, over the data-parallel mesh (``dp_cp`` under
-  context parallelism);
+  context parallelism), while the models have no weights yet; each rank then reads only
+  its rows from the checkpoint files (``longred_pl/loading.py``);
 * FSDP1 (``FSDPStrategy``): the student is Lightning's to wrap (one root unit over the
   ``LightningModule``, the strategy's wrap policy inside it; the training step then runs
   inside the root's forward, which FSDP1's backward bookkeeping needs). The teacher is
   held outside the ``LightningModule``'s submodules (``frozen_teacher`` docstring), so
-  the module wraps it as a root of its own with the same settings (:func:`wrap_fsdp1`);
-  it never enters the student's root unit, its flat parameters or its checkpoints;
-* anything else (one device, DDP): nothing.
+  the module wraps it as a root of its own with the same settings (:func:`wrap_teacher`);
+  it never enters the student's root unit, its flat parameters or its checkpoints. Both
+  are loaded whole on the CPU first (``from_pretrained``);
+* anything else (one device, DDP): no sharding; the models are filled directly on the
+  strategy's device.
 
 What the sharded models need:
 
@@ -49,11 +52,14 @@ _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_o
 
 # ---------------------------------------------------------------------------- FSDP2
 def shard_fsdp2(model: nn.Module, mesh: Any, param_dtype: torch.dtype | None = None) -> nn.Module:
-    """FSDP2: ``fully_shard`` every decoder layer, then the whole model (the root unit).
+    """FSDP2: ``fully_shard`` every decoder layer, the embeddings, the LM head, then the root.
 
-    The root unit holds the embeddings, the final norm and the LM head; it is gathered for
-    the whole forward and backward, so the LM head's weight is whole inside the forward.
-    Frozen models (the teacher) are sharded the same way.
+    Untied embeddings and LM head are units of their own (as torchtitan shards them): each
+    is gathered only while it runs (the embeddings at the start of the forward and for
+    their gradient at the end of the backward; the head during the loss, whose gradients
+    are formed in the forward), instead of for the whole step in the root unit (measured:
+    ``benchmarks.scale_memory``). Tied ones stay in the root with the final norm. Frozen
+    models (the teacher) are sharded the same way.
 
     Args:
         model: a Llama-like causal LM.
@@ -67,9 +73,13 @@ def shard_fsdp2(model: nn.Module, mesh: Any, param_dtype: torch.dtype | None = N
         kwargs["mp_policy"] = MixedPrecisionPolicy(
             param_dtype=param_dtype, reduce_dtype=torch.float32
         )
-    _, _, layers, _ = decoder_parts(model)
+    _, embed, layers, _ = decoder_parts(model)
     for layer in layers:
         fully_shard(layer, **kwargs)
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not embed.weight:  # untied: units of their own
+        fully_shard(embed, **kwargs)
+        fully_shard(head, **kwargs)
     fully_shard(model, **kwargs)
     return model
 
@@ -153,25 +163,36 @@ def wrap_fsdp1(model: nn.Module, strategy: Any) -> nn.Module:
 
 
 # ------------------------------------------------------------------------ dispatch
-def shard_models(module: Any, models: list[nn.Module | None]) -> list[nn.Module | None]:
-    """``[student, teacher]`` sharded under ``module``'s strategy (module docstring).
+def placement(module: Any) -> Any:
+    """Where ``module``'s models are built (``models.Placement``), by its strategy.
 
-    FSDP2 shards both in place; under FSDP1 the teacher comes back wrapped and the student
-    unchanged (Lightning wraps it with the module). None stays None.
+    FSDP2 (a data-parallel mesh): built without weights, ``fully_shard``-ed, each rank
+    filled with its rows (``loading``). FSDP1: ``from_pretrained`` on the CPU (Lightning
+    wraps the student, :func:`wrap_fsdp1` the teacher). One device, DDP: built without
+    weights and filled on the strategy's device. No trainer: the same, on the CPU.
     """
-    student, teacher = models
+    from longred_pl.models import Placement
+
+    trainer = getattr(module, "_trainer", None)
+    strategy = getattr(trainer, "strategy", None)
+    if strategy is None:
+        return Placement(torch.device("cpu"))
+    if is_fsdp1_strategy(strategy):
+        return Placement(None)
+    mesh = data_parallel_mesh(module)
+    if mesh is None:
+        return Placement(strategy.root_device)
+    dtype = torch.bfloat16 if str(trainer.precision).startswith("bf16") else None
+    return Placement(strategy.root_device, lambda model: shard_fsdp2(model, mesh, dtype))
+
+
+def wrap_teacher(module: Any, teacher: nn.Module) -> nn.Module:
+    """Under FSDP1, the teacher as an FSDP1 root of its own (:func:`wrap_fsdp1`); else as is."""
     trainer = getattr(module, "_trainer", None)
     strategy = getattr(trainer, "strategy", None)
     if strategy is not None and is_fsdp1_strategy(strategy):
-        return [student, None if teacher is None else wrap_fsdp1(teacher, strategy)]
-    mesh = data_parallel_mesh(module)
-    if mesh is None:
-        return models
-    bf16 = str(module.trainer.precision).startswith("bf16")
-    for model in models:
-        if model is not None:
-            shard_fsdp2(model, mesh, torch.bfloat16 if bf16 else None)
-    return models
+        return wrap_fsdp1(teacher, strategy)
+    return teacher
 
 
 # ------------------------------------------------------------------ names, clipping

@@ -14,6 +14,8 @@ teacher in :mod:`longred_pl.frozen_teacher`; sharding under each strategy in
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ from longred_pl.errors import UserError
 from longred_pl.forward import capture_hidden_states, decoder_parts
 
 __all__ = [
-    "capture_hidden_states", "decoder_parts", "freeze", "load_causal_lm", "load_config", "load_student", "resolve_device",
+    "Placement", "capture_hidden_states", "decoder_parts", "freeze", "load_causal_lm", "load_config", "load_student", "resolve_device",
 ]  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -67,37 +69,66 @@ def check_attn_implementation(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a model is built (``fsdp.placement`` chooses it for a run).
+
+    Attributes:
+        device: ``None``: ``from_pretrained`` on the CPU (FSDP1 and the tools; a wrapper
+            moves it later). Else the model is built without weights, ``shard``-ed, and
+            filled on ``device`` from the safetensors files (``loading.load_model``).
+        shard: applied to the weightless model (FSDP2's ``fully_shard``), or None.
+    """
+
+    device: torch.device | None = None
+    shard: Callable[[nn.Module], Any] | None = None
+
+
 def load_causal_lm(
     path: str,
     config: Any,
     attn_implementation: str = "sdpa",
     dtype: str = "float32",
     trust_remote_code: bool = False,
+    placement: Placement | None = None,
 ) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained`` from a local directory with ``config``."""
+    """The causal LM at the local directory ``path`` under ``config``, placed by ``placement``.
+
+    Default: ``AutoModelForCausalLM.from_pretrained`` on the CPU.
+    """
+    attn_implementation = check_attn_implementation(attn_implementation)
+    if placement is not None and placement.device is not None:
+        from longred_pl.loading import load_model
+
+        return load_model(
+            path, config, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code, device=placement.device, shard=placement.shard,
+        )  # fmt: skip
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
         path,
         config=config,
         dtype=DTYPES[dtype],
-        attn_implementation=check_attn_implementation(attn_implementation),
+        attn_implementation=attn_implementation,
         local_files_only=True,
         trust_remote_code=trust_remote_code,
     )
 
 
 def load_student(path: str, config: Any, attn_implementation: str, dtype: str,
-                 trust_remote_code: bool, gradient_checkpointing: bool) -> nn.Module:  # fmt: skip
+                 trust_remote_code: bool, gradient_checkpointing: bool,
+                 placement: Placement | None = None) -> nn.Module:  # fmt: skip
     """The student: the teacher's weights under the extended ``config``, ready to train.
 
-    Its logits are checked against the library's LM-head formula (``forward.check_logit_head``);
+    Its logit transform is checked against the library's formula on a toy of its config
+    (``forward.check_model_head``);
     no KV cache; train mode; decoder layers recomputed in backward with ``gradient_checkpointing``.
     """
-    from longred_pl.forward import check_logit_head, logit_head
+    from longred_pl.forward import check_model_head
 
-    model = load_causal_lm(path, config, attn_implementation, dtype, trust_remote_code)
-    check_logit_head(model, logit_head(model))
+    model = load_causal_lm(path, config, attn_implementation, dtype, trust_remote_code, placement)
+    check_model_head(model, trust_remote_code)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable({"use_reentrant": False})
     model.config.use_cache = False

@@ -28,10 +28,17 @@ from torch import nn
 from longred_pl import checks, positions, rope
 from longred_pl.forward import logit_head, run_model
 from longred_pl.frozen_teacher import FrozenTeacher
-from longred_pl.fsdp import clip_grad_norm, matrix_parameter_names, prepare_strategy, shard_models
+from longred_pl.fsdp import (
+    clip_grad_norm,
+    matrix_parameter_names,
+    placement,
+    prepare_strategy,
+    wrap_teacher,
+)
 from longred_pl.methods import default_distill_layers, get_method, param_groups, published_adamw
 from longred_pl.models import load_config, load_student
 from longred_pl.objectives import (
+    chunked_label_nll,
     chunked_next_token_loss,
     chunked_token_nll,
     hidden_cosine_loss,
@@ -69,10 +76,11 @@ class LongReDModule(L.LightningModule):
         position_kwargs: extra parameters of that scheme (checked against its signature).
         attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` (CUDA).
         dtype: the student's weights' dtype when loaded; keep ``float32`` with ``bf16-mixed``.
-        teacher_dtype: the frozen teacher's dtype (default: ``dtype``); ``bfloat16`` halves
-            its memory, it is never updated.
+        teacher_dtype: the frozen teacher's dtype; default ``bfloat16`` under a bf16
+            precision (the student computes in bf16; half the memory), else ``dtype``.
         loss_chunk_size: tokens per chunk of the next-token loss (logits never materialised
-            for the whole sequence); ``0`` computes them at once.
+            for the whole sequence; under context parallelism each rank takes its 1/cp share
+            of a chunk); ``0`` computes them at once.
         gradient_checkpointing: recompute the student's decoder layers in backward.
         trust_remote_code: allow custom modelling code in the model directory.
         seed: seeds the skipped position ids (per micro-step and rank, so resumes agree).
@@ -152,31 +160,44 @@ class LongReDModule(L.LightningModule):
         prepare_strategy(self.trainer.strategy)
 
     def configure_model(self) -> None:
-        """Load student and teacher, then shard them under the strategy (``fsdp.shard_models``).
+        """Build student and teacher where the strategy wants them (``fsdp.placement``).
 
-        Called by the Trainer inside the strategy's context. Loading reads whole sequences
-        even under context parallelism (the load-time logit check runs on this rank alone).
+        Called by the Trainer inside the strategy's context. Under FSDP2 no rank ever holds
+        a whole model: each is built without weights, sharded, and filled with this rank's
+        rows (``loading``). Loading reads whole sequences even under context parallelism
+        (the load-time logit check is a forward of 8 tokens on each model).
         """
         if self.student is not None:
             return
-        hp = self.hparams
+        hp, where = self.hparams, placement(self)
         with unsharded(self.layout):
             student = load_student(
                 hp.teacher_path, self.student_config, hp.attn_implementation, hp.dtype,
-                hp.trust_remote_code, hp.gradient_checkpointing,
+                hp.trust_remote_code, hp.gradient_checkpointing, where,
             )  # fmt: skip
             teacher = None
             if self.objective.needs_teacher:
                 teacher = FrozenTeacher.load(
                     hp.teacher_path, self.teacher_config, hp.attn_implementation,
-                    hp.teacher_dtype or hp.dtype, hp.trust_remote_code,
+                    self.teacher_dtype(), hp.trust_remote_code, where,
                 )  # fmt: skip
         self.student_head = logit_head(student)
         self.matrix_names = matrix_parameter_names(student)  # weight decay; FSDP1 flattens
-        self.student, teacher_model = shard_models(self, [student, teacher and teacher.model])
+        self.student = student
         if teacher is not None:
-            teacher.model = teacher_model
-            self._hold_teacher(teacher)  # moved by _apply, or already sharded onto the device
+            teacher.model = wrap_teacher(self, teacher.model)
+            self._hold_teacher(teacher)  # moved by _apply, or already on its device
+
+    def teacher_dtype(self) -> str:
+        """``model.teacher_dtype``, else bf16 where the student computes in bf16, else ``dtype``.
+
+        The teacher is never updated: under ``bf16-mixed`` its forward is bf16 anyway, and
+        holding it in bf16 halves its memory.
+        """
+        if self.hparams.teacher_dtype:
+            return self.hparams.teacher_dtype
+        precision = str(getattr(self._trainer, "precision", "") or "")
+        return "bfloat16" if precision.startswith("bf16") else self.hparams.dtype
 
     # ------------------------------------------------------------------- terms
     def L_long(self, batch: dict[str, Any]) -> torch.Tensor:  # noqa: N802 (the paper's name)
@@ -185,7 +206,7 @@ class LongReDModule(L.LightningModule):
 
         def loss(hidden_BTD, weight_VD, bias_V):
             return chunked_next_token_loss(hidden_BTD, weight_VD, view["labels"],
-                                           self.hparams.loss_chunk_size, bias_V, self.student_head)  # fmt: skip
+                                           self.loss_chunk(), bias_V, self.student_head)  # fmt: skip
 
         local = run_model(self.student, view["input_ids"], (), view["position_ids"], loss)[1]
         return token_mean(local, view["targets"], self.layout)
@@ -209,6 +230,13 @@ class LongReDModule(L.LightningModule):
         )
         local = hidden_cosine_loss(student_states, teacher_states, layers)
         return token_mean(local, student["input_ids"].numel(), self.layout)
+
+    def loss_chunk(self) -> int:
+        """Tokens per chunk of the LM-head loss on this rank: ``loss_chunk_size`` of the whole
+        sequence, each of the ``cp`` ranks that share it taking its share (so the ``[chunk,
+        vocab]`` logits buffer shrinks with ``cp`` like the activations)."""
+        chunk = int(self.hparams.loss_chunk_size)
+        return -(-chunk // self.layout.cp_size) if chunk > 0 else 0
 
     def s2l_position_ids(self, batch: dict[str, Any]) -> torch.Tensor:
         """Skipped ids for an s2l micro-batch from (seed, micro-step, data-parallel rank).
@@ -242,27 +270,45 @@ class LongReDModule(L.LightningModule):
 
     # -------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
-        """Token-weighted perplexity of the student (and, on short text, the teacher)."""
+        """Token-weighted perplexity of the student (and, on short text, the teacher).
+
+        Under context parallelism each rank reads its head-tail shard of the sequence, as in
+        training: summed over the group's ranks, every token counts once.
+        """
         input_ids, kind = batch["input_ids"], batch["kind"]
-        with unsharded(self.layout):  # held-out text is read whole, also under CP
-            self.heldout.update(kind, self.token_nll(input_ids))
-            if kind == "short" and self.teacher is not None:
-                nll = self.teacher.token_nll(input_ids, self.hparams.loss_chunk_size)
-                self.heldout.update("short_teacher", nll)
+        self.heldout.update(kind, self.token_nll(input_ids))
+        if kind == "short" and self.teacher is not None:
+            self.heldout.update("short_teacher", self.token_nll(input_ids, teacher=True))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         """``longred test``: the validation metrics on the held-out streams, as ``test/``."""
         self.validation_step(batch, batch_idx, dataloader_idx)
 
     @torch.no_grad()
-    def token_nll(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
-        """The student's per-token NLL ``[B, T-1]``, computed inside its forward."""
+    def token_nll(self, input_ids_BT: torch.Tensor, teacher: bool = False) -> torch.Tensor:
+        """Next-token NLLs of the student (or the teacher), computed inside its forward.
 
-        def nll(hidden_BTD, weight_VD, bias_V):
-            return chunked_token_nll(hidden_BTD, weight_VD, input_ids_BT,
-                                     self.hparams.loss_chunk_size, bias_V, self.student_head)  # fmt: skip
+        ``[B, T-1]`` for whole sequences; under context parallelism the ``N`` NLLs of this
+        rank's shard (labels shifted before sharding, ``sequence.rank_view``).
+        """
+        model, head = (self.teacher.model, self.teacher.head) if teacher else (self.student, self.student_head)  # fmt: skip
+        chunk = self.loss_chunk()
+        if self.layout.cp_size == 1:
 
-        return run_model(self.student, input_ids_BT, (), None, nll)[1]
+            def nll(hidden_BTD, weight_VD, bias_V):
+                return chunked_token_nll(hidden_BTD, weight_VD, input_ids_BT, chunk, bias_V, head)
+
+            out = run_model(model, input_ids_BT, (), None, nll)[1]
+        else:
+            view = rank_view(input_ids_BT, None, self.layout)
+
+            def nll(hidden_BTD, weight_VD, bias_V):
+                return chunked_label_nll(hidden_BTD, weight_VD, view["labels"], chunk, bias_V, head)
+
+            out = run_model(model, view["input_ids"], (), view["position_ids"], nll)[1]
+        if teacher:
+            self.teacher.reshard()
+        return out
 
     def on_validation_epoch_end(self) -> None:
         self.heldout.log_and_reset(self, "val")

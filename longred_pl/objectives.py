@@ -122,15 +122,20 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             stop = start + chunk_size
             h_CD, y_C, keep_C = hidden_ND[start:stop], labels_N[start:stop], valid_N[start:stop]
             logits_CV = head.logits(_project(h_CD, weight, bias_V))
-            lse_C = torch.logsumexp(logits_CV, dim=-1)
             target_C = y_C.clamp(min=0)
             picked_C = logits_CV.gather(1, target_C[:, None]).squeeze(1)
+            slope_CV = _head_slope(head, logits_CV) if (want_h or want_w or want_b) else None
+            # log-sum-exp in place over the logits (torch.logsumexp would hold a second
+            # [C, V] buffer): exp(z - max), its row sums, then the softmax itself
+            max_C = logits_CV.amax(dim=-1)
+            exp_CV = logits_CV.sub_(max_C[:, None]).exp_()
+            sum_C = exp_CV.sum(dim=-1)
+            lse_C = max_C + sum_C.log()
             total += ((lse_C - picked_C) * keep_C).sum()
             if not (want_h or want_w or want_b):
                 continue
-            slope_CV = _head_slope(head, logits_CV)
             # d(sum CE)/d logits = softmax - onehot, on kept rows; in place over the logits
-            grad_CV = logits_CV.sub_(lse_C[:, None]).exp_()
+            grad_CV = exp_CV.div_(sum_C[:, None])
             grad_CV[torch.arange(grad_CV.shape[0], device=grad_CV.device), target_C] -= 1.0
             grad_CV.mul_((keep_C.float() / count)[:, None])
             if slope_CV is not None:
@@ -140,8 +145,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_CV = grad_CV.to(h_CD.dtype)
             if grad_hidden is not None:
                 grad_hidden[start:stop] = grad_CV @ weight
-            if grad_weight is not None:
-                grad_weight += (grad_CV.t() @ h_CD).float()
+            if grad_weight is not None:  # accumulated in place: no second [V, D] buffer
+                if h_CD.dtype == torch.float32:
+                    grad_weight.addmm_(grad_CV.t(), h_CD)
+                else:
+                    grad_weight += (grad_CV.t() @ h_CD).float()
+            # drop this chunk's [C, V] buffers before the next chunk's logits are made
+            del logits_CV, exp_CV, grad_CV, slope_CV
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (weight_VD.dtype, None if bias_V is None else bias_V.dtype)
         return total / count
@@ -150,9 +160,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         w_dtype, b_dtype = ctx.dtypes
-        gh = grad_hidden * grad_out.to(grad_hidden.dtype) if grad_hidden is not None else None
-        gw = (grad_weight * grad_out).to(w_dtype) if grad_weight is not None else None
-        gb = (grad_bias * grad_out).to(b_dtype) if grad_bias is not None else None
+        # scaled in place (each is read once): no second copy of the [V, D] weight gradient
+        gh = grad_hidden.mul_(grad_out.to(grad_hidden.dtype)) if grad_hidden is not None else None
+        gw = grad_weight.mul_(grad_out).to(w_dtype) if grad_weight is not None else None
+        gb = grad_bias.mul_(grad_out).to(b_dtype) if grad_bias is not None else None
         return gh, gw, gb, None, None, None
 
 
@@ -224,3 +235,30 @@ def chunked_token_nll(
         targets_BC = input_ids_BT[:, start + 1 : stop + 1]
         pieces.append(F.cross_entropy(logits_BCV.transpose(1, 2), targets_BC, reduction="none"))
     return torch.cat(pieces, dim=1)
+
+
+def chunked_label_nll(
+    hidden_BTD: torch.Tensor,
+    lm_head_weight_VD: torch.Tensor,
+    labels_BT: torch.Tensor,
+    chunk_size: int = 4096,
+    bias_V: torch.Tensor | None = None,
+    head: LogitHead = PLAIN_HEAD,
+) -> torch.Tensor:
+    """NLL of each position's label, ``[N]`` for the ``N`` labels that are not ``-100``.
+
+    :func:`chunked_token_nll` for labels shifted beforehand (``shift_labels``), as a
+    context-parallel rank holds them: position ``t`` predicts ``labels[:, t]``.
+    """
+    length = labels_BT.shape[1]
+    step = chunk_size if chunk_size > 0 else length
+    weight_VD = lm_head_weight_VD.to(hidden_BTD.dtype)
+    pieces = []
+    for start in range(0, length, step):
+        labels_BC = labels_BT[:, start : start + step]
+        keep_BC = labels_BC != IGNORE_INDEX
+        logits_NV = head.logits(
+            _project(hidden_BTD[:, start : start + step][keep_BC], weight_VD, bias_V)
+        )
+        pieces.append(F.cross_entropy(logits_NV, labels_BC[keep_BC], reduction="none"))
+    return torch.cat(pieces)

@@ -3,8 +3,11 @@
 At cp=2 with dp=1 both ranks read the same micro-batches, each keeps its head-tail
 shard, the ring attention joins them, and the losses are token means over the group: the
 losses of every stream (CREAM ids jumping across the shard boundary included) and the
-weights after 3 optimizer steps must equal the single-process run's. A resume from the
-cp=2 sharded checkpoint ends where the uninterrupted run does, and it exports.
+weights after 3 optimizer steps must equal the single-process run's. Validation (after
+steps 1 and 3) reads each held-out sequence sharded too (each rank its head-tail half,
+labels shifted first): the student's and the teacher's perplexities must equal the
+unsharded ones. A resume from the cp=2 sharded checkpoint ends where the uninterrupted
+run does, and it exports.
 """
 
 import glob
@@ -19,7 +22,8 @@ from test_fsdp2_cpu import losses
 from longred_pl.data.prepare import write_shards
 from longred_pl.export import export_checkpoint, load_checkpoint
 
-LENGTHS = {"long": 256, "short": 16, "s2l": 64}
+LENGTHS = {"long": 256, "short": 16, "s2l": 64, "val_short": 64, "val_long": 256}
+VAL = ("val/loss_short", "val/loss_short_teacher", "val/loss_long")
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +37,17 @@ def shards(tmp_path_factory):
     return root
 
 
+def validation(out) -> dict[str, float]:
+    """The last logged value of each ``val/loss_*`` of a run."""
+    import csv
+
+    (path,) = glob.glob(str(out / "**" / "metrics.csv"), recursive=True)
+    found = {}
+    for row in csv.DictReader(open(path)):
+        found.update({k: float(row[k]) for k in VAL if row.get(k)})
+    return found
+
+
 def run_fit(root, teacher, out, cp, max_steps, ckpt_path=None, **overrides):
     import subprocess
     import sys
@@ -41,6 +56,7 @@ def run_fit(root, teacher, out, cp, max_steps, ckpt_path=None, **overrides):
         "accelerator": "cpu", "devices": cp, "max_steps": max_steps,
         "accumulate_grad_batches": 4, "log_every_n_steps": 1, "enable_progress_bar": False,
         "enable_model_summary": False, "num_sanity_val_steps": 0, "default_root_dir": str(out),
+        "val_check_interval": 8, "check_val_every_n_epoch": None,
         "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}},
         "callbacks": [
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -63,6 +79,7 @@ def run_fit(root, teacher, out, cp, max_steps, ckpt_path=None, **overrides):
     data = {
         **{k: {"urls": str(root / k), "seq_len": n, "batch_size": 2} for k, n in LENGTHS.items()},
         "schedule": ["long", "s2l", "long", "short"], "num_workers": 0, "shuffle_buffer": 1,
+        "val_batches": 2,
     }  # fmt: skip
     config = {"seed_everything": 0, "trainer": trainer, "model": model, "data": data}
     for key, value in overrides.items():
@@ -89,6 +106,10 @@ def test_cp2_fit_equals_single_process_resumes_and_exports(shards, tiny_llama, t
         # absolute (after 2 SGD steps); at step 0 they are equal to 3e-8: cos is ~1
         # and float32 resolves it to ~6e-8 (3 ulps), the only difference the shards make
         assert got[key] == pytest.approx(value, rel=2e-5, abs=2e-7), key
+    expected, got = validation(tmp_path / "single"), validation(tmp_path / "cp2")
+    assert set(expected) == set(VAL) and got.keys() == expected.keys()
+    for key, value in expected.items():  # sharded validation = unsharded, student and teacher
+        assert got[key] == pytest.approx(value, rel=1e-5), key
 
     (plain,) = glob.glob(str(tmp_path / "single" / "ckpt" / "*step=3.ckpt"))
     (dcp,) = glob.glob(str(tmp_path / "cp2" / "ckpt" / "*step=3.ckpt"))

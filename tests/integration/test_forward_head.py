@@ -111,3 +111,16 @@ def test_loss_reads_the_head_weight_while_the_forward_runs():
         model, ids, (), None, lambda h, w, b: chunked_next_token_loss(h, w, labels, 8, b)
     )[1]
     torch.testing.assert_close(got.detach(), expected)
+
+
+def test_load_time_check_on_a_toy_of_the_config_refuses_a_missed_transform(monkeypatch):
+    """The loaders check a 1-layer toy of the model's config (no forward of the real model):
+    a head that misses Cohere's logit_scale is refused as the check on the model would."""
+    import longred_pl.forward as forward
+
+    torch.manual_seed(0)
+    model = _tiny("cohere")
+    forward.check_model_head(model)  # the real head passes
+    monkeypatch.setattr(forward, "logit_head", lambda m: LogitHead())
+    with pytest.raises(UserError, match="computes its logits"):
+        forward.check_model_head(model)

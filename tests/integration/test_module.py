@@ -182,3 +182,25 @@ def test_s2l_batch_without_index_is_refused(tiny_llama):
 def test_bad_settings_refused_at_construction(tiny_llama, kwargs, match):
     with pytest.raises(UserError, match=match):
         LongReDModule(teacher_path=tiny_llama, target_length=256, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "precision, explicit, expected",
+    [
+        ("bf16-mixed", None, "bfloat16"),
+        ("32-true", None, "float32"),
+        ("bf16-mixed", "float32", "float32"),
+    ],
+)
+def test_teacher_dtype_follows_the_students_compute_dtype(
+    tiny_llama, precision, explicit, expected
+):
+    from types import SimpleNamespace
+
+    module = LongReDModule(teacher_path=tiny_llama, target_length=256,
+                           rope_kwargs={"rope_theta": 40000.0}, teacher_dtype=explicit)  # fmt: skip
+    module._trainer = SimpleNamespace(precision=precision)
+    assert module.teacher_dtype() == expected
+    module._trainer = None
+    module.configure_model()
+    assert next(module.teacher.parameters()).dtype == getattr(torch, explicit or "float32")
