@@ -1,6 +1,9 @@
 """Per-rank host memory of loading, training and validation, as ranks are added.
 
     .venv/bin/python -m benchmarks.scale_memory             # ~15 min on 2 CPU cores
+    .venv/bin/python -m benchmarks.scale_memory --tokens 16384 --layouts dp2,cp2 \
+        --no-compare-loaders --out benchmarks/results/scale_memory_16k.json   # ~30 min
+    .venv/bin/python -m benchmarks.scale_memory --render benchmarks/results/scale_memory.json
     .venv/bin/python -m benchmarks.scale_memory --tokens 2048 --layers 4   # a quick look
 
 A random Llama of >= 100M parameters (default: hidden 768, 12 layers, 12 heads, 4
@@ -63,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale_memory.json"
     )
     parser.add_argument("--work", type=Path, default=None, help="scratch (default: a temp dir)")
+    parser.add_argument(
+        "--render", type=Path, default=None, help="print the tables of a result JSON; run nothing"
+    )
     return parser.parse_args(argv)
 
 
@@ -161,6 +167,10 @@ def summarise(ranks: list[dict]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.render is not None:
+        result = json.loads(args.render.read_text())
+        print(markdown(result))
+        return result
     work = args.work or Path(tempfile.mkdtemp(prefix="scale_memory_"))
     work.mkdir(parents=True, exist_ok=True)
     model = build_llama(work / "model", vocab=args.vocab, hidden=args.hidden,
@@ -202,7 +212,9 @@ LLAMA3 = {  # the public configs of Llama-3-8B and -70B
 
 def _per_token(shape: Any) -> float:
     """Activation values per token of ``flops.long_microstep_bytes``'s scaling terms."""
-    return shape.layers * shape.hidden + 5 * shape.hidden + 2 * shape.kv_dim + 4 * shape.intermediate
+    return (
+        shape.layers * shape.hidden + 5 * shape.hidden + 2 * shape.kv_dim + 4 * shape.intermediate
+    )
 
 
 def estimates(result: dict[str, Any], tokens: int = 131072, cp: int = 8) -> list[dict[str, Any]]:
@@ -271,7 +283,10 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["| layout | loader | ranks | base | load peak | long micro-step peak (added) | validation peak |",
+    """The result as README tables: per-rank figures, targets, estimates."""
+    tokens = result["settings"]["tokens"]
+    lines = [f"Per-rank host memory (MiB), long micro-step of {tokens} tokens:", "",
+             "| layout | loader | ranks | base | load peak | long micro-step peak (added) | validation peak |",
              "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for layout, loaders in result["layouts"].items():
         for loader, row in loaders.items():
@@ -280,6 +295,31 @@ def markdown(result: dict[str, Any]) -> str:
             )
             lines.append(f"| {layout} | {loader} | {row['ranks']} | {row['base']} | {row['load_peak']} | "
                          f"{train} | {row['validation_peak'] or '-'} |")  # fmt: skip
+    names = {
+        "load_dp2": "load peak per rank, dp=2 <= base + (student + teacher) / 2 + 25 %",
+        "load_cp2": "load peak per rank, cp=2 <= base + (student + teacher) / 2 + 25 %",
+        "activation_ratio": "long micro-step's added memory, cp=1 (dp2) / cp=2 >= 1.7",
+        "validation_cp2": "validation peak <= training peak, cp=2",
+    }
+    rows = []
+    for key, value in result.get("targets", {}).items():
+        if key == "activation_ratio":
+            shown = f"{value['ratio']}x ({value['cp1']} vs {value['cp2']})"
+        elif key == "validation_cp2":
+            shown = f"{value['validation_peak']} vs {value['train_peak']}"
+        else:
+            shown = f"{value['measured']} vs bound {value['bound']}"
+        rows.append(f"| {names[key]} | {shown} | {'yes' if value['met'] else 'no'} |")
+    if rows:
+        lines += ["", "| target | measured (MiB) | met |", "|---|---|---|", *rows]
+    if result.get("estimates"):
+        lines += ["", "*Estimates* (arithmetic from the measured slopes above, not measurements):", "",
+                  "| model | GPUs | tokens | cp | host load before / after (GiB per rank) | GPU state | GPU activations | GPU total |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for e in result["estimates"]:
+            lines.append(f"| {e['model']} | {e['gpus']} | {e['tokens']} | {e['cp']} | "
+                         f"{e['host_load_before_gib']} / {e['host_load_after_gib']} | {e['gpu_state_gib']} | "
+                         f"{e['gpu_activations_gib']} | {e['gpu_total_gib']} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -49,7 +49,7 @@ TOOLS: dict[str, tuple[str, str]] = {
 def _lightning_cli_class() -> type:
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-    from longred_pl import resume
+    from longred_pl import resume, runs
 
     class LogConfig(SaveConfigCallback):
         """Writes ``config.yaml`` as usual and sends the whole config to the logger."""
@@ -63,14 +63,39 @@ def _lightning_cli_class() -> type:
 
         def parse_arguments(self, parser: Any, args: Any) -> None:
             # ``main`` always passes args; Lightning warns whenever sys.argv is non-empty too
-            self.config = parser.parse_args(sys.argv[1:] if args is None else list(args))
+            self.argv = sys.argv[1:] if args is None else list(args)
+            self.config = parser.parse_args(self.argv)
+
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            from jsonargparse import ActionYesNo
+
+            parser.add_argument(
+                "--overwrite", action=ActionYesNo, default=False,
+                help="fit: remove the run's non-empty folders (default_root_dir, checkpoints, "
+                     "logs, export) before it starts; without it such a run is refused",
+            )  # fmt: skip
 
         def _parse_ckpt_path(self) -> None:
             sub = self.config.get("subcommand")
-            ckpt = self.config[sub].get("ckpt_path") if sub else None
+            if not sub:
+                return
+            ckpt, overwrite = self.config[sub].get("ckpt_path"), self.config[sub].get("overwrite")
+            if overwrite and sub != "fit":
+                raise UserError(f"--overwrite: only for fit ({sub} writes no run folder)")
+            trainer, given = self.config[sub].get("trainer"), ckpt
+            ckpt, note = runs.resolve_ckpt_path(given, trainer)
+            self.config[sub]["ckpt_path"] = ckpt
+            notes = [note]
+            if sub == "fit":
+                keep = runs.config_files(self.argv)
+                notes.append(
+                    runs.check_new_run(trainer, ckpt, bool(overwrite), given == "auto", keep)
+                )
+            for line in filter(None, notes):
+                print(f"[longred] {line}", file=sys.stderr)
             if not ckpt:
                 return
-            if ckpt in ("last", "best", "hpc", "registry"):  # Lightning resolves these later
+            if ckpt in ("best", "hpc", "registry"):  # Lightning resolves these later
                 print(f"[longred] resume: ckpt_path={ckpt!r} is resolved by Lightning after the "
                       f"models load; model settings are not compared with it (pass a path to "
                       f"have them checked)", file=sys.stderr)  # fmt: skip

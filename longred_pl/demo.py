@@ -123,7 +123,9 @@ def run_demo(
     if not skip_validate:
         print("[longred] validating the extended student before training")
         before = validate_metrics(config_path, extra)
-    cli_main(["fit", "--config", config_path, *extra])
+    # the demo's run replaces its previous one whole (a resume passes --ckpt_path instead)
+    replace = [] if any(a.startswith("--ckpt_path") for a in extra) else ["--overwrite"]
+    cli_main(["fit", "--config", config_path, *replace, *extra])
     after = _last_metrics(log_root)
     ckpt = log_root / "checkpoints" / "last.ckpt"
     teacher_weights = Path(teacher_dir) / "model.safetensors"
