@@ -71,8 +71,8 @@ def _lightning_cli_class() -> type:
 
             parser.add_argument(
                 "--overwrite", action=ActionYesNo, default=False,
-                help="fit: remove the run's non-empty folders (default_root_dir, checkpoints, "
-                     "logs, export) before it starts; without it such a run is refused",
+                help="fit: empty the run's output folders (checkpoints, logs, export) before "
+                     "it starts; without it a fit into used ones is refused",
             )  # fmt: skip
 
         def _parse_ckpt_path(self) -> None:

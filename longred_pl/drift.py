@@ -317,6 +317,7 @@ def select_layers(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Per-layer drift of the RoPE-extended student on short text; recommends distill_layers.
 
@@ -340,10 +341,12 @@ def select_layers(
         dtype: float32, bfloat16 or float16.
         trust_remote_code: allow custom model code.
         progress: show progress bars (``--no-progress`` hides them).
+        overwrite: replace a non-empty ``out`` whole (refused without it).
     """
     from longred_pl.data.shards import expand_urls
     from longred_pl.eval.evaluator import read_batches
     from longred_pl.models import resolve_device
+    from longred_pl.outputs import check_output
 
     if k < 0 or num_samples < 1 or batch_size < 1:
         raise UserError("--k must be >= 0, --num-samples and --batch-size >= 1")
@@ -358,6 +361,7 @@ def select_layers(
     if not 2 <= seq_len <= window:
         raise UserError(f"--seq-len must be in [2, {window}] (the teacher's window), got {seq_len}")
     expand_urls(data, field="--data")
+    check_output(out, overwrite, "--out", {"--teacher": teacher, "--student": student})
     run_device = resolve_device(device)
     models = [
         freeze(load_causal_lm(path, cfg, "eager", dtype, trust_remote_code)).to(run_device)
@@ -372,7 +376,9 @@ def select_layers(
 
 def _write_selection(report: DriftReport, layers: list[int], out: str, k: int, teacher: str,
                      described: str) -> dict[str, Any]:  # fmt: skip
-    os.makedirs(out, exist_ok=True)
+    from longred_pl.outputs import replace_output
+
+    replace_output(Path(out))
     Path(out, "drift.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     Path(out, "drift.md").write_text(report.to_markdown())
     plot = plot_drift(report, os.path.join(out, "drift.png"), title=f"student: {described}")

@@ -126,6 +126,24 @@ def fill_from_safetensors(model: nn.Module, path: str) -> None:
         local.copy_(_read(files[name], name, rows).to(local.dtype))
 
 
+def _tied_names(model: nn.Module) -> list[list[str]]:
+    """Groups of parameter names that are one tensor (tied embeddings and LM head)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _retie(model: nn.Module, tied: list[list[str]]) -> None:
+    """Point every name of a tied group at its first name's parameter again."""
+    for first, *others in tied:
+        param = model.get_parameter(first)
+        for name in others:
+            owner, _, leaf = name.rpartition(".")
+            module = model.get_submodule(owner) if owner else model
+            module._parameters[leaf] = param
+
+
 def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
     owner, _, leaf = name.rpartition(".")
     module = model.get_submodule(owner) if owner else model
@@ -158,8 +176,10 @@ def load_model(
     if shard is not None:
         shard(model)
     buffers = {name: b.detach().to(device) for name, b in model.named_buffers()}
-    model.to_empty(device=device)
+    tied = _tied_names(model)
+    model.to_empty(device=device)  # one new tensor per module: tied weights come apart
     for name, value in buffers.items():
         _set_buffer(model, name, value)
+    _retie(model, tied)
     fill_from_safetensors(model, path)
     return model

@@ -1,17 +1,18 @@
 """One run, one folder: what ``longred fit`` refuses, replaces and resumes from.
 
-A fit writes into the folders its config names (the run's folders): ``trainer.
-default_root_dir``, each ``ModelCheckpoint``'s ``dirpath``, the logger's ``save_dir``
-and ``ExportStudent``'s ``dirpath``. Lightning itself never refuses a non-empty one: a
+A fit writes into output folders its config names (:func:`run_folders`): each
+``ModelCheckpoint``'s ``dirpath``, ``ExportStudent``'s ``dirpath`` and the CSV /
+TensorBoard logger's ``save_dir/name``. Lightning itself never refuses a non-empty one: a
 second run with the same config writes ``last-v1.ckpt`` next to the first run's
 ``last.ckpt``, and the next ``--ckpt_path .../last.ckpt`` resumes the wrong run. Here
 (:func:`check_new_run`, called by the CLI before anything is instantiated):
 
-* a fit without ``--ckpt_path`` into a non-empty run folder is refused on one line that
-  names the folder and the three ways on (``--ckpt_path auto`` to resume, ``--overwrite``,
-  another ``default_root_dir``);
-* ``--overwrite`` removes the run's folders whole before the run starts, so no folder
-  ever mixes two runs' files;
+* a fit without ``--ckpt_path`` into a non-empty output folder is refused on one line
+  that names the folder, its field and the three ways on (``--ckpt_path auto`` to resume,
+  ``--overwrite``, other folders);
+* ``--overwrite`` empties those output folders whole before the run starts (never the
+  config files on the command line, never inputs such as a teacher or shards that live
+  beside them under ``default_root_dir``), so no folder mixes two runs' files;
 * ``--ckpt_path last`` resolves to the newest *complete* checkpoint in the run's
   checkpoint folders (:func:`newest_checkpoint`) and is an error when there is none;
   ``--ckpt_path auto`` does the same but starts from scratch when there is none (the
@@ -61,43 +62,56 @@ def _dirpath(node: Any, key: str) -> str | None:
     return None if value is None else str(value)
 
 
+VERSIONED_LOGGERS = ("CSVLogger", "TensorBoardLogger")
+
+
+def _log_folders(trainer: Any) -> list[Path]:
+    """``save_dir/name`` of each CSV / TensorBoard logger (``version_N`` folders inside);
+    Lightning's default logger: ``<default_root_dir>/lightning_logs``."""
+    root = _get(trainer, "default_root_dir")
+    logger = _get(trainer, "logger")
+    if logger in (None, True):
+        return [Path(str(root or ".")) / "lightning_logs"]
+    folders = []
+    for item in _items(logger):
+        if _class_name(item) in VERSIONED_LOGGERS:
+            save_dir = _dirpath(item, "save_dir") or str(root or ".")
+            folders.append(Path(save_dir) / (_dirpath(item, "name") or "lightning_logs"))
+    return folders
+
+
 def checkpoint_dirs(trainer: Any) -> list[Path]:
-    """The run's checkpoint folders: each ``ModelCheckpoint``'s ``dirpath``, else
-    ``<default_root_dir>/checkpoints``."""
+    """Where the run's checkpoints are: each ``ModelCheckpoint``'s ``dirpath``; without one,
+    Lightning's ``<logger folder>/version_N/checkpoints``."""
     found = [
         Path(d)
         for c in _items(_get(trainer, "callbacks"))
         if _class_name(c) == "ModelCheckpoint" and (d := _dirpath(c, "dirpath"))
     ]
-    root = _get(trainer, "default_root_dir")
-    if not found and root:
-        found.append(Path(str(root)) / "checkpoints")
-    return found
+    if found:
+        return found
+    return [v / "checkpoints" for f in _log_folders(trainer) for v in sorted(f.glob("version_*"))]
 
 
-def run_folders(trainer: Any) -> list[Path]:
-    """Every folder the fit writes into, as its config names them (none: Lightning's versioned
-    ``lightning_logs/version_N`` under the working directory, which never mix)."""
-    folders = []
-    root = _get(trainer, "default_root_dir")
-    if root:
-        folders.append(Path(str(root)))
+def run_folders(trainer: Any) -> list[tuple[str, Path]]:
+    """``(field, folder)`` of every output folder the config names for the run: checkpoints
+    (``ModelCheckpoint.dirpath``), the export (``ExportStudent.dirpath``) and the CSV /
+    TensorBoard logs (``save_dir/name``). Inputs that live beside them (a teacher, shards
+    under ``default_root_dir``) are none of these, so they are never counted or removed.
+    Lightning's own defaults (no dirpath, the default logger) write versioned folders that
+    never mix; they are checked only through an explicit logger."""
+    folders: list[tuple[str, Path]] = []
     for callback in _items(_get(trainer, "callbacks")):
-        if _class_name(callback) in ("ModelCheckpoint", "ExportStudent") and (
-            path := _dirpath(callback, "dirpath")
-        ):
-            folders.append(Path(path))
-    for logger in _items(_get(trainer, "logger")):
-        if path := _dirpath(logger, "save_dir"):
-            folders.append(Path(path))
-    unique: list[Path] = []
-    for folder in folders:
-        if not any(folder.resolve() == u.resolve() for u in unique):
-            unique.append(folder)
-    # a folder inside another one is covered by it
-    return [
-        f for f in unique if not any(o != f and o.resolve() in f.resolve().parents for o in unique)
-    ]
+        name = _class_name(callback)
+        if name in ("ModelCheckpoint", "ExportStudent") and (path := _dirpath(callback, "dirpath")):
+            folders.append((f"trainer.callbacks: {name} dirpath", Path(path)))
+    if _get(trainer, "logger") not in (None, True):
+        folders += [("trainer.logger: save_dir/name", f) for f in _log_folders(trainer)]
+    unique: list[tuple[str, Path]] = []
+    for field, folder in folders:
+        if not any(folder.resolve() == u.resolve() for _, u in unique):
+            unique.append((field, folder))
+    return unique
 
 
 def is_complete(path: Path) -> bool:
@@ -192,20 +206,22 @@ def check_new_run(
             "--overwrite: not with --ckpt_path auto (which resumes the run); choose one"
         )
     keep = list(keep)
-    busy = [f for f in run_folders(trainer) if _non_empty(f, keep)]
+    busy = [(field, f) for field, f in run_folders(trainer) if _non_empty(f, keep)]
     if not busy:
         return None
+    field, first = busy[0]
     if auto:
-        return f"{busy[0]} holds files of an earlier attempt without a checkpoint; the run starts again there"
+        return f"{first} holds files of an earlier attempt without a checkpoint; the run starts again there"
     if not overwrite:
         raise UserError(
-            f"trainer.default_root_dir: {str(busy[0])!r} already holds a run's files; resume it "
-            f"with --ckpt_path auto, replace it with --overwrite, or choose another default_root_dir"
+            f"{field}: {str(first)!r} already holds a run's files; resume that run with "
+            f"--ckpt_path auto, replace it with --overwrite, or write this run elsewhere "
+            f"(trainer.default_root_dir and the callbacks' dirpath)"
         )
-    for folder in busy:
+    for _, folder in busy:
         _guard_removal(folder)
     kept = {Path(k).resolve() for k in keep}
-    for folder in busy:
+    for _, folder in busy:
         for entry in folder.iterdir():
             if entry.resolve() in kept:
                 continue
@@ -213,7 +229,7 @@ def check_new_run(
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-    return f"--overwrite: removed {', '.join(str(f) for f in busy)}"
+    return f"--overwrite: emptied {', '.join(str(f) for _, f in busy)}"
 
 
 def config_files(argv: Iterable[str]) -> list[Path]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +58,7 @@ def evaluate_models(
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     trust_remote_code: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Short/long perplexity, copy accuracy, passkey and RULER of local Hugging Face models.
 
@@ -92,13 +92,18 @@ def evaluate_models(
         dtype: weights' dtype.
         trust_remote_code: allow custom model code.
         progress: show progress bars.
+        overwrite: replace a non-empty ``out`` whole (refused without it).
 
     Returns:
         ``{"teacher", "models": [row per model], "args", "plots"}``, also in results.json.
     """
-    settings = {k: v for k, v in locals().items()}
+    from longred_pl.outputs import check_output
+
+    settings = {k: v for k, v in locals().items() if k != "check_output"}
     dirs = list(dict.fromkeys(([teacher] if teacher else []) + list(models)))
     tasks = _check(settings, dirs)
+    inputs = {"the teacher": teacher, **{f"model {i + 1}": m for i, m in enumerate(models)}}
+    check_output(out, overwrite, "--out", inputs)  # before any model loads, like _check
     window = max(int(load_config(d, trust_remote_code).max_position_embeddings) for d in dirs)
     rows = []
     for name, model_dir in zip(model_names(dirs), dirs, strict=True):
@@ -123,7 +128,9 @@ def evaluate_models(
 
 
 def _write(rows: list[dict], teacher: str | None, settings: dict, out: str) -> dict[str, Any]:
-    os.makedirs(out, exist_ok=True)
+    from longred_pl.outputs import replace_output
+
+    replace_output(Path(out))
     results: dict[str, Any] = {"teacher": teacher, "models": rows, "args": settings}
     Path(out, "results.json").write_text(json.dumps(results, indent=2) + "\n")
     markdown = results_markdown(rows)

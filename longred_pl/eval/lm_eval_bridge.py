@@ -187,6 +187,7 @@ def lm_eval_models(
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     trust_remote_code: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score local Hugging Face models with lm-evaluation-harness tasks, offline.
 
@@ -207,6 +208,7 @@ def lm_eval_models(
         dtype: weights' dtype.
         trust_remote_code: allow custom model code.
         progress: kept for the shared flags (lm-eval draws its own bars).
+        overwrite: replace a non-empty ``out`` whole (refused without it).
 
     Returns:
         ``{"tasks", "models": [row per model], "ruler": [row per model] | None, "args"}``.
@@ -227,6 +229,9 @@ def lm_eval_models(
         raise UserError("--limit: RULER takes prompts per task and length (an int), not a fraction")
     for model_dir in models:  # every input checked before the first model is scored
         check_model_dir(model_dir, trust_remote_code)
+    from longred_pl.outputs import check_output
+
+    check_output(out, overwrite, "--out", {f"model {i + 1}": m for i, m in enumerate(models)})
     manager = task_manager(tasks, include_path) if tasks else None
     ruler_tasks = preflight(models, ruler_names, lengths, trust_remote_code) if ruler_names else []
     device = str(resolve_device(device))
@@ -260,8 +265,9 @@ def _ruler_row(name: str, model_dir: str, lengths: list[int], tasks: list[str],
 
 def _write(rows: list, ruler_rows: list, tasks: list[str], settings: dict, out: str) -> dict:
     from longred_pl.eval.ruler import write_ruler
+    from longred_pl.outputs import replace_output
 
-    os.makedirs(out, exist_ok=True)
+    replace_output(Path(out))
     results = {"tasks": tasks, "models": rows, "ruler": ruler_rows or None, "args": settings}
     if rows:
         Path(out, "lm_eval.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -70,13 +70,23 @@ def long_case(model_dir: str, mesh, checkpointing: bool) -> dict:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     shard_fsdp2(model, fsdp_mesh(mesh))
-    n = config.num_hidden_layers
     ids_BT = cp_cases.long_input_ids()
     batch = shard_batch(ids_BT, layout.cp_rank, layout.cp_size, with_labels=True)
     labels = batch.pop("labels")
-    states = cp_cases.hidden_states(model, [n], **batch)
-    head = model.get_output_embeddings().weight
-    local = chunked_next_token_loss(states[n], head, labels, chunk_size=16)
+    # the loss runs inside the LM head's forward, where FSDP2 has its weight gathered (the
+    # head is a unit of its own: after the forward its weight is a shard again)
+    found = {}
+
+    def loss_in_head(head, args):
+        found["local"] = chunked_next_token_loss(args[0], head.weight, labels, chunk_size=16)
+        return (args[0][:, :1],)
+
+    hook = model.get_output_embeddings().register_forward_pre_hook(loss_in_head)
+    try:
+        model(**batch, use_cache=False)
+    finally:
+        hook.remove()
+    local = found["local"]
     loss = cp_token_mean(local, label_count(labels), layout.cp_group)
     loss.backward()
     return {"loss": cp_mean(loss, layout.cp_group), "grads": full_grads(model)}

@@ -26,7 +26,7 @@ def run(tmp_path_factory, tiny_shards) -> dict[str, Path]:
     from conftest import save_tiny_llama
 
     root = tmp_path_factory.mktemp("run")
-    teacher = save_tiny_llama(root / "teacher")
+    teacher = save_tiny_llama(tmp_path_factory.mktemp("teacher"))  # not in the run's folder
     main(["fit", "--config", fit_config(root, teacher, tiny_shards, max_steps=2)])
     (ckpt,) = glob.glob(str(root / "ckpt" / "*step=2.ckpt"))
     return {"root": root, "teacher": Path(teacher), "ckpt": Path(ckpt)}

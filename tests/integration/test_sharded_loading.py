@@ -84,3 +84,26 @@ def test_missing_tensor_is_refused_by_name(tmp_path):
     save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(UserError, match=r"no tensor for 1 parameter.*model\.norm\.weight"):
         load_causal_lm(path, load_config(path), placement=Placement(torch.device("cpu")))
+
+
+@pytest.mark.parametrize("kind", ["llama_tied", "gemma2", "qwen2"])
+def test_one_device_load_equals_from_pretrained_and_keeps_ties(tmp_path, kind):
+    """Without sharding, the same loader fills a whole model: equal, and tied weights one tensor
+    (``to_empty`` makes one tensor per module; the loader ties them again)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from longred_pl.loading import load_model
+    from longred_pl.models import load_config
+
+    path = _save(tmp_path / kind, kind)
+    model = load_model(path, load_config(path), dtype=torch.float32, attn_implementation="eager",
+                       trust_remote_code=False, device=torch.device("cpu"))  # fmt: skip
+    reference = AutoModelForCausalLM.from_pretrained(path)
+    tied = reference.get_output_embeddings().weight is reference.get_input_embeddings().weight
+    ours = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert ours == tied
+    got, want = model.state_dict(), reference.state_dict()
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert torch.equal(got[name], value), name

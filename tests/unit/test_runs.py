@@ -31,9 +31,15 @@ def _ckpt(path, mtime):
     return path
 
 
-def test_run_folders_outer_folder_covers_inner_ones(tmp_path):
+def test_run_folders_are_the_outputs_not_the_root(tmp_path):
     trainer = _trainer(tmp_path / "run", export=tmp_path / "student", logger_dir=tmp_path / "run")
-    assert runs.run_folders(trainer) == [tmp_path / "run", tmp_path / "student"]
+    assert [f for _, f in runs.run_folders(trainer)] == [
+        tmp_path / "run" / "checkpoints",
+        tmp_path / "student",
+        tmp_path / "run" / "lightning_logs",
+    ]
+    # Lightning's own defaults write versioned folders that never mix
+    assert runs.run_folders({"default_root_dir": str(tmp_path)}) == []
 
 
 def test_newest_complete_checkpoint_skips_truncated_and_empty(tmp_path):
@@ -71,34 +77,38 @@ def test_resolve_last_and_auto(tmp_path):
 
 
 def test_new_run_into_a_used_folder_is_refused_naming_the_ways_on(tmp_path):
-    config = tmp_path / "run" / "config.yaml"
-    config.parent.mkdir()
+    run = tmp_path / "run"
+    (run / "teacher").mkdir(parents=True)  # inputs beside the outputs are not the run's
+    (run / "checkpoints").mkdir()
+    config = run / "checkpoints" / "config.yaml"
     config.write_text("x: 1\n")
-    trainer = _trainer(tmp_path / "run")
+    trainer = _trainer(run)
     assert runs.check_new_run(trainer, None, False, keep=[config]) is None  # its own config only
-    (tmp_path / "run" / "checkpoints").mkdir()
-    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"old")
-    with pytest.raises(
-        UserError, match=r"default_root_dir: '.*run' already holds .*--ckpt_path auto.*--overwrite"
-    ):
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"old")
+    expected = (
+        r"ModelCheckpoint dirpath: '.*checkpoints' already holds .*--ckpt_path auto.*--overwrite"
+    )
+    with pytest.raises(UserError, match=expected):
         runs.check_new_run(trainer, None, False, keep=[config])
     assert runs.check_new_run(trainer, "x.ckpt", False) is None  # resuming writes into its run
     note = runs.check_new_run(trainer, None, True, keep=[config])
-    assert "removed" in note
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml"]
+    assert "emptied" in note
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["config.yaml"]
+    assert (run / "teacher").is_dir()
 
 
 def test_overwrite_never_removes_the_working_directory(tmp_path, monkeypatch):
     (tmp_path / "data.txt").write_text("precious")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="refusing to remove"):
-        runs.check_new_run({"default_root_dir": str(tmp_path)}, None, True)
+        runs.check_new_run(_trainer(tmp_path, dirpath=tmp_path), None, True)
     assert (tmp_path / "data.txt").read_text() == "precious"
 
 
 def test_only_the_launching_rank_checks(tmp_path, monkeypatch):
-    (tmp_path / "old.txt").write_text("x")
-    trainer = {"default_root_dir": str(tmp_path)}
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "old.ckpt").write_text("x")
+    trainer = _trainer(tmp_path)
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert runs.check_new_run(trainer, None, False) is None
     monkeypatch.setenv("RANK", "0")
