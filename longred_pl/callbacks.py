@@ -9,6 +9,9 @@
 * :class:`NonFiniteGuard` skips an optimizer step whose loss was NaN/Inf on any
   micro-step of any rank, logs ``train/skipped_steps``, stops after
   ``model.max_skipped_steps`` in a row, and keeps its counts in the checkpoint;
+* :class:`~longred_pl.preemption.Preemption` saves a checkpoint at the next optimizer
+  step when SIGTERM / SIGUSR1 arrive and exits with 75 (requeue), unless the trainer
+  already has one (then its settings hold);
 * :class:`StepProgressBar` / :class:`StepRichProgressBar` count optimizer steps against
   ``trainer.max_steps`` (Lightning's default bars count micro-batches against it and
   show ``Epoch 0/-2 ... 32/8``).
@@ -131,6 +134,11 @@ def callbacks_for(pl_module: Any, trainer: Any) -> list[L.Callback]:
         StreamMetrics(),
         NonFiniteGuard(int(pl_module.hparams.max_skipped_steps)),
     ]
+    from longred_pl.preemption import Preemption
+
+    callbacks = getattr(trainer, "callbacks", None) or []
+    if not any(isinstance(c, Preemption) for c in callbacks):
+        out.append(Preemption())  # configure it in trainer.callbacks to change its settings
     bar = getattr(trainer, "progress_bar_callback", None) if trainer is not None else None
     if type(bar) is TQDMProgressBar:
         out.append(StepProgressBar(refresh_rate=bar.refresh_rate))

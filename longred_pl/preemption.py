@@ -1,0 +1,143 @@
+"""Preemption: a scheduler's signal saves a checkpoint at a step boundary, then the job exits
+with a status that asks for a requeue.
+
+Lightning 2.6 alone, on SIGTERM, stops at the next micro-batch *without* a checkpoint and
+exits with status 0 (``SIGTERMException`` is a ``SystemExit()``): a scheduler takes the
+job as finished, and the work since the last periodic checkpoint is lost.
+:class:`Preemption` (added to every fit by ``LongReDModule.configure_callbacks`` unless
+the trainer already has one, so its settings can be given in ``trainer.callbacks``):
+
+* replaces the handlers of ``signals`` (default SIGTERM and SIGUSR1, which SLURM sends
+  ahead of the kill with ``--signal=B:USR1@<seconds>``) once training starts; a handler
+  only records the signal (no collective may run inside a signal handler);
+* at the end of every optimizer step, all ranks agree (one all-reduce of one number)
+  whether any of them was signalled; if so, every rank takes part in
+  ``trainer.save_checkpoint(<checkpoint dir>/preempted-step=<N>.ckpt)``, and the run exits
+  with ``exit_code`` (default 75, ``EX_TEMPFAIL``: "try again") on every rank, before
+  anything that ends a finished run (no export of a half-trained student);
+* the same command started again with ``--ckpt_path auto`` resumes from the newest
+  complete checkpoint (``runs.py``), this one, at that step boundary: data streams,
+  schedule phase and position ids continue exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from longred_pl.errors import UserError
+
+REQUEUE_EXIT = 75  # EX_TEMPFAIL
+
+
+def _signal(name: str) -> signal.Signals:
+    try:
+        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+    except KeyError:
+        raise UserError(
+            f"Preemption.signals: unknown signal {name!r}; use names such as SIGTERM, SIGUSR1"
+        ) from None
+
+
+class PreemptionExit(SystemExit):
+    """Raised on every rank after the preemption checkpoint is saved (status ``exit_code``)."""
+
+
+class Preemption(L.Callback):
+    """Save at the next optimizer-step boundary when signalled, then exit ``exit_code``.
+
+    Args:
+        signals: signal names that mean "you are about to be stopped".
+        exit_code: the status every rank exits with after saving (75 asks for a retry;
+            a SLURM script's trap or ``torchrun --max-restarts`` requeues on it).
+        dirpath: where the checkpoint goes (default: the first ``ModelCheckpoint``'s
+            ``dirpath``, else ``<default_root_dir>/checkpoints``).
+    """
+
+    def __init__(
+        self,
+        signals: list[str] | None = None,
+        exit_code: int = REQUEUE_EXIT,
+        dirpath: str | None = None,
+    ) -> None:
+        self.signals = [
+            _signal(s) for s in (signals if signals is not None else ["SIGTERM", "SIGUSR1"])
+        ]
+        if not 0 < int(exit_code) < 256:
+            raise UserError(f"Preemption.exit_code: {exit_code} is not an exit status in 1..255")
+        self.exit_code = int(exit_code)
+        self.dirpath = dirpath
+        self.received: int = 0
+        self._previous: dict[signal.Signals, Any] = {}
+        self._last_step = -1
+        self.saved: str | None = None
+
+    # --------------------------------------------------------------- handlers
+    def _record(self, signum: int, _frame: Any) -> None:
+        self.received = int(signum)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_step = trainer.global_step
+        if not _in_main_thread():
+            return
+        for sig in self.signals:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._record)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        self._previous.clear()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()
+
+    # ------------------------------------------------------------ step boundary
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:  # fmt: skip
+        if trainer.global_step == self._last_step:
+            return  # inside an optimizer step (accumulating): not a boundary
+        self._last_step = trainer.global_step
+        flag = torch.tensor(float(self.received), device=trainer.strategy.root_device)
+        flag = trainer.strategy.reduce(flag, reduce_op="max")
+        if float(flag) == 0:
+            return
+        path = self.checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        self.saved = str(path)
+        if trainer.is_global_zero:
+            name = signal.Signals(int(float(flag))).name
+            print(f"[longred] {name}: saved {path} at step {trainer.global_step}; exiting with "
+                  f"{self.exit_code} (requeue; resume with --ckpt_path auto)", file=sys.stderr,
+                  flush=True)  # fmt: skip
+        raise PreemptionExit(self.exit_code)
+
+    def checkpoint_path(self, trainer: L.Trainer) -> Path:
+        folder = self.dirpath
+        if folder is None:
+            callback = trainer.checkpoint_callback
+            folder = getattr(callback, "dirpath", None)
+        if folder is None:
+            folder = os.path.join(trainer.default_root_dir, "checkpoints")
+        return Path(folder) / f"preempted-step={trainer.global_step}.ckpt"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
