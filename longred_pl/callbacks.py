@@ -11,7 +11,8 @@
   ``model.max_skipped_steps`` in a row, and keeps its counts in the checkpoint;
 * :class:`~longred_pl.preemption.Preemption` saves a checkpoint at the next optimizer
   step when SIGTERM / SIGUSR1 arrive and exits with 75 (requeue), unless the trainer
-  already has one (then its settings hold);
+  already has one (then its settings hold); :class:`~longred_pl.preemption.SaveGuard`
+  turns a save that runs out of disk space into one line naming the folder;
 * :class:`StepProgressBar` / :class:`StepRichProgressBar` count optimizer steps against
   ``trainer.max_steps`` (Lightning's default bars count micro-batches against it and
   show ``Epoch 0/-2 ... 32/8``).
@@ -134,11 +135,12 @@ def callbacks_for(pl_module: Any, trainer: Any) -> list[L.Callback]:
         StreamMetrics(),
         NonFiniteGuard(int(pl_module.hparams.max_skipped_steps)),
     ]
-    from longred_pl.preemption import Preemption
+    from longred_pl.preemption import Preemption, SaveGuard
 
     callbacks = getattr(trainer, "callbacks", None) or []
     if not any(isinstance(c, Preemption) for c in callbacks):
         out.append(Preemption())  # configure it in trainer.callbacks to change its settings
+    out.append(SaveGuard())
     bar = getattr(trainer, "progress_bar_callback", None) if trainer is not None else None
     if type(bar) is TQDMProgressBar:
         out.append(StepProgressBar(refresh_rate=bar.refresh_rate))

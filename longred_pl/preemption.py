@@ -22,6 +22,7 @@ the trainer already has one, so its settings can be given in ``trainer.callbacks
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -141,3 +142,62 @@ def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+class SaveGuard(L.Callback):
+    """A checkpoint save that runs out of space fails the run on one line, the previous
+    checkpoints intact.
+
+    Lightning writes a ``.ckpt`` through a temporary file that only replaces the target when
+    complete, and a sharded checkpoint's ``.metadata`` last, so an interrupted save never
+    looks complete (``runs.is_complete``); what it cannot do is say why the run stopped.
+    This wraps ``trainer.save_checkpoint`` (every save goes through it: ``ModelCheckpoint``,
+    :class:`Preemption`): ``ENOSPC`` / ``EDQUOT`` become a :class:`UserError` naming the
+    folder, the free space and the size of the newest complete checkpoint there (what one
+    more needs), and a partial sharded checkpoint folder is removed.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        save = trainer.save_checkpoint
+        if getattr(save, "_longred_guarded", False):
+            return
+
+        def guarded(filepath: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                save(filepath, *args, **kwargs)
+            except OSError as err:
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise UserError(no_space_message(Path(filepath))) from err
+
+        guarded._longred_guarded = True  # type: ignore[attr-defined]
+        trainer.save_checkpoint = guarded  # type: ignore[method-assign]
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def no_space_message(target: Path) -> str:
+    """One line: where the save failed, what is free there, what one checkpoint needs."""
+    import shutil
+
+    from longred_pl.runs import is_complete, newest_checkpoint
+
+    folder = target.parent
+    if target.is_dir() and not is_complete(target):
+        shutil.rmtree(target, ignore_errors=True)  # a partial sharded checkpoint
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    newest = newest_checkpoint([folder])
+    needed = (
+        f"; the newest checkpoint there ({newest.name}) takes {_size(newest) / 2**20:.1f} MiB"
+        if newest
+        else ""
+    )
+    return (
+        f"checkpoint save: no space left in {folder} ({free / 2**20:.1f} MiB free{needed}); "
+        f"free at least that much or point the checkpoint dirpath elsewhere, then resume with "
+        f"--ckpt_path auto (the checkpoints already there are intact)"
+    )
