@@ -15,6 +15,7 @@ is a :class:`UserError` naming the file and the run's other checkpoints.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -220,6 +221,27 @@ def write_card(
     return card
 
 
+EXPORT_RECORD = "export.json"
+
+
+def checkpoint_identity(ckpt_path: str) -> dict[str, Any]:
+    """What makes a checkpoint this one: its absolute path, size and modification time
+    (of ``.metadata`` for a sharded checkpoint directory)."""
+    path = Path(ckpt_path).resolve()
+    stamp = path / ".metadata" if path.is_dir() else path
+    if not stamp.exists():
+        return {"checkpoint": str(path)}
+    stat = stamp.stat()
+    return {"checkpoint": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _recorded_source(out_dir: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(out_dir) / EXPORT_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def export_checkpoint(
     ckpt_path: str,
     out_dir: str,
@@ -227,8 +249,14 @@ def export_checkpoint(
     eval_results: list[str] | None = None,
     run_config: str | None = None,
     base_model: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """A LongReD checkpoint to a Hugging Face directory of the student, with its model card.
+
+    ``OUT/export.json`` records which checkpoint the directory holds. Exporting the same
+    checkpoint again updates OUT in place (e.g. to add ``OUT/eval`` results to the card);
+    a non-empty OUT of anything else is refused unless ``--overwrite``, which replaces it
+    whole (its evaluations scored other weights).
 
     Args:
         ckpt_path: Lightning checkpoint (.ckpt) or sharded checkpoint directory of a run.
@@ -239,9 +267,15 @@ def export_checkpoint(
         run_config: the run's config.yaml, for the card's data section (default: found near
             the checkpoint).
         base_model: Hub id of the base model for the card's ``base_model`` field.
+        overwrite: replace a non-empty OUT that holds another export (or anything else).
     """
     from longred_pl.eval.model_card import eval_markdown
     from longred_pl.module import LongReDModule
+    from longred_pl.outputs import check_output, replace_output
+
+    source = checkpoint_identity(ckpt_path)
+    same = _recorded_source(out_dir) == source
+    target = check_output(out_dir, overwrite or same, "OUT", {"the checkpoint": ckpt_path})
 
     for path in eval_results or []:  # checked before any weights load
         if not os.path.isfile(path):
@@ -257,7 +291,10 @@ def export_checkpoint(
     run = _run_from_checkpoint(ckpt, ckpt_path, run_config)
     module.configure_model()
     module.student.load_state_dict(student_state_from_checkpoint(ckpt), strict=True)
-    out, tokenizer_info = save_student(module, out_dir, tokenizer=tokenizer)
+    if not same:
+        replace_output(target)
+    out, tokenizer_info = save_student(module, target, tokenizer=tokenizer)
+    (out / EXPORT_RECORD).write_text(json.dumps(source, indent=1) + "\n")
     module.hparams["method"] = method  # the card describes the run's recipe
     write_card(module, out, run, tokenizer_info, eval_results, base_model)
     print(f"[longred] exported to {out} (model card: {out / 'README.md'})")

@@ -159,3 +159,21 @@ def test_export_at_the_end_of_fit_writes_the_card_too(run):
     assert front["tags"][0] == "longred"
     assert "Stream settings from `the run's data module`" in body
     assert f"Tokens trained: {sum(TOKENS.values()):,}" in body
+
+
+def test_another_checkpoint_into_a_used_export_is_refused_or_replaced_whole(run, tmp_path):
+    out = export_main([str(run["ckpt"]), str(tmp_path / "hf")])
+    (out / "eval").mkdir()
+    (out / "eval" / "results.json").write_text("{}")  # scored these weights
+    export_main([str(run["ckpt"]), str(out)])  # the same checkpoint: updated in place
+    assert (out / "eval" / "results.json").exists()
+    other = tmp_path / "other.ckpt"
+    shutil.copy(run["ckpt"], other)
+    with pytest.raises(
+        UserError, match=r"OUT: '.*hf' is not empty; pass a new directory, or --overwrite"
+    ):
+        export_main([str(other), str(out)])
+    assert (out / "eval" / "results.json").exists()  # refused: nothing lost
+    export_main([str(other), str(out), "--overwrite"])
+    assert not (out / "eval").exists()  # replaced whole: no evaluation of other weights left
+    assert str(other) in (out / "export.json").read_text()
