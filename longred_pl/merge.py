@@ -37,13 +37,6 @@ ARCHITECTURE_KEYS = (
 )
 # buffers computed from the config (RoPE frequencies): the student's, never interpolated
 DERIVED_SUFFIXES = ("inv_freq",)
-# weight files a previous model in OUT may have left (removed with ``overwrite``)
-STALE_WEIGHTS = (
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "pytorch_model*.bin",
-    "*.bin.index.json",
-)
 
 
 def _derived(key: str) -> bool:
@@ -123,19 +116,6 @@ def check_same_architecture(student: Any, teacher: Any) -> None:
             )
 
 
-def _check_out(out: Path, inputs: dict[str, str], overwrite: bool) -> None:
-    for name, path in inputs.items():
-        if out.resolve() == Path(path).resolve():
-            raise UserError(f"OUT: {str(out)!r} is the {name} directory; write to a new directory")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"OUT: {str(out)!r} is a file; pass a directory (created if missing)")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(
-            f"OUT: {str(out)!r} exists and is not empty; pass a new directory, or --overwrite "
-            "to write the merge into it"
-        )
-
-
 def _student_dtype(config: Any, path: str) -> str:
     from longred_pl.models import DTYPES
 
@@ -183,16 +163,17 @@ def merge_models(
         out: output directory (created; must be new or empty unless --overwrite).
         alpha: the student's share in [0, 1]: 1 gives the student, 0 the teacher's weights
             under the student's config.
-        overwrite: write into a non-empty OUT (its old weight files are removed).
+        overwrite: replace a non-empty OUT whole (refused without it).
     """
     from longred_pl.models import load_causal_lm, load_config
+    from longred_pl.outputs import check_output, replace_output
 
     alpha = check_alpha(alpha)
     s_config = load_config(student, field="STUDENT")
     t_config = load_config(teacher, field="TEACHER")
     check_same_architecture(s_config, t_config)
     out_dir = Path(out)
-    _check_out(out_dir, {"STUDENT": student, "TEACHER": teacher}, overwrite)
+    check_output(out_dir, overwrite, "OUT", {"STUDENT": student, "TEACHER": teacher})
     dtype = _student_dtype(s_config, student)
 
     model = load_causal_lm(student, s_config, attn_implementation="eager", dtype=dtype)
@@ -202,10 +183,7 @@ def merge_models(
     model.load_state_dict(merged, strict=True)
     del merged
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for pattern in STALE_WEIGHTS if overwrite else ():
-        for stale in out_dir.glob(pattern):
-            stale.unlink()
+    replace_output(out_dir)  # --overwrite: nothing of what OUT held stays
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer = _write_tokenizer(student, teacher, out_dir)
     record = {

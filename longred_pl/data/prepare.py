@@ -258,10 +258,9 @@ def _check_settings(
             f"--tokenizer {tokenizer}: no tokenizer_config.json there; pass a Hugging Face "
             "model or tokenizer directory (`longred build-teacher --out DIR` makes one)"
         )
-    try:
-        _check_out_dir(Path(out), overwrite, remove=False)
-    except FileExistsError as error:
-        raise UserError(str(error)) from None
+    from longred_pl.outputs import check_output
+
+    check_output(out, overwrite, "--out")  # the one rule of the commands that write
 
 
 def _resolve_inputs(
@@ -403,7 +402,7 @@ def prepare_shards(
             shares, every input read to its end.
         samples_per_shard: samples per tar file.
         max_samples: stop after this many samples, taken from the inputs by their weights.
-        overwrite: replace existing shards in `out`.
+        overwrite: replace a non-empty `out` whole (refused without it).
         progress: show a progress bar.
 
     Returns:
@@ -423,7 +422,11 @@ def prepare_shards(
         _input_stream(source, counts, options, loaded, rule, seq_len, pack, leftovers)
         for source, counts in zip(sources, stats, strict=True)
     ]
-    _check_out_dir(Path(out), overwrite)
+    from longred_pl.outputs import check_output, replace_output
+
+    inputs = {f"input {f.path}": str(f.path) for source in sources for f in source.files}
+    check_output(out, overwrite, "--out", inputs)  # an input inside --out would go with it
+    replace_output(Path(out))  # --overwrite: nothing of an earlier prepare stays
     mix = Mix(streams, weights, leftovers, [source.label for source in sources])
     writer = _write(mix, Path(out), samples_per_shard, max_samples, progress)
     if writer.num_samples == 0:

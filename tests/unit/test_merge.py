@@ -160,7 +160,8 @@ def test_non_empty_out_is_refused_unless_overwrite(pair, tmp_path):
     assert sorted(os.listdir(out)) == ["old.txt"]
     merge_models(*pair, str(out), alpha=1.0, overwrite=True)
     assert torch.equal(_weights(out)["lm_head.weight"], _weights(pair[0])["lm_head.weight"])
-    with pytest.raises(UserError, match=r"^OUT: .* is the STUDENT directory"):
+    assert "old.txt" not in os.listdir(out)  # replaced whole, not mixed
+    with pytest.raises(UserError, match=r"^OUT: .* holds STUDENT .*write to another directory"):
         merge_models(*pair, pair[0], overwrite=True)
 
 
