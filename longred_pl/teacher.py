@@ -394,7 +394,8 @@ def build_teacher_cli(
         seed: override recipe.seed.
         threads: torch intra-op threads (default: torch's); 1 degrades least when other
             jobs share the cores.
-        force: retrain even if cached.
+        force: retrain even if cached, replacing what ``out`` holds whole (a teacher of
+            another recipe there is refused without it).
         progress: show progress bars (``--no-progress`` hides them).
     """
     chosen = TeacherRecipe.from_file(recipe) if recipe else TeacherRecipe()
@@ -402,4 +403,10 @@ def build_teacher_cli(
     chosen = dataclasses.replace(chosen, **{k: v for k, v in overrides.items() if v is not None})
     if threads:
         torch.set_num_threads(threads)
+    folder = Path(out)
+    if not force and (folder / RECIPE_FILE).is_file() and not _complete(folder.resolve(), chosen):
+        raise UserError(
+            f"--out: {out} holds a teacher of another recipe (or an unfinished one); pass "
+            f"--force to replace it whole, or another --out"
+        )
     return build_teacher(out, chosen, progress=progress, force=force)

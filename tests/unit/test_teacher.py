@@ -159,3 +159,19 @@ def test_cli_recipe_file_and_overrides(tmp_path, monkeypatch):
                         "--steps", "7", "--corpora", "shakespeare", "python", "--no-progress"])  # fmt: skip
     assert seen["recipe"] == dataclasses.replace(TINY, steps=7, corpora=("shakespeare", "python"))
     assert seen["progress"] is False and seen["force"] is False
+
+
+def test_cli_refuses_a_teacher_of_another_recipe_without_force(tmp_path, monkeypatch):
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / teacher.RECIPE_FILE).write_text(json.dumps(TINY.to_dict()))  # unfinished / other
+    calls = []
+    monkeypatch.setattr(teacher, "build_teacher", lambda *a, **kw: calls.append(kw))
+    (tmp_path / "r.json").write_text(json.dumps(TINY.to_dict()))
+    with pytest.raises(UserError, match=r"--out: .* holds a teacher of another recipe .*--force"):
+        main(["build-teacher", "--out", str(out), "--recipe", str(tmp_path / "r.json"),
+              "--steps", "9", "--no-progress"])  # fmt: skip
+    assert calls == [] and (out / teacher.RECIPE_FILE).exists()
+    main(["build-teacher", "--out", str(out), "--recipe", str(tmp_path / "r.json"), "--steps", "9",
+          "--force", "--no-progress"])  # fmt: skip
+    assert calls and calls[0]["force"] is True
