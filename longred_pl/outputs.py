@@ -20,6 +20,12 @@ def _inside(path: Path, other: Path) -> bool:
     return path == other or other in path.parents
 
 
+def protected(path: Path) -> bool:
+    """The working directory, one of its parents, or home: never emptied by ``--overwrite``."""
+    target, here = path.resolve(), Path.cwd().resolve()
+    return target == here or target in here.parents or target == Path.home().resolve()
+
+
 def check_output(
     out: str | Path, overwrite: bool, field: str, inputs: Mapping[str, str | None] = {}
 ) -> Path:
@@ -43,10 +49,7 @@ def check_output(
     if path.exists() and not path.is_dir():
         raise UserError(f"{field}: {str(path)!r} is a file; pass a directory (created if missing)")
     if path.is_dir() and any(path.iterdir()):
-        here = Path.cwd().resolve()
-        if overwrite and (
-            target == here or target in here.parents or target == Path.home().resolve()
-        ):
+        if overwrite and protected(path):
             raise UserError(
                 f"--overwrite: refusing to empty {str(path)!r} (the working directory, one of "
                 f"its parents, or home); pass the command's own output directory"

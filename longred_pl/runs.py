@@ -150,9 +150,9 @@ def _is_launch_rank() -> bool:
 
 
 def _guard_removal(folder: Path) -> None:
-    here = Path.cwd().resolve()
-    target = folder.resolve()
-    if target == here or target in here.parents or target == Path.home().resolve():
+    from longred_pl.outputs import protected
+
+    if protected(folder):
         raise UserError(
             f"--overwrite: refusing to remove {str(folder)!r}, which holds the working "
             f"directory or is home; set trainer.default_root_dir to the run's own folder"
