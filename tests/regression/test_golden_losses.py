@@ -18,7 +18,9 @@ from tests_helpers import fit_config
 
 from longred_pl.cli import main
 
-# step -> {metric: value}, recorded from `record_golden` below on the code of commit 9f0958e.
+# step -> {metric: value}, recorded on the code of commit 9f0958e. To re-record after an
+# intended change of the losses: run this test; on a mismatch its message ends with the new
+# literal (`golden_literal`) to paste here, and the commit says why the values moved.
 GOLDEN = {
     0: {
         "train/loss": 2.4288527965545654,
@@ -55,13 +57,28 @@ def run_tiny_fit(tmp_path, tiny_llama, tiny_shards, steps=3):
     return rows
 
 
+def golden_literal(rows: dict[int, dict[str, float]]) -> str:
+    """``rows`` as the ``GOLDEN = {...}`` literal of this file (what re-recording pastes)."""
+    lines = ["GOLDEN = {"]
+    for step in sorted(rows):
+        lines.append(f"    {step}: {{")
+        lines += [f"        {name!r}: {value!r}," for name, value in sorted(rows[step].items())]
+        lines.append("    },")
+    return "\n".join([*lines, "}"])
+
+
 def test_first_losses_equal_recorded_values(tmp_path, tiny_llama, tiny_shards):
     rows = run_tiny_fit(tmp_path, tiny_llama, tiny_shards)
-    assert sorted(rows) == sorted(GOLDEN), rows
+    record = f"re-record with:\n{golden_literal(rows)}"
+    assert sorted(rows) == sorted(GOLDEN), record
     for step, expected in GOLDEN.items():
         for name, value in expected.items():
             assert rows[step][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (
-                step,
-                name,
-                rows[step],
+                f"step {step} {name}: {rows[step][name]} != {value}; {record}"
             )
+
+
+def test_golden_literal_round_trips():
+    namespace: dict = {}
+    exec(golden_literal(GOLDEN), namespace)  # noqa: S102 (our own literal)
+    assert namespace["GOLDEN"] == GOLDEN
