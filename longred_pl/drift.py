@@ -1,6 +1,6 @@
 """Per-layer distribution drift of a student vs its teacher, and layer selection.
 
-LONGRED.md ("The problem", Dong et al. 2025, Sec. 2): once the RoPE is changed, hidden
+docs/method.md ("The problem", Dong et al. 2025, Sec. 2): once the RoPE is changed, hidden
 states and attention distributions on *short* inputs move away from the original
 model's, and the drift grows with depth. Two measures, per layer, on short text:
 

@@ -4,7 +4,7 @@ Every loss and metric of the library runs the causal LM's own ``forward`` (so sh
 wrappers such as FSDP1 ``FullyShardedDataParallel`` and FSDP2 ``fully_shard`` gather
 their parameters through their hooks) and reads what it needs *while the forward runs*:
 
-* hidden states ``indices`` (LONGRED.md semantics: 0 = embeddings, ``l`` = output of
+* hidden states ``indices`` (docs/method.md semantics: 0 = embeddings, ``l`` = output of
   decoder layer ``l``, ``n_layers`` = final normed output) are captured by forward hooks
   on those modules only (:class:`capture_hidden_states`), so the other states are never
   kept alive;

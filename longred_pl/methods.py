@@ -2,7 +2,7 @@
 
 Each micro-batch comes from one stream (the data module's schedule), so an objective is
 a table: for each stream it consumes, the term it computes and that term's weight. The
-paper's objective (LONGRED.md, Dong et al. 2025, Sec. 3) reads directly off its entry::
+paper's objective (docs/method.md, Dong et al. 2025, Sec. 3) reads directly off its entry::
 
     L = L_long + short_weight * L_short + s2l_weight * L_s2l
 
@@ -113,7 +113,7 @@ def get_method(name: str) -> Method:
 
 # ------------------------------------------------------------ published settings
 def default_distill_layers(n_layers: int) -> list[int]:
-    """Layer 1 and the final state: the two ends the paper always distils (LONGRED.md)."""
+    """Layer 1 and the final state: the two ends the paper always distils (docs/method.md)."""
     return sorted({1, n_layers}) if n_layers > 1 else [n_layers]
 
 

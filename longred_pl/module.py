@@ -1,6 +1,6 @@
 """``LongReDModule``: restoration distillation while extending the context window.
 
-Reads like the objective of LONGRED.md (Dong et al. 2025, Sec. 3)::
+Reads like the objective of docs/method.md (Dong et al. 2025, Sec. 3)::
 
     L = L_long + short_weight * L_short + s2l_weight * L_s2l
 

@@ -1,6 +1,6 @@
 """The three LongReD objectives as pure tensor functions.
 
-Definitions checked against LONGRED.md ("The recipe"), i.e. Dong et al. 2025, Sec. 3:
+Definitions checked against docs/method.md ("The recipe"), i.e. Dong et al. 2025, Sec. 3:
 
 * ``L_long``  next-token cross-entropy on long texts (:func:`chunked_next_token_loss`);
 * ``L_short`` ``sum_l (1 - mean_tokens cos(h_s[l], h_t[l]))`` over the distilled

@@ -3,7 +3,7 @@
 The s2l stream feeds the student `seq_len` (`T`) tokens at position ids that span the
 extended window `[0, target_len)` (`T_long`), so that its long-position behaviour is
 distilled towards the teacher reading the same tokens at `0..T-1`. The schemes follow
-LONGRED.md, section "Skipped position ids" (Dong et al., ACL 2025, arXiv 2502.07365,
+docs/method.md, section "Skipped position ids" (Dong et al., ACL 2025, arXiv 2502.07365,
 and its public training scripts), with `k = T_long // T`:
 
 - layout: head ids `0..head-1`; a contiguous middle run of `m = T - head - tail` ids

@@ -1,6 +1,6 @@
 """Student RoPE from the teacher's Hugging Face config.
 
-LongReD (Dong et al., ACL 2025, arXiv 2502.07365, LONGRED.md "The recipe") trains a
+LongReD (Dong et al., ACL 2025, arXiv 2502.07365, docs/method.md "The recipe") trains a
 student whose rotary position encoding is changed for the extended window `T_long`,
 while the teacher keeps its original RoPE. This module turns the teacher's config into
 the student's: a deep copy whose `rope_parameters` and `max_position_embeddings`

@@ -1,6 +1,6 @@
 """Build the demo teacher: a small Llama trained from scratch on embedded text, short window.
 
-LongReD (LONGRED.md) needs a *trained* original model: its short-text behaviour is what
+LongReD (docs/method.md) needs a *trained* original model: its short-text behaviour is what
 the student must keep, so random weights would make every distillation figure
 meaningless. The demo teacher is a ~1M-parameter `LlamaForCausalLM` trained in a few
 CPU minutes on the embedded corpora (`longred_pl.data.corpora`) with a 256-token window;

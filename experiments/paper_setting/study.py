@@ -1,6 +1,6 @@
 """The paper's claim in the paper's setting: the short and s2l text is not the teacher's own.
 
-In LONGRED.md the continued-training chunks (SlimPajama) are not the original model's
+In the paper (docs/method.md) the continued-training chunks (SlimPajama) are not the original model's
 pre-training data; that is why Mix+CPT loses short-text quality there while distillation on
 the same chunks keeps it. Here the teacher learns two domains, A = Shakespeare's plays and
 B = the Python standard library (``configs/paper_setting/teacher-paper-setting.yaml``,

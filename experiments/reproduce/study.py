@@ -1,6 +1,6 @@
 """Reproduce the paper's effect on the embedded default: Long+CPT, Mix+CPT, LongReD-C, LongReD-U.
 
-Both causes of short-text loss that LONGRED.md names are present: distribution drift (the
+Both causes of short-text loss that the paper names (docs/method.md) are present: distribution drift (the
 student's RoPE is ABF for 1024 tokens, the teacher's window is 256) and forgetting (the
 teacher knows two domains, Shakespeare and the Python stdlib, while the long stream is
 Shakespeare only; short and s2l streams alternate both domains). Each method trains from

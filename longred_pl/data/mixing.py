@@ -7,7 +7,7 @@ Documents of each input pass, in this order:
    length, and the cap keeps one huge book from filling a whole stream;
 3. drops, counted by reason (`DROP_REASONS`): empty (blank text, no ids); fewer than
    `--min-doc-tokens` tokens, EOS included (the long stream wants long documents, not
-   concatenated short ones: LONGRED.md, "up-sampled long documents"); with `--no-pack`,
+   concatenated short ones: docs/method.md, "up-sampled long documents"); with `--no-pack`,
    fewer than `--seq-len` tokens (they could not give one sample).
 
 `input_samples` packs (or cuts) the kept documents of one input into `seq_len` windows;

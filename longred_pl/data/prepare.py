@@ -8,7 +8,7 @@ records `format, seq_len, vocab_size, num_samples, tokenizer, shards, source` an
 (files, splits, columns), the filters, the weights, why the mix stopped, and each input's
 counts.
 
-Two ways to cut samples (LONGRED.md, "Three data streams"):
+Two ways to cut samples (docs/method.md, "Three data streams"):
 - `pack=True` (short and s2l streams): documents are concatenated (each already ends
   with EOS) and the stream is cut into consecutive `seq_len` windows.
 - `pack=False` (long stream): each document is cut on its own, so a sample never spans

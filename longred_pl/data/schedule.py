@@ -1,6 +1,6 @@
 """Which stream feeds each micro-step of an optimizer step.
 
-The published LongReD run (LONGRED.md, "Schedule of the published run") splits one
+The published LongReD run (docs/method.md, "Schedule of the published run") splits one
 optimizer step into 16 micro-batches: micro-steps 0, 2, ..., 14 are long, 1 and 3 are
 short-to-long (s2l), 5, 7, ..., 15 are short. The schedule is a pure function of the
 config, so every rank derives the same kind for the same micro-step (the teacher runs

@@ -1,7 +1,7 @@
 """Evaluate extended models, and choose distillation layers from measured drift.
 
 * :func:`evaluate_model`: one local Hugging Face model directory (teacher, baseline or
-  exported student): short-text perplexity (what LongReD must keep; LONGRED.md), long-text
+  exported student): short-text perplexity (what LongReD must keep; docs/method.md), long-text
   perplexity by position bucket and repeat-copy accuracy by distance (what the extension
   must add), and optionally passkey retrieval and RULER (real LMs with a tokenizer).
 * ``longred eval`` (:func:`longred_pl.eval.commands.evaluate_models`): several models

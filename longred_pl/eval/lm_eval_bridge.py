@@ -1,6 +1,6 @@
 """Score local models with EleutherAI's lm-evaluation-harness (``lm-eval`` 0.4.x).
 
-LongReD's claim (LONGRED.md; Dong et al. 2025, Sec. 4) is that the extended model keeps
+LongReD's claim (docs/method.md; Dong et al. 2025, Sec. 4) is that the extended model keeps
 the original's short-text skills, which the paper measures on standard short benchmarks
 (MMLU, HellaSwag, ...), while matching the long baselines on RULER. :func:`score_with_lm_eval`
 runs short tasks on a local Hugging Face directory (teacher or exported student) through

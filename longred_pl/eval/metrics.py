@@ -2,7 +2,7 @@
 
 * :class:`TokenPerplexity`: ``exp(mean next-token cross-entropy)`` over all tokens seen.
 * :class:`HiddenStateCosine`: per hidden-state index, the mean over tokens of
-  ``cos(h_student[i], h_teacher[i])`` (the drift measure of LONGRED.md, "The problem";
+  ``cos(h_student[i], h_teacher[i])`` (the drift measure of docs/method.md, "The problem";
   index 0 = embedding output, ``n_layers`` = final normalised output).
 * :class:`AttentionKL`: per decoder layer, the mean over heads and query positions of
   ``KL(teacher || student)`` between attention distributions (the paper's second drift

@@ -6,7 +6,7 @@ by ``longred export`` (and by ``ExportStudent`` at the end of ``fit``) says
 
 * the base model and the RoPE change (method, parameters, old and new window);
 * the recipe: ``longred`` / ``long_cpt`` / ``mix_cpt``, the loss weights, the distilled
-  hidden states, the s2l position scheme (LONGRED.md, "The recipe");
+  hidden states, the s2l position scheme (docs/method.md, "The recipe");
 * the data: each stream's shards, length and batch, with the ``index.json`` that
   ``longred prepare`` wrote beside them (source, tokenizer, sample count);
 * optimizer steps, micro-steps and tokens trained per stream;

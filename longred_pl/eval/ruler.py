@@ -1,6 +1,6 @@
 """RULER (Hsieh et al. 2024, arXiv 2404.06654) through lm-eval's ``ruler`` tasks, offline.
 
-RULER is the long-context score of the LongReD paper (Dong et al. 2025, Table 1; LONGRED.md,
+RULER is the long-context score of the LongReD paper (Dong et al. 2025, Table 1; docs/method.md,
 "Headline results"). lm-eval 0.4.x ships it as the ``ruler`` group: 13 tasks whose prompts are
 generated at run time, sized with the model's tokenizer to each requested length
 (``max_seq_lengths`` in the task metadata), and scored by string match (the fraction of the

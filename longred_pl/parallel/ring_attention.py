@@ -11,7 +11,7 @@ CP (no group, or a group of one) the function *is* transformers' ``sdpa`` attent
 the mask transformers builds is ``sdpa``'s (:func:`ring_mask` delegates to ``sdpa_mask``).
 
 Attention under CP is plain causal attention over the token order: skipped position ids
-(LONGRED.md, s2l stream) only feed RoPE, which the model applies before this function.
+(docs/method.md, s2l stream) only feed RoPE, which the model applies before this function.
 Masks are ignored under CP, by design: a mask transformers builds on one rank sees only
 that rank's shard (e.g. the position jump between its two chunks would be read as a
 packed-sequence boundary), so it is meaningless for the whole sequence. :func:`ring_mask`

@@ -4,10 +4,10 @@ The parser is the one ``longred fit`` builds (LightningCLI over ``LongReDModule`
 ``MixedLengthDataModule``), but nothing is instantiated: the paper configs name teacher
 directories (``/models/...``) that do not exist here. Partial configs (``trainer/``,
 ``logger/``) are parsed on top of ``quickstart.yaml``, and every ``longred fit`` command in a
-YAML's opening comment is parsed exactly as written (STYLE.md: "Each experiment YAML opens
-with a comment: the paper setting it reproduces, the hardware, the exact launch command").
+YAML's opening comment is parsed exactly as written (each experiment YAML opens with a comment
+giving the paper setting it reproduces, the hardware and the exact launch command).
 
-Paper configs are also checked against the setting they claim (LONGRED.md): the values that
+Paper configs are also checked against the setting they claim (docs/method.md): the values that
 make them that setting, the student RoPE they produce on a teacher-shaped config (no
 weights), the skipped position ids they draw, and the data module's own cross-field checks.
 ``configs/teacher/*.yaml`` are teacher recipes, loaded with ``TeacherRecipe.from_file``.
@@ -53,7 +53,7 @@ def _id(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- the paper settings
-# Published schedule (LONGRED.md): micro-steps 0,2,...,14 long, 1 and 3 s2l, 5,7,...,15 short.
+# Published schedule (docs/method.md): micro-steps 0,2,...,14 long, 1 and 3 s2l, 5,7,...,15 short.
 PUBLISHED_SCHEDULE = [
     "long" if i % 2 == 0 else "s2l" if i in (1, 3) else "short" for i in range(16)
 ]
@@ -246,7 +246,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         **LLAMA3_8B,
         **AT_128K,
         "model.rope_method": "abf",
-        # LONGRED.md states no 128K theta: the config says it uses rope.suggest_abf_theta.
+        # docs/method.md states no 128K theta: the config says it uses rope.suggest_abf_theta.
         "model.rope_kwargs.rope_theta": _suggested(500000.0, 8192, 131072),
     },
     "llama3-8b/32k-abf-long-cpt.yaml": {

@@ -1,5 +1,5 @@
 """Skipped position ids: layout invariants, hand-computed bounds, determinism, and a
-goodness-of-fit test of CREAM's stretch ratio r (LONGRED.md, "Skipped position ids")."""
+goodness-of-fit test of CREAM's stretch ratio r (docs/method.md, "Skipped position ids")."""
 
 import math
 
