@@ -107,8 +107,8 @@ def run_demo(
         skip_validate: skip validating the untrained, RoPE-extended student first.
         fit_args: extra ``longred fit`` flags, e.g. ``["--trainer.max_steps=8"]``.
     """
-    from longred_pl.cli import main as cli_main
     from longred_pl.teacher import TeacherRecipe, ensure_teacher
+    from longred_pl.trainer_cli import lightning_cli
 
     extra = list(fit_args or [])
     start = time.perf_counter()
@@ -125,7 +125,7 @@ def run_demo(
         before = validate_metrics(config_path, extra)
     # the demo's run replaces its previous one whole (a resume passes --ckpt_path instead)
     replace = [] if any(a.startswith("--ckpt_path") for a in extra) else ["--overwrite"]
-    cli_main(["fit", "--config", config_path, *replace, *extra])
+    lightning_cli(["fit", "--config", config_path, *replace, *extra])
     after = _last_metrics(log_root)
     ckpt = log_root / "checkpoints" / "last.ckpt"
     teacher_weights = Path(teacher_dir) / "model.safetensors"
@@ -156,7 +156,7 @@ def _exported_dir(config: dict[str, Any]) -> str | None:
 
 def validate_metrics(config_path: str, extra: list[str]) -> dict[str, float]:
     """Run validation in-process on the config (no logger) and return its metrics."""
-    from longred_pl.cli import build_cli
+    from longred_pl.trainer_cli import build_cli
 
     cli = build_cli(["--config", config_path, "--trainer.logger=false", *extra])
     results = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=True)

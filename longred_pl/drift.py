@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,6 @@ __all__ = [
     "pyplot",
     "recommend_layers",
     "select_layers",
-    "select_layers_main",
 ]
 
 
@@ -391,10 +390,3 @@ def _write_selection(report: DriftReport, layers: list[int], out: str, k: int, t
     print(report.to_markdown())
     print(f"recommended distill_layers: {layers}\n\n{snippet}")
     return {"report": report.to_dict(), "distill_layers": layers, "plot": plot, "yaml": snippet}
-
-
-def select_layers_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``longred select-layers ARGV`` in-process (parsed like the command line)."""
-    from longred_pl.cli import run_tool
-
-    return run_tool("select-layers", list(argv or []))

@@ -301,13 +301,6 @@ def export_checkpoint(
     return out
 
 
-def export_main(argv: Sequence[str] | None = None) -> Path:
-    """``longred export ARGV`` in-process, parsed like the command line (``cli.run_tool``)."""
-    from longred_pl.cli import run_tool
-
-    return run_tool("export", list(argv or []))
-
-
 def full_student_state(module: Any) -> dict[str, torch.Tensor] | None:
     """The student's full state dict when its parameters are sharded (FSDP1, FSDP2), else None.
 

@@ -270,7 +270,7 @@ def tokens_per_step(cfg: dict) -> dict[str, int]:
 
 def fit(cfg: dict, run_dir: Path) -> dict[str, Any]:
     """``longred fit --config <cfg>`` in-process, in a fresh ``run_dir``, timing every step."""
-    from longred_pl.cli import build_cli
+    from longred_pl.trainer_cli import build_cli
 
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)

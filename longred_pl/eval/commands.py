@@ -1,7 +1,7 @@
 """``longred eval``: several local models side by side, as one typed function.
 
-:func:`evaluate_models` is the command (its Google docstring is its ``--help``);
-:func:`eval_main` runs ``longred eval ARGV`` in-process through the CLI layer.
+:func:`evaluate_models` is the command (its Google docstring is its ``--help``); in-process,
+call it directly or ``longred_pl.cli.main(["eval", ...])`` to parse flags as the shell does.
 Every input is checked before the first model loads: directories, shards, settings, and
 for RULER the packages, the offline tasks and each length against each tokenizer.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +26,7 @@ from longred_pl.eval.probes import passkey_min_length
 from longred_pl.eval.report import model_names, plot_results, results_markdown
 from longred_pl.models import load_config
 
-__all__ = ["eval_main", "evaluate_models"]
+__all__ = ["evaluate_models"]
 
 
 def evaluate_models(
@@ -178,10 +177,3 @@ def _check_passkey(dirs: list[str], lengths: list[int] | None, trust_remote_code
                 f"--passkey-lengths {min(lengths)}: the passkey prompt needs {shortest} tokens "
                 f"with {model_dir}'s tokenizer; use lengths of at least {shortest}"
             )
-
-
-def eval_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``longred eval ARGV`` in-process, parsed like the command line (``cli.run_tool``)."""
-    from longred_pl.cli import run_tool
-
-    return run_tool("eval", list(argv or []))

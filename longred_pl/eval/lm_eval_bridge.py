@@ -6,7 +6,7 @@ the original's short-text skills, which the paper measures on standard short ben
 runs short tasks on a local Hugging Face directory (teacher or exported student) through
 lm-eval's Python API (``lm_eval.simple_evaluate`` with the ``hf`` model); RULER tasks go
 through :mod:`longred_pl.eval.ruler` (one run per prompt length). ``longred lm-eval``
-(:func:`lm_eval_models`; :func:`lm_eval_main` runs it from argv) does both for
+(:func:`lm_eval_models`) does both for
 several models side by side and writes ``lm_eval.json``/``lm_eval.md`` and
 ``ruler.json``/``ruler.md``/``ruler.png``.
 
@@ -33,7 +33,6 @@ from longred_pl.models import load_config
 
 __all__ = [
     "check_model_dir",
-    "lm_eval_main",
     "lm_eval_markdown",
     "lm_eval_models",
     "score_with_lm_eval",
@@ -282,10 +281,3 @@ def _write(rows: list, ruler_rows: list, tasks: list[str], settings: dict, out: 
         print(ruler_markdown(ruler_rows))
         print(f"[longred lm-eval] wrote {', '.join(paths)}")
     return results
-
-
-def lm_eval_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``longred lm-eval ARGV`` in-process, parsed like the command line (``cli.run_tool``)."""
-    from longred_pl.cli import run_tool
-
-    return run_tool("lm-eval", list(argv or []))

@@ -7,10 +7,18 @@ import json
 import pytest
 import yaml
 
-from longred_pl.drift import select_layers_main
+from longred_pl.cli import main as longred
 from longred_pl.errors import UserError
-from longred_pl.eval.commands import eval_main
 from longred_pl.eval.probes import PASSKEY_ANSWER_TOKENS
+
+
+def eval_main(argv):
+    return longred(["eval", *argv])
+
+
+def select_layers_main(argv):
+    return longred(["select-layers", *argv])
+
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

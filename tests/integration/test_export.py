@@ -12,8 +12,17 @@ import yaml
 from tests_helpers import fit_config
 
 from longred_pl.cli import main
+from longred_pl.cli import main as longred
 from longred_pl.errors import UserError
-from longred_pl.export import export_main
+
+
+def export_main(argv):
+    return longred(["export", *argv])
+
+
+def eval_main(argv):
+    return longred(["eval", *argv])
+
 
 # 2 optimizer steps x 4 micro-steps of [long, s2l, long, short] (tests_helpers.fit_config):
 # long 4 x 1 x 256, s2l 2 x 2 x 64, short 2 x 4 x 16 tokens
@@ -132,8 +141,6 @@ def test_unreadable_checkpoints_are_named_with_the_fix(run, tmp_path):
 
 
 def test_the_evaluation_table_goes_into_the_card(run, tiny_shards, tmp_path, capsys):
-    from longred_pl.eval.commands import eval_main
-
     out = export_main([str(run["ckpt"]), str(tmp_path / "hf")])
     # fmt: off
     eval_main([str(out), "--short-data", tiny_shards["short"], "--short-seq-len", "16",

@@ -18,8 +18,14 @@ import torch
 
 pytest.importorskip("lm_eval", reason="needs lm-eval: pip install 'longred_pl[eval]'")
 
+from longred_pl.cli import main as longred  # noqa: E402
 from longred_pl.errors import UserError  # noqa: E402
-from longred_pl.eval.lm_eval_bridge import lm_eval_main, score_with_lm_eval  # noqa: E402
+from longred_pl.eval.lm_eval_bridge import score_with_lm_eval  # noqa: E402
+
+
+def lm_eval_main(argv):
+    return longred(["lm-eval", *argv])
+
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "data" / "lm_eval_tasks"
 CHOICE, TEXT = "longred_tiny_choice", "longred_tiny_text"

@@ -74,3 +74,26 @@ def test_cuda_device_without_a_gpu_is_refused():
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(UserError, match="--device cuda: no CUDA device here"):
         resolve_device("cuda")
+
+
+def test_no_library_module_imports_the_command_line():
+    """The CLI is the top floor: the library (demo included) never imports ``longred_pl.cli``."""
+    import ast
+    from pathlib import Path
+
+    import longred_pl
+
+    root = Path(longred_pl.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.name == "cli.py" and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n == "longred_pl.cli" or n.startswith("longred_pl.cli.") for n in names):
+                offenders.append(str(path.relative_to(root)))
+    assert offenders == []
