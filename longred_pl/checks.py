@@ -16,8 +16,9 @@ from longred_pl import positions
 from longred_pl.errors import UserError
 
 
-def check_settings(short_weight: float, s2l_weight: float, max_skipped_steps: int,
-                   loss_chunk_size: int) -> None:  # fmt: skip
+def check_settings(
+    short_weight: float, s2l_weight: float, max_skipped_steps: int, loss_chunk_size: int
+) -> None:
     """Single-field checks of ``LongReDModule``'s numbers."""
     for name, value in (("short_weight", short_weight), ("s2l_weight", s2l_weight)):
         if value < 0:
@@ -63,8 +64,9 @@ def check_run(module: Any, datamodule: Any, trainer: Any) -> None:
     uses_s2l = module.objective.terms.get("s2l", ("",))[0] == "L_s2l"
     if uses_s2l and "s2l" in schedule:
         seq_len = int(datamodule.streams["s2l"].seq_len)
-        positions.check_scheme_fits(hp.s2l_positions, seq_len, int(hp.target_length),
-                                    hp.position_kwargs or {})  # fmt: skip
+        positions.check_scheme_fits(
+            hp.s2l_positions, seq_len, int(hp.target_length), hp.position_kwargs or {}
+        )
 
 
 def check_streams(method: str, consumed: frozenset[str], schedule: list[str]) -> None:

@@ -60,8 +60,15 @@ def _param_kinds(fn: Any) -> dict[str, str]:
         text = str(hints.get(name, ""))
         listy = any(word in text.lower() for word in ("list[", "sequence[", "tuple["))
         numeric = listy and any(word in text for word in ("[int]", "[float]"))
-        kinds[name] = ("bool" if hints.get(name) is bool else "numbers" if numeric
-                       else "list" if listy else "other")  # fmt: skip
+        kinds[name] = (
+            "bool"
+            if hints.get(name) is bool
+            else "numbers"
+            if numeric
+            else "list"
+            if listy
+            else "other"
+        )
     return kinds
 
 
@@ -164,8 +171,11 @@ def _first_line_of(module: str, function: str) -> str:
     spec = importlib.util.find_spec(module)
     with open(spec.origin, encoding="utf-8") as handle:
         tree = ast.parse(handle.read())
-    docs = [ast.get_docstring(n) for n in tree.body
-            if isinstance(n, ast.FunctionDef) and n.name == function]  # fmt: skip
+    docs = [
+        ast.get_docstring(n)
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef) and n.name == function
+    ]
     doc = (docs[0] if docs and docs[0] else None) or ast.get_docstring(tree) or ""
     return doc.strip().splitlines()[0].rstrip(".").strip("`") if doc.strip() else ""
 

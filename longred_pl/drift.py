@@ -281,9 +281,14 @@ def plot_drift(report: DriftReport, path: str, title: str | None = None) -> str:
 
 
 # ------------------------------------------------------------ longred select-layers
-def _student_config(teacher_config: Any, student: str | None, rope_method: str,
-                    target_length: int | None, rope_kwargs: dict[str, Any] | None,
-                    trust_remote_code: bool) -> tuple[Any, str]:  # fmt: skip
+def _student_config(
+    teacher_config: Any,
+    student: str | None,
+    rope_method: str,
+    target_length: int | None,
+    rope_kwargs: dict[str, Any] | None,
+    trust_remote_code: bool,
+) -> tuple[Any, str]:
     """The measured student's config and a description of it; errors name the flags."""
     from longred_pl.rope import extend_rope
 
@@ -354,8 +359,10 @@ def select_layers(
         teacher_config, student, rope_method, target_length, rope_kwargs, trust_remote_code
     )
     if student is None and student_config.rope_parameters == teacher_config.rope_parameters:
-        print("note: the student's RoPE equals the teacher's (e.g. abf kept rope_theta), so no "
-              "drift will show; set --rope-kwargs to change it")  # fmt: skip
+        print(
+            "note: the student's RoPE equals the teacher's (e.g. abf kept rope_theta), so no "
+            "drift will show; set --rope-kwargs to change it"
+        )
     window = int(teacher_config.max_position_embeddings)
     if not 2 <= seq_len <= window:
         raise UserError(f"--seq-len must be in [2, {window}] (the teacher's window), got {seq_len}")
@@ -373,8 +380,9 @@ def select_layers(
     return _write_selection(report, layers, out, k, teacher, described)
 
 
-def _write_selection(report: DriftReport, layers: list[int], out: str, k: int, teacher: str,
-                     described: str) -> dict[str, Any]:  # fmt: skip
+def _write_selection(
+    report: DriftReport, layers: list[int], out: str, k: int, teacher: str, described: str
+) -> dict[str, Any]:
     from longred_pl.outputs import replace_output
 
     replace_output(Path(out))

@@ -189,14 +189,21 @@ def _run_from_checkpoint(ckpt: dict[str, Any], path: str, run_config: str | None
     config = run_config or find_run_config(path, teacher)
     if run_config is not None and not os.path.isfile(run_config):
         raise UserError(f"--run-config: {run_config!r} is not a file; pass the run's config.yaml")
-    data = next((v for k, v in ckpt.items() if k.endswith("DataModule") and isinstance(v, dict)),
-                {})  # fmt: skip
+    data = next(
+        (v for k, v in ckpt.items() if k.endswith("DataModule") and isinstance(v, dict)), {}
+    )
     streams = streams_from(ckpt, config)
     where = "the checkpoint" if ckpt.get("datamodule_hyper_parameters") else config
     print(f"[longred export] model card: stream settings from {where or 'nowhere (not found)'}")
-    return {"steps": ckpt.get("global_step"), "micro_steps": data.get("consumed"),
-            "world_size": data.get("world_size"), "schedule": data.get("schedule"),
-            "streams": streams, "streams_from": where, "checkpoint": str(path)}  # fmt: skip
+    return {
+        "steps": ckpt.get("global_step"),
+        "micro_steps": data.get("consumed"),
+        "world_size": data.get("world_size"),
+        "schedule": data.get("schedule"),
+        "streams": streams,
+        "streams_from": where,
+        "checkpoint": str(path),
+    }
 
 
 def write_card(
@@ -214,8 +221,12 @@ def write_card(
     for path in paths:
         print(f"[longred export] model card: evaluation from {path}")
     facts = card_facts(module, run)
-    facts.update(name=out.name, base_model=base_model, tokenizer=tokenizer,
-                 evaluation=[(p, eval_markdown(p)) for p in paths])  # fmt: skip
+    facts.update(
+        name=out.name,
+        base_model=base_model,
+        tokenizer=tokenizer,
+        evaluation=[(p, eval_markdown(p)) for p in paths],
+    )
     card = out / "README.md"
     card.write_text(render_card(facts))
     return card
@@ -333,11 +344,18 @@ def full_student_state(module: Any) -> dict[str, torch.Tensor] | None:
 def _run_from_trainer(trainer: L.Trainer) -> dict[str, Any]:
     """The card's run record from a live trainer and its data module."""
     data = getattr(trainer, "datamodule", None)
-    streams = {k: {name: getattr(c, name) for name in ("urls", "seq_len", "batch_size")}
-               for k, c in (getattr(data, "streams", None) or {}).items()}  # fmt: skip
-    return {"steps": trainer.global_step, "micro_steps": getattr(data, "consumed", None),
-            "world_size": trainer.world_size, "schedule": list(getattr(data, "schedule", [])),
-            "streams": streams, "streams_from": "the run's data module" if streams else None}  # fmt: skip
+    streams = {
+        k: {name: getattr(c, name) for name in ("urls", "seq_len", "batch_size")}
+        for k, c in (getattr(data, "streams", None) or {}).items()
+    }
+    return {
+        "steps": trainer.global_step,
+        "micro_steps": getattr(data, "consumed", None),
+        "world_size": trainer.world_size,
+        "schedule": list(getattr(data, "schedule", [])),
+        "streams": streams,
+        "streams_from": "the run's data module" if streams else None,
+    }
 
 
 class ExportStudent(L.Callback):

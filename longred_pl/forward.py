@@ -219,8 +219,9 @@ def proxy_config(config: Any) -> Any:
     return small
 
 
-def check_model_head(model: nn.Module, trust_remote_code: bool = False,
-                     field: str = "model.teacher_path") -> None:  # fmt: skip
+def check_model_head(
+    model: nn.Module, trust_remote_code: bool = False, field: str = "model.teacher_path"
+) -> None:
     """:func:`check_logit_head` on a toy of ``model``'s config, not on ``model`` itself.
 
     A forward of the real model at load would gather a sharded model's embeddings and head
@@ -235,9 +236,11 @@ def check_model_head(model: nn.Module, trust_remote_code: bool = False,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             toy = AutoModelForCausalLM.from_config(
-                proxy_config(model.config), attn_implementation="eager", dtype=torch.float32,
+                proxy_config(model.config),
+                attn_implementation="eager",
+                dtype=torch.float32,
                 trust_remote_code=trust_remote_code,
-            )  # fmt: skip
+            )
     except Exception:  # noqa: BLE001  (an unusual config: check the model itself)
         check_logit_head(model, logit_head(model), field)
         return

@@ -43,16 +43,24 @@ class FrozenTeacher(nn.Module):
         self.train(False)  # the eval lock: it never leaves eval mode
 
     @classmethod
-    def load(cls, path: str, config: Any, attn_implementation: str, dtype: str,
-             trust_remote_code: bool = False, placement: Any = None) -> FrozenTeacher:  # fmt: skip
+    def load(
+        cls,
+        path: str,
+        config: Any,
+        attn_implementation: str,
+        dtype: str,
+        trust_remote_code: bool = False,
+        placement: Any = None,
+    ) -> FrozenTeacher:
         """Load the teacher from ``path`` with its own (unextended) ``config``.
 
         ``placement`` (``models.Placement``): where and how it is built (sharded, on a device).
         """
         from longred_pl.models import load_causal_lm
 
-        model = load_causal_lm(path, config, attn_implementation, dtype, trust_remote_code,
-                               placement)  # fmt: skip
+        model = load_causal_lm(
+            path, config, attn_implementation, dtype, trust_remote_code, placement
+        )
         check_model_head(model, trust_remote_code)
         return cls(model)
 

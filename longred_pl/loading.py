@@ -91,8 +91,10 @@ def shard_rows(param: torch.Tensor) -> tuple[int, int] | None:
     start, stop = min(rank * chunk, rows), min((rank + 1) * chunk, rows)
     local = param.to_local().shape[0]
     if local != stop - start:
-        raise RuntimeError(f"shard of {tuple(param.shape)} on rank {rank}: {local} rows, "
-                           f"expected {stop - start} (torch.chunk)")  # fmt: skip
+        raise RuntimeError(
+            f"shard of {tuple(param.shape)} on rank {rank}: {local} rows, "
+            f"expected {stop - start} (torch.chunk)"
+        )
     return start, stop
 
 
@@ -170,9 +172,11 @@ def load_model(
 
     with parameters_on_meta():
         model = AutoModelForCausalLM.from_config(
-            config, dtype=dtype, attn_implementation=attn_implementation,
+            config,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
-        )  # fmt: skip
+        )
     if shard is not None:
         shard(model)
     buffers = {name: b.detach().to(device) for name, b in model.named_buffers()}

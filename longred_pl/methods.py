@@ -78,7 +78,7 @@ METHODS: dict[str, Method] = {
         },
         needs_teacher=True,
         description="LongReD: long-text CE + short-text and short-to-long distillation",
-    ),  # fmt: skip
+    ),
     # L = L_long (the extended model trained on long text alone)
     "long_cpt": Method(
         {"long": ("L_long", 1.0)},

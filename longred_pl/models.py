@@ -25,8 +25,15 @@ from longred_pl.errors import UserError
 from longred_pl.forward import capture_hidden_states, decoder_parts
 
 __all__ = [
-    "Placement", "capture_hidden_states", "decoder_parts", "freeze", "load_causal_lm", "load_config", "load_student", "resolve_device",
-]  # fmt: skip
+    "Placement",
+    "capture_hidden_states",
+    "decoder_parts",
+    "freeze",
+    "load_causal_lm",
+    "load_config",
+    "load_student",
+    "resolve_device",
+]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -101,9 +108,14 @@ def load_causal_lm(
         from longred_pl.loading import load_model
 
         return load_model(
-            path, config, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code, device=placement.device, shard=placement.shard,
-        )  # fmt: skip
+            path,
+            config,
+            dtype=DTYPES[dtype],
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            device=placement.device,
+            shard=placement.shard,
+        )
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
@@ -116,9 +128,15 @@ def load_causal_lm(
     )
 
 
-def load_student(path: str, config: Any, attn_implementation: str, dtype: str,
-                 trust_remote_code: bool, gradient_checkpointing: bool,
-                 placement: Placement | None = None) -> nn.Module:  # fmt: skip
+def load_student(
+    path: str,
+    config: Any,
+    attn_implementation: str,
+    dtype: str,
+    trust_remote_code: bool,
+    gradient_checkpointing: bool,
+    placement: Placement | None = None,
+) -> nn.Module:
     """The student: the teacher's weights under the extended ``config``, ready to train.
 
     Its logit transform is checked against the library's formula on a toy of its config

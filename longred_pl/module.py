@@ -172,15 +172,24 @@ class LongReDModule(L.LightningModule):
         hp, where = self.hparams, placement(self)
         with unsharded(self.layout):
             student = load_student(
-                hp.teacher_path, self.student_config, hp.attn_implementation, hp.dtype,
-                hp.trust_remote_code, hp.gradient_checkpointing, where,
-            )  # fmt: skip
+                hp.teacher_path,
+                self.student_config,
+                hp.attn_implementation,
+                hp.dtype,
+                hp.trust_remote_code,
+                hp.gradient_checkpointing,
+                where,
+            )
             teacher = None
             if self.objective.needs_teacher:
                 teacher = FrozenTeacher.load(
-                    hp.teacher_path, self.teacher_config, hp.attn_implementation,
-                    self.teacher_dtype(), hp.trust_remote_code, where,
-                )  # fmt: skip
+                    hp.teacher_path,
+                    self.teacher_config,
+                    hp.attn_implementation,
+                    self.teacher_dtype(),
+                    hp.trust_remote_code,
+                    where,
+                )
         self.student_head = logit_head(student)
         self.matrix_names = matrix_parameter_names(student)  # weight decay; FSDP1 flattens
         self.student = student
@@ -205,8 +214,9 @@ class LongReDModule(L.LightningModule):
         view = rank_view(batch["input_ids"], None, self.layout)  # this rank's tokens, labels
 
         def loss(hidden_BTD, weight_VD, bias_V):
-            return chunked_next_token_loss(hidden_BTD, weight_VD, view["labels"],
-                                           self.loss_chunk(), bias_V, self.student_head)  # fmt: skip
+            return chunked_next_token_loss(
+                hidden_BTD, weight_VD, view["labels"], self.loss_chunk(), bias_V, self.student_head
+            )
 
         local = run_model(self.student, view["input_ids"], (), view["position_ids"], loss)[1]
         return token_mean(local, view["targets"], self.layout)
@@ -219,7 +229,9 @@ class LongReDModule(L.LightningModule):
         """``1 - cos`` of the final hidden state, the student reading skipped positions."""
         return self.distill(batch["input_ids"], [self.n_layers], self.s2l_position_ids(batch))
 
-    def distill(self, input_ids_BT: torch.Tensor, layers: list[int], student_pos_BT: Any) -> torch.Tensor:  # fmt: skip
+    def distill(
+        self, input_ids_BT: torch.Tensor, layers: list[int], student_pos_BT: Any
+    ) -> torch.Tensor:
         """The teacher reads contiguous positions; the student ``student_pos_BT`` (or contiguous)."""
         teacher, student = (rank_view(input_ids_BT, p, self.layout) for p in (None, student_pos_BT))
         teacher_states = self.teacher.hidden_states(
@@ -245,9 +257,13 @@ class LongReDModule(L.LightningModule):
         """
         hp = self.hparams
         return positions.batch_position_ids(
-            batch, self.position_scheme, hp.target_length, hp.seed, self.layout.dp_rank,
+            batch,
+            self.position_scheme,
+            hp.target_length,
+            hp.seed,
+            self.layout.dp_rank,
             hp.position_kwargs or {},
-        )  # fmt: skip
+        )
 
     # ---------------------------------------------------------------- training
     def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,7 +285,9 @@ class LongReDModule(L.LightningModule):
         return callbacks_for(self, self.trainer)
 
     # -------------------------------------------------------------- validation
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         """Token-weighted perplexity of the student (and, on short text, the teacher).
 
         Under context parallelism each rank reads its head-tail shard of the sequence, as in
@@ -291,7 +309,11 @@ class LongReDModule(L.LightningModule):
         ``[B, T-1]`` for whole sequences; under context parallelism the ``N`` NLLs of this
         rank's shard (labels shifted before sharding, ``sequence.rank_view``).
         """
-        model, head = (self.teacher.model, self.teacher.head) if teacher else (self.student, self.student_head)  # fmt: skip
+        model, head = (
+            (self.teacher.model, self.teacher.head)
+            if teacher
+            else (self.student, self.student_head)
+        )
         chunk = self.loss_chunk()
         if self.layout.cp_size == 1:
 

@@ -267,9 +267,14 @@ def cream_position_ids(
         LongTensor [B, T]: starts at 0, strictly increasing, `< target_len`.
     """
     gen, k, head_B = _start_layout(
-        batch_size, seq_len, target_len, generator,
-        head_tail_lengths, head_tail_prob, head_tail_per_sample,
-    )  # fmt: skip
+        batch_size,
+        seq_len,
+        target_len,
+        generator,
+        head_tail_lengths,
+        head_tail_prob,
+        head_tail_per_sample,
+    )
     r_B = cream_sample_r(batch_size, k, gen, mean=r_mean, std=r_std, low=r_min, high=r_max)
     lo_B, hi_B = cream_end_bounds(r_B, head_B, head_B, seq_len)
     end_B = _uniform_int(lo_B, hi_B, gen)
@@ -299,9 +304,14 @@ def uniform_position_ids(
         LongTensor [B, T]: starts at 0, strictly increasing, `< target_len`.
     """
     gen, k, head_B = _start_layout(
-        batch_size, seq_len, target_len, generator,
-        head_tail_lengths, head_tail_prob, head_tail_per_sample,
-    )  # fmt: skip
+        batch_size,
+        seq_len,
+        target_len,
+        generator,
+        head_tail_lengths,
+        head_tail_prob,
+        head_tail_per_sample,
+    )
     # k*T <= T_long, so this caps the spec's T_long - tail - 1 where the tail starts.
     hi_B = k * seq_len - head_B - 1
     lo_B = torch.minimum(seq_len - head_B, hi_B)

@@ -106,8 +106,14 @@ class Preemption(L.Callback):
         self._restore()
 
     # ------------------------------------------------------------ step boundary
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         if trainer.global_step == self._last_step:
             return  # inside an optimizer step (accumulating): not a boundary
         self._last_step = trainer.global_step
@@ -120,9 +126,12 @@ class Preemption(L.Callback):
         self.saved = str(path)
         if trainer.is_global_zero:
             name = signal.Signals(int(float(flag))).name
-            print(f"[longred] {name}: saved {path} at step {trainer.global_step}; exiting with "
-                  f"{self.exit_code} (requeue; resume with --ckpt_path auto)", file=sys.stderr,
-                  flush=True)  # fmt: skip
+            print(
+                f"[longred] {name}: saved {path} at step {trainer.global_step}; exiting with "
+                f"{self.exit_code} (requeue; resume with --ckpt_path auto)",
+                file=sys.stderr,
+                flush=True,
+            )
         raise PreemptionExit(self.exit_code)
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:

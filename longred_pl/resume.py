@@ -24,10 +24,17 @@ from typing import Any
 
 from longred_pl.errors import UserError
 
-RUNTIME_SETTINGS = frozenset({
-    "teacher_path", "attn_implementation", "loss_chunk_size", "gradient_checkpointing",
-    "teacher_dtype", "max_skipped_steps", "trust_remote_code",
-})  # fmt: skip
+RUNTIME_SETTINGS = frozenset(
+    {
+        "teacher_path",
+        "attn_implementation",
+        "loss_chunk_size",
+        "gradient_checkpointing",
+        "teacher_dtype",
+        "max_skipped_steps",
+        "trust_remote_code",
+    }
+)
 
 
 def read_checkpoint_hparams(path: str) -> dict[str, Any]:

@@ -50,8 +50,12 @@ def rank_view(
     and, under CP, ``targets``: this rank's count of labels that count (for :func:`token_mean`).
     """
     if layout.cp_size == 1:
-        return {"input_ids": input_ids_BT, "position_ids": position_ids_BT,
-                "labels": shift_labels(input_ids_BT), "targets": None}  # fmt: skip
+        return {
+            "input_ids": input_ids_BT,
+            "position_ids": position_ids_BT,
+            "labels": shift_labels(input_ids_BT),
+            "targets": None,
+        }
     from longred_pl.parallel import label_count, shard_batch
 
     view = shard_batch(input_ids_BT, layout.cp_rank, layout.cp_size, position_ids_BT, True)

@@ -81,11 +81,14 @@ class TeacherRecipe:
                 raise UserError(f"recipe.{name} must be > 0, got {getattr(self, name)}")
         unknown = [name for name in self.corpora if name not in CORPORA]
         if not self.corpora or unknown:
-            raise UserError(f"recipe.corpora must name known corpora {sorted(CORPORA)}, "
-                             f"got {list(self.corpora)}")  # fmt: skip
+            raise UserError(
+                f"recipe.corpora must name known corpora {sorted(CORPORA)}, "
+                f"got {list(self.corpora)}"
+            )
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise UserError("recipe.hidden_size must divide by num_heads, and num_heads by "
-                             "num_kv_heads")  # fmt: skip
+            raise UserError(
+                "recipe.hidden_size must divide by num_heads, and num_heads by num_kv_heads"
+            )
         if not 0 <= self.warmup < self.steps:
             raise UserError("recipe.warmup must be >= 0 and < recipe.steps")
 
@@ -169,8 +172,10 @@ def lr_factor(step: int, recipe: TeacherRecipe) -> float:
 def batches(rows_NT: torch.Tensor, batch_size: int, generator: torch.Generator):
     """Endless shuffled batches `[B, T]`: a fresh permutation per epoch, last partial dropped."""
     if len(rows_NT) < batch_size:
-        raise UserError(f"only {len(rows_NT)} training rows for batch_size={batch_size}; "
-                         "add text (corpus_max_bytes) or lower batch_size/window")  # fmt: skip
+        raise UserError(
+            f"only {len(rows_NT)} training rows for batch_size={batch_size}; "
+            "add text (corpus_max_bytes) or lower batch_size/window"
+        )
     while True:
         order = torch.randperm(len(rows_NT), generator=generator)
         for start in range(0, len(order) - batch_size + 1, batch_size):
@@ -217,8 +222,12 @@ def train(
             bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{rate:.0f}")
     seconds = time.perf_counter() - start
     tokens = recipe.steps * recipe.batch_size * recipe.window
-    return {"losses": losses, "train_seconds": seconds, "tokens_seen": tokens,
-            "tokens_per_second": tokens / seconds}  # fmt: skip
+    return {
+        "losses": losses,
+        "train_seconds": seconds,
+        "tokens_seen": tokens,
+        "tokens_per_second": tokens / seconds,
+    }
 
 
 @torch.no_grad()
@@ -246,8 +255,10 @@ def _pack(
         token_docs = [d.input_ids for d in tokenize_documents(docs, tokenizer, progress=progress)]
         rows[name] = pack_rows(token_docs, window)
         if len(rows[name]) == 0:
-            raise UserError(f"corpus {name!r} holds fewer tokens than one window ({window}); "
-                             "raise recipe.corpus_max_bytes or lower recipe.window")  # fmt: skip
+            raise UserError(
+                f"corpus {name!r} holds fewer tokens than one window ({window}); "
+                "raise recipe.corpus_max_bytes or lower recipe.window"
+            )
     return rows
 
 

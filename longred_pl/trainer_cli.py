@@ -41,10 +41,12 @@ def _lightning_cli_class() -> type:
             from jsonargparse import ActionYesNo
 
             parser.add_argument(
-                "--overwrite", action=ActionYesNo, default=False,
+                "--overwrite",
+                action=ActionYesNo,
+                default=False,
                 help="fit: empty the run's output folders (checkpoints, logs, export) before "
-                     "it starts; without it a fit into used ones is refused",
-            )  # fmt: skip
+                "it starts; without it a fit into used ones is refused",
+            )
 
         def _parse_ckpt_path(self) -> None:
             sub = self.config.get("subcommand")
@@ -67,13 +69,18 @@ def _lightning_cli_class() -> type:
             if not ckpt:
                 return
             if ckpt in ("best", "hpc", "registry"):  # Lightning resolves these later
-                print(f"[longred] resume: ckpt_path={ckpt!r} is resolved by Lightning after the "
-                      f"models load; model settings are not compared with it (pass a path to "
-                      f"have them checked)", file=sys.stderr)  # fmt: skip
+                print(
+                    f"[longred] resume: ckpt_path={ckpt!r} is resolved by Lightning after the "
+                    f"models load; model settings are not compared with it (pass a path to "
+                    f"have them checked)",
+                    file=sys.stderr,
+                )
                 return
             if not os.path.exists(ckpt):
-                raise UserError(f"ckpt_path: {ckpt!r} does not exist; pass a .ckpt file or a "
-                                f"sharded checkpoint directory of the run")  # fmt: skip
+                raise UserError(
+                    f"ckpt_path: {ckpt!r} does not exist; pass a .ckpt file or a "
+                    f"sharded checkpoint directory of the run"
+                )
             from longred_pl.module import LongReDModule
 
             given = self.config[sub]["model"]

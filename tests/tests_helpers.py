@@ -94,8 +94,22 @@ def tiny_study_args(tmp_path: Path, *extra: str) -> list[str]:
     ``tmp_path``; ``extra`` are the study's own flags."""
     recipe = tmp_path / "tiny-teacher.yaml"
     recipe.write_text(yaml.safe_dump(TINY_STUDY_RECIPE))
-    # fmt: off
-    return ["--recipe", str(recipe), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-            "--seeds", "1", "--threads", "1", "--num-short", "8", "--num-long", "2",
-            "--calib-steps", "2", *extra]
-    # fmt: on
+    return [
+        "--recipe",
+        str(recipe),
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "out"),
+        "--seeds",
+        "1",
+        "--threads",
+        "1",
+        "--num-short",
+        "8",
+        "--num-long",
+        "2",
+        "--calib-steps",
+        "2",
+        *extra,
+    ]

@@ -35,14 +35,21 @@ from benchmarks.gpu_smoke import parts
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_smoke", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_smoke",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("part", choices=sorted(parts.PARTS))
     parser.add_argument("--work", type=Path, required=True, help="scratch directory")
     parser.add_argument("--json", type=Path, required=True, help="where the figures go")
     parser.add_argument("--tiny", action="store_true", help="toy sizes (CPU without a GPU)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="measured bf16 matmul rate for MFU (default: read env's JSON)")  # fmt: skip
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="measured bf16 matmul rate for MFU (default: read env's JSON)",
+    )
     args = parser.parse_args(argv)
     common.quiet()
     args.work.mkdir(parents=True, exist_ok=True)

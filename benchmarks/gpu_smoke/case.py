@@ -64,8 +64,12 @@ class Clock(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if not self.marks:
             self.marks.append((trainer.global_step, self._now()))
-        if (batch["kind"] == "long" and self.peak is None and trainer.global_step >= self.warmup
-                and torch.cuda.is_available()):  # fmt: skip
+        if (
+            batch["kind"] == "long"
+            and self.peak is None
+            and trainer.global_step >= self.warmup
+            and torch.cuda.is_available()
+        ):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.before = torch.cuda.memory_allocated()
@@ -92,22 +96,35 @@ def run(teacher: Path, method: str, long_len: int, tiny: bool, work: Path) -> di
     cuda = torch.cuda.is_available()
     layers = [1, 2, 4] if tiny else [1, 9, 12, 14, 15, 32]
     module = LongReDModule(
-        str(config_dir), method=method, rope_method="abf", target_length=long_len,
-        rope_kwargs={"rope_theta": 2.0e7}, distill_layers=layers, loss_chunk_size=4096,
+        str(config_dir),
+        method=method,
+        rope_method="abf",
+        target_length=long_len,
+        rope_kwargs={"rope_theta": 2.0e7},
+        distill_layers=layers,
+        loss_chunk_size=4096,
         gradient_checkpointing=True,
-    )  # fmt: skip
+    )
     warmup, timed = (1, 1) if tiny else ((1, 2) if long_len <= 8192 else (1, 1))
     clock = Clock(warmup)
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     trainer = L.Trainer(
-        accelerator="gpu" if cuda else "cpu", devices=1,
+        accelerator="gpu" if cuda else "cpu",
+        devices=1,
         strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1),
-        precision="bf16-mixed" if cuda else "32-true", max_steps=warmup + timed,
-        accumulate_grad_batches=len(schedule), gradient_clip_val=1.0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock],
-    )  # fmt: skip
+        precision="bf16-mixed" if cuda else "32-true",
+        max_steps=warmup + timed,
+        accumulate_grad_batches=len(schedule),
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[clock],
+    )
     loader = DataLoader(Synthetic(schedule, lengths, shape.vocab), batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
     times = [b - a for (_, a), (_, b) in zip(clock.marks, clock.marks[1:], strict=False)][warmup:]
@@ -118,14 +135,20 @@ def run(teacher: Path, method: str, long_len: int, tiny: bool, work: Path) -> di
     teacher_bytes = 4 if get_method(method).needs_teacher else 0  # the recipe's fp32 teacher
     estimate = long_microstep_bytes(shape, long_len, teacher_bytes=teacher_bytes)
     return {
-        "method": method, "long": long_len, "lengths": lengths, "schedule": schedule,
-        "step_seconds": [round(t, 3) for t in times], "tokens_per_step": tokens,
-        "tokens_per_s": round(tokens / step_s, 1), "tflops": round(flops / step_s / 1e12, 2),
+        "method": method,
+        "long": long_len,
+        "lengths": lengths,
+        "schedule": schedule,
+        "step_seconds": [round(t, 3) for t in times],
+        "tokens_per_step": tokens,
+        "tokens_per_s": round(tokens / step_s, 1),
+        "tflops": round(flops / step_s / 1e12, 2),
         "flops_per_step": flops,
-        "peak_long_microstep_gib": None if not clock.peak or clock.peak < 0
+        "peak_long_microstep_gib": None
+        if not clock.peak or clock.peak < 0
         else round(clock.peak / 2**30, 2),
         "estimate_gib": {k: round(v, 2) for k, v in estimate.items()},
-    }  # fmt: skip
+    }
 
 
 def _with_window(teacher: Path, window: int, work: Path) -> Path:

@@ -51,9 +51,14 @@ class Shape:
             getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         )
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        return cls(int(config.num_hidden_layers), int(config.hidden_size),
-                   int(config.num_attention_heads * head_dim), int(kv_heads * head_dim),
-                   int(config.intermediate_size), int(config.vocab_size))  # fmt: skip
+        return cls(
+            int(config.num_hidden_layers),
+            int(config.hidden_size),
+            int(config.num_attention_heads * head_dim),
+            int(kv_heads * head_dim),
+            int(config.intermediate_size),
+            int(config.vocab_size),
+        )
 
     @property
     def layer_params(self) -> int:
@@ -83,8 +88,15 @@ def microstep_flops(shape: Shape, kind: str, tokens: int, batch: int, term: str)
     return student + forward_flops(shape, tokens, batch, head_on_every_token=False)  # teacher
 
 
-def long_microstep_bytes(shape: Shape, tokens: int, *, ranks: int = 1, cp: int = 1,
-                         teacher_bytes: int = 2, chunk: int = 4096) -> dict[str, float]:  # fmt: skip
+def long_microstep_bytes(
+    shape: Shape,
+    tokens: int,
+    *,
+    ranks: int = 1,
+    cp: int = 1,
+    teacher_bytes: int = 2,
+    chunk: int = 4096,
+) -> dict[str, float]:
     """The README's estimate of one rank's peak in a long micro-step, by part, in GiB."""
     local = tokens // cp
     parts = {

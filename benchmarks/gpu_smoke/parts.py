@@ -38,11 +38,13 @@ def env(args: Any) -> tuple[dict[str, Any], bool]:
     import transformers
 
     info: dict[str, Any] = {
-        "python": sys.version.split()[0], "torch": torch.__version__,
-        "cuda": torch.version.cuda, "transformers": transformers.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
         "lightning": lightning.__version__,
         "machine": common.machine_info(torch.device("cuda" if _cuda() else "cpu")),
-    }  # fmt: skip
+    }
     try:
         import flash_attn
 
@@ -52,9 +54,12 @@ def env(args: Any) -> tuple[dict[str, Any], bool]:
     device = torch.device("cuda" if _cuda() else "cpu")
     if _cuda():
         props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, capability=list(torch.cuda.get_device_capability()),
-                    memory_gib=round(props.total_memory / 2**30, 1),
-                    bf16=torch.cuda.is_bf16_supported())  # fmt: skip
+        info.update(
+            gpu=props.name,
+            capability=list(torch.cuda.get_device_capability()),
+            memory_gib=round(props.total_memory / 2**30, 1),
+            bf16=torch.cuda.is_bf16_supported(),
+        )
     n = 512 if args.tiny else 8192
     dtype = torch.bfloat16 if _cuda() else torch.float32
     gen = torch.Generator(device).manual_seed(0)
@@ -83,8 +88,9 @@ def ring(args: Any) -> tuple[dict[str, Any], bool]:
     b, h, k, t, d = (1, 4, 2, 64, 16) if args.tiny else (1, 16, 4, 4096, 128)
     dtypes = [torch.bfloat16, torch.float32] if _cuda() else [torch.float32]
     gen = torch.Generator(device).manual_seed(0)
-    q32, k32, v32, g32 = (torch.randn(b, n, t, d, device=device, generator=gen)
-                          for n in (h, k, k, h))  # fmt: skip
+    q32, k32, v32, g32 = (
+        torch.randn(b, n, t, d, device=device, generator=gen) for n in (h, k, k, h)
+    )
     exact = unsharded_attention(q32.double(), k32.double(), v32.double(), g32.double())
     cases, ok = [], True
     for dtype in dtypes:
@@ -123,8 +129,11 @@ def _profile(recipes: Any, tiny: bool) -> Any:
 
 
 def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() \
-        else path.stat().st_size  # fmt: skip
+    return (
+        sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
 
 
 def recipe(args: Any) -> tuple[dict[str, Any], bool]:
@@ -134,19 +143,34 @@ def recipe(args: Any) -> tuple[dict[str, Any], bool]:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     plan = recipes.plan(FIT, TRAINER, out, _profile(recipes, args.tiny))
-    figures: dict[str, Any] = {"config": [FIT, TRAINER], "factor": plan.factor,
-                               "lengths": {k: v["seq_len"] for k, v in plan.override["data"].items()},
-                               "prepare_s": round(time.perf_counter() - start, 1)}  # fmt: skip
+    figures: dict[str, Any] = {
+        "config": [FIT, TRAINER],
+        "factor": plan.factor,
+        "lengths": {k: v["seq_len"] for k, v in plan.override["data"].items()},
+        "prepare_s": round(time.perf_counter() - start, 1),
+    }
     from transformers import AutoConfig
 
     from benchmarks.gpu_smoke.flops import Shape
 
     config = AutoConfig.from_pretrained(out / "teacher")
-    figures["model"] = {**common.model_facts(str(out / "teacher")),
-                        "parameters": Shape.of(config).params}  # fmt: skip
+    figures["model"] = {
+        **common.model_facts(str(out / "teacher")),
+        "parameters": Shape.of(config).params,
+    }
     ok = True
-    for name, extra in (("fit", ()), ("resume", ("--trainer.max_steps", "2", "--ckpt_path",
-                                                 str(out / "checkpoints" / "epoch=0-step=1.ckpt")))):  # fmt: skip
+    for name, extra in (
+        ("fit", ()),
+        (
+            "resume",
+            (
+                "--trainer.max_steps",
+                "2",
+                "--ckpt_path",
+                str(out / "checkpoints" / "epoch=0-step=1.ckpt"),
+            ),
+        ),
+    ):
         start = time.perf_counter()
         proc = plan.run(*extra)
         figures[f"{name}_s"] = round(time.perf_counter() - start, 1)
@@ -156,9 +180,21 @@ def recipe(args: Any) -> tuple[dict[str, Any], bool]:
             figures[f"{name}_error"] = proc.stderr[-2000:]
             return figures, False
     rows = [r for r in recipes.metrics(out) if r.get("train/loss")]
-    figures["steps"] = [{k: r[k] for k in ("step", "train/loss", "train/loss_long", "train/loss_short",
-                                            "train/loss_s2l", "train/grad_norm") if k in r}
-                        for r in rows]  # fmt: skip
+    figures["steps"] = [
+        {
+            k: r[k]
+            for k in (
+                "step",
+                "train/loss",
+                "train/loss_long",
+                "train/loss_short",
+                "train/loss_s2l",
+                "train/grad_norm",
+            )
+            if k in r
+        }
+        for r in rows
+    ]
     ok &= sorted(int(r["step"]) for r in rows) == [0, 1]
     ok &= all(
         recipes.finite(r["train/loss"]) and recipes.finite(r["train/grad_norm"]) for r in rows
@@ -201,17 +237,36 @@ def throughput(args: Any) -> tuple[dict[str, Any], bool]:
     teacher = _teacher_for_throughput(args)
     cases = [(m, n // 32) for m, n in CASES[:2]] if args.tiny else CASES
     results: list[dict[str, Any]] = []
-    figures: dict[str, Any] = {"peak_tflops_measured": peak,
-                               "peak_tflops_datasheet": DATASHEET_BF16_TFLOPS,
-                               "flops": "benchmarks/gpu_smoke/flops.py", "cases": results}  # fmt: skip
+    figures: dict[str, Any] = {
+        "peak_tflops_measured": peak,
+        "peak_tflops_datasheet": DATASHEET_BF16_TFLOPS,
+        "flops": "benchmarks/gpu_smoke/flops.py",
+        "cases": results,
+    }
     ok = True
     for method, tokens in cases:
         out = args.work / f"case_{method}_{tokens}.json"
-        cmd = [sys.executable, "-m", "benchmarks.gpu_smoke.case", "--teacher", str(teacher),
-               "--method", method, "--long", str(tokens), "--out", str(out)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_smoke.case",
+            "--teacher",
+            str(teacher),
+            "--method",
+            method,
+            "--long",
+            str(tokens),
+            "--out",
+            str(out),
+        ]
         cmd += ["--tiny"] if args.tiny else []
-        proc = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        proc = subprocess.run(
+            cmd,
+            cwd=common.ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         if proc.returncode or not out.exists():
             results.append({"method": method, "long": tokens, "error": proc.stderr[-2000:]})
             ok = False

@@ -21,10 +21,16 @@ KINDS = ("long", "short", "s2l")
 def build_teacher(out_dir: str | Path, args: Any) -> str:
     """The random Llama of the benchmark's size; its window is the s2l length."""
     return build_llama(
-        out_dir, vocab=args.vocab, hidden=args.hidden, intermediate=args.intermediate,
-        layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, window=args.s2l,
+        out_dir,
+        vocab=args.vocab,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        window=args.s2l,
         seed=args.seed,
-    )  # fmt: skip
+    )
 
 
 def lengths(args: Any) -> dict[str, int]:
@@ -63,9 +69,15 @@ def write_streams(
         docs = [rng.integers(0, vocab_size, size=length) for _ in range(count)]
         out = Path(root) / kind
         write_shards(
-            docs, out, length, samples_per_shard=64, pack=False, vocab_size=vocab_size,
-            tokenizer_name="random", source="benchmarks/step_cost",
-        )  # fmt: skip
+            docs,
+            out,
+            length,
+            samples_per_shard=64,
+            pack=False,
+            vocab_size=vocab_size,
+            tokenizer_name="random",
+            source="benchmarks/step_cost",
+        )
         urls[kind] = str(out)
     return urls
 
@@ -90,7 +102,12 @@ def make_module(
     from longred_pl.module import LongReDModule
 
     return LongReDModule(
-        teacher_path, method=method, rope_method="abf", target_length=target_length,
-        rope_kwargs=rope_kwargs(args), attn_implementation=args.attn,
-        loss_chunk_size=loss_chunk_size, seed=args.seed,
-    )  # fmt: skip
+        teacher_path,
+        method=method,
+        rope_method="abf",
+        target_length=target_length,
+        rope_kwargs=rope_kwargs(args),
+        attn_implementation=args.attn,
+        loss_chunk_size=loss_chunk_size,
+        seed=args.seed,
+    )

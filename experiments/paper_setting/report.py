@@ -75,8 +75,11 @@ def alpha_curve(results: dict, method: str) -> dict[float, dict]:
     curve = {0.0: aggregate([results["untrained"]["eval"]], teacher)}
     alphas = sorted({m["alpha"] for m in results["merges"].values() if m["method"] == method})
     for alpha in alphas:
-        evals = [m["eval"] for m in results["merges"].values()
-                 if m["method"] == method and m["alpha"] == alpha]  # fmt: skip
+        evals = [
+            m["eval"]
+            for m in results["merges"].values()
+            if m["method"] == method and m["alpha"] == alpha
+        ]
         curve[alpha] = aggregate(evals, teacher)
     runs = [r["eval"] for r in results["runs"].values() if r["method"] == method]
     if runs:
@@ -99,8 +102,10 @@ def verdicts(results: dict) -> list[str]:
         c = compare(red, mix, f"retention/{d}")
         if c:
             word = "beats" if c[0] > c[1] else ("trails" if c[0] < -c[1] else "ties")
-            lines.append(f"retention {ROLE[d]} ({d}): LongReD-C {word} Mix+CPT, "
-                         f"difference {c[0]:+.4f}, spread {c[1]:.4f}")  # fmt: skip
+            lines.append(
+                f"retention {ROLE[d]} ({d}): LongReD-C {word} Mix+CPT, "
+                f"difference {c[0]:+.4f}, spread {c[1]:.4f}"
+            )
     for label, other in (("Long+CPT", long_), ("Mix+CPT", mix)):
         c = compare(red, other, f"long_ppl/{DOMAINS[0]}")
         if c:
@@ -113,14 +118,17 @@ def verdicts(results: dict) -> list[str]:
                     else "is better than {} by more than"
                 )
             )
-            lines.append(f"long ppl A: LongReD-C {word.format(label)} the spread, "
-                         f"difference {c[0]:+.2f}, spread {c[1]:.2f}")  # fmt: skip
+            lines.append(
+                f"long ppl A: LongReD-C {word.format(label)} the spread, "
+                f"difference {c[0]:+.2f}, spread {c[1]:.2f}"
+            )
     strong = table.get("LongReD-C, 3x weights", {})
     for key in ("retention/A+B", f"long_ppl/{DOMAINS[0]}"):
         c = compare(strong, red, key)
         if c:
-            lines.append(f"{key}: 3x weights minus published weights {c[0]:+.4f}, "
-                         f"spread {c[1]:.4f}")  # fmt: skip
+            lines.append(
+                f"{key}: 3x weights minus published weights {c[0]:+.4f}, spread {c[1]:.4f}"
+            )
     return lines
 
 
@@ -128,8 +136,10 @@ def markdown(results: dict) -> str:
     s = results["settings"]
     keys = [f"retention/{d}" for d in DOMAINS] + ["retention/A+B"]
     keys += [f"short_ppl/{d}" for d in DOMAINS] + [f"long_ppl/{d}" for d in LONG_DOMAINS]
-    heads = [k.split("/")[0].replace("_", " ") + " " + ROLE.get(k.split("/")[1], k.split("/")[1])
-             for k in keys]  # fmt: skip
+    heads = [
+        k.split("/")[0].replace("_", " ") + " " + ROLE.get(k.split("/")[1], k.split("/")[1])
+        for k in keys
+    ]
     specs = [".4f" if k.startswith("retention") else ".2f" for k in keys]
     lines = [
         f"Optimizer steps per run: {s['steps']}; seeds {s['seeds_done']}; mean ± std over seeds. "
@@ -144,15 +154,25 @@ def markdown(results: dict) -> str:
     for label, row in summary(results).items():
         cells = [cell(row.get(k), f, row["n"]) for k, f in zip(keys, specs, strict=True)]
         lines.append(f"| {label} | {row['n']} | " + " | ".join(cells) + " |")
-    lines += ["", "Merged with the teacher (`longred merge STUDENT TEACHER OUT --alpha A`; "
-              "alpha 0 = untrained extended student, 1 = the trained student):", "",
-              "| method | alpha | runs | retention A | retention B | retention A+B | "
-              "long ppl A |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "",
+        "Merged with the teacher (`longred merge STUDENT TEACHER OUT --alpha A`; "
+        "alpha 0 = untrained extended student, 1 = the trained student):",
+        "",
+        "| method | alpha | runs | retention A | retention B | retention A+B | long ppl A |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for method in MERGED:
         for alpha, row in alpha_curve(results, method).items():
-            cells = [cell(row.get(k), f, row["n"]) for k, f in (
-                ("retention/shakespeare", ".4f"), ("retention/python", ".4f"),
-                ("retention/A+B", ".4f"), ("long_ppl/shakespeare", ".2f"))]  # fmt: skip
+            cells = [
+                cell(row.get(k), f, row["n"])
+                for k, f in (
+                    ("retention/shakespeare", ".4f"),
+                    ("retention/python", ".4f"),
+                    ("retention/A+B", ".4f"),
+                    ("long_ppl/shakespeare", ".2f"),
+                )
+            ]
             lines.append(
                 f"| {METHODS[method]} | {alpha:g} | {row['n']} | " + " | ".join(cells) + " |"
             )
@@ -171,13 +191,19 @@ def markdown(results: dict) -> str:
 def teacher_lines(results: dict) -> list[str]:
     """The teacher's size, build time and held-out learning curve (every recorded point)."""
     built = results["teacher_build"]
-    lines = [f"Teacher: {built['num_parameters']} parameters, {built['tokens_seen']} training "
-             f"tokens, built in {built['build_seconds']} s."]  # fmt: skip
+    lines = [
+        f"Teacher: {built['num_parameters']} parameters, {built['tokens_seen']} training "
+        f"tokens, built in {built['build_seconds']} s."
+    ]
     curve = built.get("curve") or []
     if curve:
-        lines += ["", "| teacher step | tokens | " + " | ".join(
-            f"val loss {ROLE[d]}" for d in TEACHER_DOMAINS) + " |",
-            "|---:|---:|" + "---:|" * len(TEACHER_DOMAINS)]  # fmt: skip
+        lines += [
+            "",
+            "| teacher step | tokens | "
+            + " | ".join(f"val loss {ROLE[d]}" for d in TEACHER_DOMAINS)
+            + " |",
+            "|---:|---:|" + "---:|" * len(TEACHER_DOMAINS),
+        ]
         for p in curve:
             losses = " | ".join(f"{p[f'val/{d}/loss']:.4f}" for d in TEACHER_DOMAINS)
             lines.append(f"| {p['step']} | {p['tokens']} | {losses} |")
@@ -194,8 +220,14 @@ def plot(results: dict, path: Path) -> None:
     for i, d in enumerate(DOMAINS):
         values = [table[k].get(f"retention/{d}") or (math.nan, 0.0) for k in labels]
         xs = [j + (i - 1) * 0.2 for j in range(len(labels))]
-        axes[0].errorbar(xs, [v[0] for v in values], [v[1] for v in values], fmt="o",
-                         capsize=3, label=f"{ROLE[d]}: {d}")  # fmt: skip
+        axes[0].errorbar(
+            xs,
+            [v[0] for v in values],
+            [v[1] for v in values],
+            fmt="o",
+            capsize=3,
+            label=f"{ROLE[d]}: {d}",
+        )
     axes[0].axhline(1.0, color="grey", ls="--", lw=1)
     axes[0].set_yscale("log")  # C under Mix+CPT is far above 1; A and B stay readable
     axes[0].set_xticks(range(len(labels)), labels, rotation=20, fontsize="small")
@@ -203,8 +235,11 @@ def plot(results: dict, path: Path) -> None:
     for label in [k for k in labels if rows[k]]:
         band(axes[1], label, rows[label], DOMAINS[0])
     axes[1].axvline(256, ls=":", color="grey")
-    axes[1].set(xlabel="target position (dotted: teacher window)", ylabel="perplexity",
-                title=f"held-out long A ({DOMAINS[0]}): perplexity by position")  # fmt: skip
+    axes[1].set(
+        xlabel="target position (dotted: teacher window)",
+        ylabel="perplexity",
+        title=f"held-out long A ({DOMAINS[0]}): perplexity by position",
+    )
     for method in MERGED:
         curve = alpha_curve(results, method)
         pts = [(a, r) for a, r in curve.items() if r.get("long_ppl/shakespeare")]
@@ -212,12 +247,20 @@ def plot(results: dict, path: Path) -> None:
         ys = [r["retention/A+B"][0] for _, r in pts]
         axes[2].plot(xs, ys, marker="o", label=f"{METHODS[method]} merged")
         for (a, _), x, y in zip(pts, xs, ys, strict=True):
-            axes[2].annotate(f"{a:g}", (x, y), fontsize="x-small", xytext=(3, 3),
-                             textcoords="offset points")  # fmt: skip
+            axes[2].annotate(
+                f"{a:g}", (x, y), fontsize="x-small", xytext=(3, 3), textcoords="offset points"
+            )
     strong = table.get("LongReD-C, 3x weights", {})
     if strong.get("long_ppl/shakespeare"):
-        axes[2].plot(strong["long_ppl/shakespeare"][0], strong["retention/A+B"][0], "s",
-                     label="LongReD-C, 3x weights")  # fmt: skip
-    axes[2].set(xlabel="long ppl A (lower is better)", ylabel="retention A+B (higher is better)",
-                title="merge with the teacher: alpha annotated")  # fmt: skip
+        axes[2].plot(
+            strong["long_ppl/shakespeare"][0],
+            strong["retention/A+B"][0],
+            "s",
+            label="LongReD-C, 3x weights",
+        )
+    axes[2].set(
+        xlabel="long ppl A (lower is better)",
+        ylabel="retention A+B (higher is better)",
+        title="merge with the teacher: alpha annotated",
+    )
     save_figure(fig, axes, path)

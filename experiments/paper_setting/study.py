@@ -73,10 +73,14 @@ def log(message: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = first_study.study_parser(
-        "python -m experiments.paper_setting", __doc__, budget=90.0, out=RESULTS,
-        recipe="configs/paper_setting/teacher-paper-setting.yaml", configs="configs/paper_setting",
+        "python -m experiments.paper_setting",
+        __doc__,
+        budget=90.0,
+        out=RESULTS,
+        recipe="configs/paper_setting/teacher-paper-setting.yaml",
+        configs="configs/paper_setting",
         work="artifacts/paper",
-    )  # fmt: skip
+    )
     add = p.add_argument
     add("--curve-every", type=int, default=250, help="teacher learning-curve interval (steps)")
     add("--select-k", type=int, default=2, help="intermediate layers select-layers picks")
@@ -148,10 +152,16 @@ def prepare_data(study: Study) -> dict[str, int]:
         if name.startswith("val_"):
             rows = spread(rows, study.args.num_short if "short" in name else study.args.num_long)
         index = write_shards(
-            rows, study.data / name, seq_len, samples_per_shard=256, pack=False,
-            vocab_size=len(tokenizer), tokenizer_name=str(study.teacher),
-            source={"stream": name, "spec": spec}, overwrite=True,
-        )  # fmt: skip
+            rows,
+            study.data / name,
+            seq_len,
+            samples_per_shard=256,
+            pack=False,
+            vocab_size=len(tokenizer),
+            tokenizer_name=str(study.teacher),
+            source={"stream": name, "spec": spec},
+            overwrite=True,
+        )
         samples[name] = index["num_samples"]
     manifest.write_text(json.dumps({"spec": spec, "samples": samples}, indent=2) + "\n")
     return samples
@@ -165,11 +175,17 @@ def choose_layers(study: Study, results: dict) -> list[int]:
         m = study.configs["longred-c"]["model"]
         start = time.perf_counter()
         picked = select_layers(
-            str(study.teacher), str(study.data / "short"), study.lengths["short"],
-            str(study.work / "select-layers"), rope_method=m["rope_method"],
-            target_length=m["target_length"], rope_kwargs=m.get("rope_kwargs"),
-            k=study.args.select_k, device="cpu", progress=False,
-        )  # fmt: skip
+            str(study.teacher),
+            str(study.data / "short"),
+            study.lengths["short"],
+            str(study.work / "select-layers"),
+            rope_method=m["rope_method"],
+            target_length=m["target_length"],
+            rope_kwargs=m.get("rope_kwargs"),
+            k=study.args.select_k,
+            device="cpu",
+            progress=False,
+        )
         results["select_layers"] = {
             "distill_layers": picked["distill_layers"],
             "drift": picked["report"],
@@ -212,13 +228,22 @@ def evaluate(study: Study, model_dir: Path, long: bool = True) -> dict[str, Any]
     for d in DOMAINS:
         with_long = long and d in LONG_DOMAINS
         result = evaluate_model(
-            str(model_dir), str(data / f"val_short_{d}"), study.lengths["val_short"],
+            str(model_dir),
+            str(data / f"val_short_{d}"),
+            study.lengths["val_short"],
             str(data / f"val_long_{d}") if with_long else None,
             study.lengths["long"] if with_long else None,
-            num_short=n[f"val_short_{d}"], num_long=n.get(f"val_long_{d}", 1), batch_size=8,
-            buckets=8, seed=0, device="cpu", progress=False,
-            copy_span=2, copy_trials=1, copy_distances=[0],  # the copy probe is not reported
-        )  # fmt: skip
+            num_short=n[f"val_short_{d}"],
+            num_long=n.get(f"val_long_{d}", 1),
+            batch_size=8,
+            buckets=8,
+            seed=0,
+            device="cpu",
+            progress=False,
+            copy_span=2,
+            copy_trials=1,
+            copy_distances=[0],  # the copy probe is not reported
+        )
         out["short"][d], out["long"][d] = result["short"], result["long"]
         out.update(window=result["window"], rope=result["rope"])
     return {**out, "seconds": round(time.perf_counter() - start, 2)}
@@ -276,8 +301,10 @@ def choose_steps(study: Study, results: dict, invocation: dict) -> int:
         results["plan"]["total_s"] = total
         results["settings"]["steps"] = steps
         each = ", ".join(f"{METHODS[n]} {s:.0f} s" for n, s in run_s.items())
-        log(f"plan: {steps} steps per run ({each}); merges {merge_s:.0f} s; "
-            f"study about {total / 60:.0f} min")  # fmt: skip
+        log(
+            f"plan: {steps} steps per run ({each}); merges {merge_s:.0f} s; "
+            f"study about {total / 60:.0f} min"
+        )
     steps = results["settings"]["steps"]
     tokens = {
         n: {k: v * steps for k, v in tokens_per_step(c).items()} for n, c in study.configs.items()
@@ -286,8 +313,10 @@ def choose_steps(study: Study, results: dict, invocation: dict) -> int:
     long_samples = results["settings"]["samples"]["long"]
     passes = tokens["longred-c"]["long"] / study.lengths["long"] / long_samples
     results["settings"]["long_stream_passes"] = round(passes, 3)  # > 1: long samples repeat
-    log(f"{steps} optimizer steps per run ({passes:.2f} passes over the long samples); "
-        f"training tokens per run: {json.dumps(tokens)}")  # fmt: skip
+    log(
+        f"{steps} optimizer steps per run ({passes:.2f} passes over the long samples); "
+        f"training tokens per run: {json.dumps(tokens)}"
+    )
     return steps
 
 

@@ -44,8 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.splitlines()[0],
     )
     p.add_argument("--sizes", nargs="+", default=["small", "medium"], choices=sorted(SIZES))
-    p.add_argument("--steps", type=int, nargs="+", default=[3000],
-                   help="training steps per size (one value for all, or one per size)")  # fmt: skip
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[3000],
+        help="training steps per size (one value for all, or one per size)",
+    )
     p.add_argument("--every", type=int, default=250, help="curve interval (steps)")
     p.add_argument(
         "--student-tokens",
@@ -125,10 +130,13 @@ def continued_gain(
         optimizer.step()
     after = {d: evaluate(model, rows, recipe.batch_size) for d, rows in val.items()}
     return {
-        "steps": steps, "lr": lr, "tokens": steps * recipe.batch_size * recipe.window,
-        "val_loss_before": before, "val_loss_after": after,
+        "steps": steps,
+        "lr": lr,
+        "tokens": steps * recipe.batch_size * recipe.window,
+        "val_loss_before": before,
+        "val_loss_after": after,
         "ppl_gain": {d: math.exp(before[d] - after[d]) for d in before},
-    }  # fmt: skip
+    }
 
 
 def markdown(results: dict) -> str:
@@ -154,8 +162,12 @@ def markdown(results: dict) -> str:
         )
     for name, r in results["sizes"].items():
         lines += ["", f"{name}: step, val loss A, val loss B", ""]
-        lines += [", ".join(f"{p['step']}: {p['val/shakespeare/loss']:.3f} / "
-                            f"{p['val/python/loss']:.3f}" for p in r["curve"])]  # fmt: skip
+        lines += [
+            ", ".join(
+                f"{p['step']}: {p['val/shakespeare/loss']:.3f} / {p['val/python/loss']:.3f}"
+                for p in r["curve"]
+            )
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -167,10 +179,18 @@ def plot(results: dict, path: Path) -> None:
     for ax, d, role in zip(axes, DOMAINS, "AB", strict=True):
         for name, r in results["sizes"].items():
             xs = [p["tokens"] / 1e6 for p in r["curve"]]
-            ax.plot(xs, [p[f"val/{d}/loss"] for p in r["curve"]], marker="o", ms=3,
-                    label=f"{name} ({r['num_parameters'] / 1e6:.1f}M)")  # fmt: skip
-        ax.set(xlabel="training tokens (millions, both domains)", ylabel="held-out loss",
-               title=f"teacher learning curve, {role} = {d}")  # fmt: skip
+            ax.plot(
+                xs,
+                [p[f"val/{d}/loss"] for p in r["curve"]],
+                marker="o",
+                ms=3,
+                label=f"{name} ({r['num_parameters'] / 1e6:.1f}M)",
+            )
+        ax.set(
+            xlabel="training tokens (millions, both domains)",
+            ylabel="held-out loss",
+            title=f"teacher learning curve, {role} = {d}",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
@@ -198,12 +218,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "curve" not in metrics:
             raise SystemExit(f"{out} was built without a curve; delete it and run again")
         results["sizes"][name] = {
-            "recipe": recipe.to_dict(), "steps": n, "curve": metrics["curve"],
+            "recipe": recipe.to_dict(),
+            "steps": n,
+            "curve": metrics["curve"],
             "num_parameters": metrics["num_parameters"],
-            "s_per_step": metrics["train_seconds"] / n, "build_seconds": metrics["build_seconds"],
+            "s_per_step": metrics["train_seconds"] / n,
+            "build_seconds": metrics["build_seconds"],
             "late": late_gain(metrics, recipe, args.student_tokens),
             "continued": continued_gain(out, recipe, args.student_tokens, args.student_lr),
-        }  # fmt: skip
+        }
         print(f"{name}: {json.dumps(results['sizes'][name]['continued'])}", flush=True)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -84,10 +84,14 @@ def study_parser(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = study_parser(
-        "python -m experiments.reproduce", __doc__, budget=60.0, out=RESULTS,
-        recipe="configs/reproduce/teacher-two-domains.yaml", configs="configs/reproduce",
+        "python -m experiments.reproduce",
+        __doc__,
+        budget=60.0,
+        out=RESULTS,
+        recipe="configs/reproduce/teacher-two-domains.yaml",
+        configs="configs/reproduce",
         work="artifacts/reproduce",
-    )  # fmt: skip
+    )
     p.add_argument("--copy-trials", type=int, default=16, help="repeat-copy sequences per distance")
     return p.parse_args(argv)
 
@@ -165,8 +169,10 @@ def ensure_teacher(study: Any, curve_every: int = 0, say: Callable = log) -> dic
     metrics = json.loads((study.teacher / "metrics.json").read_text())
     curve = metrics.get("curve") or [{"step": None}]
     if cached and curve_every and curve[0]["step"] != min(curve_every, study.recipe.steps):
-        say(f"teacher: --curve-every {curve_every} not applied: the cached teacher's curve "
-            f"starts at step {curve[0]['step']}; delete {study.teacher} to rebuild it")  # fmt: skip
+        say(
+            f"teacher: --curve-every {curve_every} not applied: the cached teacher's curve "
+            f"starts at step {curve[0]['step']}; delete {study.teacher} to rebuild it"
+        )
     return {"built_now": not cached, "seconds": round(time.perf_counter() - start, 1), **metrics}
 
 
@@ -212,10 +218,16 @@ def prepare_data(study: Study) -> dict[str, int]:
     for name, rows in streams.items():
         source = {"stream": name, "spec": spec}
         index = write_shards(
-            rows, study.data / name, len(rows[0]), samples_per_shard=256, pack=False,
-            vocab_size=len(tokenizer), tokenizer_name=str(study.teacher), source=source,
+            rows,
+            study.data / name,
+            len(rows[0]),
+            samples_per_shard=256,
+            pack=False,
+            vocab_size=len(tokenizer),
+            tokenizer_name=str(study.teacher),
+            source=source,
             overwrite=True,
-        )  # fmt: skip
+        )
         samples[name] = index["num_samples"]
     manifest.write_text(json.dumps({"spec": spec, "samples": samples}, indent=2) + "\n")
     return samples
@@ -366,11 +378,20 @@ def evaluate(study: Study, model_dir: Path, long: bool = True) -> dict[str, Any]
     copy_probe: dict[str, Any] = {"copy_span": 16, "copy_trials": study.args.copy_trials}
     for d in DOMAINS:
         result = evaluate_model(
-            str(model_dir), str(data / f"val_short_{d}"), study.lengths["val_short"],
-            str(data / f"val_long_{d}") if long else None, study.lengths["long"] if long else None,
-            num_short=n[f"val_short_{d}"], num_long=n[f"val_long_{d}"], batch_size=8, buckets=8,
-            seed=0, device="cpu", progress=False, **copy_probe,
-        )  # fmt: skip
+            str(model_dir),
+            str(data / f"val_short_{d}"),
+            study.lengths["val_short"],
+            str(data / f"val_long_{d}") if long else None,
+            study.lengths["long"] if long else None,
+            num_short=n[f"val_short_{d}"],
+            num_long=n[f"val_long_{d}"],
+            batch_size=8,
+            buckets=8,
+            seed=0,
+            device="cpu",
+            progress=False,
+            **copy_probe,
+        )
         out["short"][d], out["long"][d] = result["short"], result["long"]
         if "copy" not in out:
             out.update(window=result["window"], rope=result["rope"], copy=result["copy"])
@@ -417,8 +438,10 @@ def load_results(study: Any, name: str = "reproduce", empty: tuple[str, ...] = (
     results = json.loads(path.read_text())
     done = results["settings"]["steps"]
     if results["fingerprint"] != study.fingerprint():
-        raise SystemExit(f"{path} holds another study (recipe, configs or evaluation sizes "
-                         "differ); pass --fresh to start over, or another --out")  # fmt: skip
+        raise SystemExit(
+            f"{path} holds another study (recipe, configs or evaluation sizes "
+            "differ); pass --fresh to start over, or another --out"
+        )
     if args.steps is not None and done not in (None, args.steps):
         raise SystemExit(f"{path} holds runs of {done} steps; drop --steps or pass --fresh")
     results["settings"]["steps"] = done or args.steps

@@ -291,8 +291,13 @@ class MixedLengthDataModule(L.LightningDataModule):
         self, teacher_window: int, target_length: int, vocab_size: int, method: str
     ) -> None:
         """Errors for lengths or vocabularies that do not fit the models (see ``LongReDModule.setup``)."""
-        limits = {"long": target_length, "val_long": target_length, "short": teacher_window,
-                  "s2l": teacher_window, "val_short": teacher_window}  # fmt: skip
+        limits = {
+            "long": target_length,
+            "val_long": target_length,
+            "short": teacher_window,
+            "s2l": teacher_window,
+            "val_short": teacher_window,
+        }
         from longred_pl.methods import get_method
 
         if not get_method(method).needs_teacher:  # the student alone reads every stream

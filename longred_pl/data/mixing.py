@@ -90,9 +90,13 @@ class DocFilter:
 
 
 def filter_documents(
-    docs: Iterable[TokenizedDocument], stats: InputStats, rule: DocFilter, seq_len: int,
-    pack: bool, vocab_size: int,
-) -> Iterator[np.ndarray]:  # fmt: skip
+    docs: Iterable[TokenizedDocument],
+    stats: InputStats,
+    rule: DocFilter,
+    seq_len: int,
+    pack: bool,
+    vocab_size: int,
+) -> Iterator[np.ndarray]:
     """The ids of the documents that pass `rule` (module docstring), counted in `stats`."""
     for doc in docs:
         ids = check_ids(doc, vocab_size)
@@ -165,9 +169,12 @@ class Packer:
 
 
 def input_samples(
-    token_ids: Iterable[np.ndarray], stats: InputStats, seq_len: int, pack: bool,
+    token_ids: Iterable[np.ndarray],
+    stats: InputStats,
+    seq_len: int,
+    pack: bool,
     leftovers: Packer | None,
-) -> Iterator[np.ndarray]:  # fmt: skip
+) -> Iterator[np.ndarray]:
     """One input's samples; at its end its leftover tokens go to `leftovers` (pack only)."""
     packer = Packer(seq_len)
     for ids in token_ids:
@@ -185,9 +192,12 @@ class Mix:
     """Interleaves the inputs' samples by weight (module docstring); records why it stopped."""
 
     def __init__(
-        self, streams: list[Iterator[np.ndarray]], weights: Sequence[float] | None,
-        leftovers: Packer | None, labels: Sequence[str] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        streams: list[Iterator[np.ndarray]],
+        weights: Sequence[float] | None,
+        leftovers: Packer | None,
+        labels: Sequence[str] | None = None,
+    ) -> None:
         self.streams, self.leftovers = streams, leftovers
         self.labels = list(labels) if labels else [f"#{k + 1}" for k in range(len(streams))]
         self.weights = list(weights) if weights else [1.0] * len(streams)

@@ -57,9 +57,13 @@ from longred_pl.data.tokenizer import eos_id, tokenize_documents, tokenize_items
 from longred_pl.errors import UserError
 
 __all__ = [
-    "SHARD_FORMAT", "TokenizedDocument", "cut_samples", "prepare_shards",
-    "tokenize_documents", "write_shards",
-]  # fmt: skip
+    "SHARD_FORMAT",
+    "TokenizedDocument",
+    "cut_samples",
+    "prepare_shards",
+    "tokenize_documents",
+    "write_shards",
+]
 
 SHARD_FORMAT = "longred-shards-v1"
 SAMPLE_SUFFIX = "input_ids.u32"
@@ -165,13 +169,24 @@ def _write(
     return writer
 
 
-def _index(writer: _ShardWriter, seq_len: int, vocab_size: int, tokenizer_name: str,
-           source: Any, pack: bool) -> dict[str, Any]:  # fmt: skip
+def _index(
+    writer: _ShardWriter,
+    seq_len: int,
+    vocab_size: int,
+    tokenizer_name: str,
+    source: Any,
+    pack: bool,
+) -> dict[str, Any]:
     return {
-        "format": SHARD_FORMAT, "seq_len": seq_len, "vocab_size": vocab_size,
-        "num_samples": writer.num_samples, "tokenizer": tokenizer_name,
-        "shards": writer.shards, "source": source, "pack": pack,
-    }  # fmt: skip
+        "format": SHARD_FORMAT,
+        "seq_len": seq_len,
+        "vocab_size": vocab_size,
+        "num_samples": writer.num_samples,
+        "tokenizer": tokenizer_name,
+        "shards": writer.shards,
+        "source": source,
+        "pack": pack,
+    }
 
 
 def _positive(**values: int | None) -> None:
@@ -231,13 +246,25 @@ def write_shards(
 
 
 def _check_settings(
-    tokenizer: str, seq_len: int, samples_per_shard: int, max_samples: int | None,
-    pack: bool, min_doc_tokens: int, max_doc_tokens: int | None, encoding: str, split: str,
-    out: str, overwrite: bool,
-) -> None:  # fmt: skip
+    tokenizer: str,
+    seq_len: int,
+    samples_per_shard: int,
+    max_samples: int | None,
+    pack: bool,
+    min_doc_tokens: int,
+    max_doc_tokens: int | None,
+    encoding: str,
+    split: str,
+    out: str,
+    overwrite: bool,
+) -> None:
     """Every flag check that needs no data, so a bad flag fails before any work."""
-    _positive(seq_len=seq_len, samples_per_shard=samples_per_shard, max_samples=max_samples,
-              max_doc_tokens=max_doc_tokens)  # fmt: skip
+    _positive(
+        seq_len=seq_len,
+        samples_per_shard=samples_per_shard,
+        max_samples=max_samples,
+        max_doc_tokens=max_doc_tokens,
+    )
     if min_doc_tokens < 0:
         raise UserError(f"--min-doc-tokens must be >= 0, got {min_doc_tokens}")
     if max_doc_tokens is not None and min_doc_tokens > max_doc_tokens:
@@ -264,9 +291,11 @@ def _check_settings(
 
 
 def _resolve_inputs(
-    corpus: Sequence[str], files: Sequence[str], weights: Sequence[float] | None,
+    corpus: Sequence[str],
+    files: Sequence[str],
+    weights: Sequence[float] | None,
     options: ReadOptions,
-) -> list[Source]:  # fmt: skip
+) -> list[Source]:
     """The inputs in weight order (--corpus names, then --files arguments), resolved."""
     specs = [*corpus, *files]
     if not specs:
@@ -316,9 +345,12 @@ def _summary(
 
 
 def _provenance(
-    sources: list[Source], stats: list[InputStats], weights: Sequence[float] | None, mix: Mix,
+    sources: list[Source],
+    stats: list[InputStats],
+    weights: Sequence[float] | None,
+    mix: Mix,
     settings: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     inputs = []
     for number, (source, counts) in enumerate(zip(sources, stats, strict=True)):
         entry = source.describe()
@@ -327,30 +359,54 @@ def _provenance(
         inputs.append(entry)
     rule = "weights, stop at the first input's end" if weights else "equal, every input to its end"
     return {
-        **settings, "inputs": inputs,
+        **settings,
+        "inputs": inputs,
         "mix": {"rule": rule, "stopped": mix.stopped, "samples_packed_across_inputs": mix.pooled},
-    }  # fmt: skip
+    }
 
 
 def _settings_record(
-    corpus: Sequence[str], files: Sequence[str], split: str, text_field: str, format: str,
-    encoding: str, errors: str, min_doc_tokens: int, max_doc_tokens: int | None,
+    corpus: Sequence[str],
+    files: Sequence[str],
+    split: str,
+    text_field: str,
+    format: str,
+    encoding: str,
+    errors: str,
+    min_doc_tokens: int,
+    max_doc_tokens: int | None,
     max_samples: int | None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The flags as `index.json` records them (`corpus`, `split`, `files` as before)."""
     return {
-        "corpus": list(corpus), "split": split, "files": list(files),
-        "filters": {"min_doc_tokens": min_doc_tokens, "max_doc_tokens": max_doc_tokens,
-                    "max_doc_tokens_action": "truncate", "max_samples": max_samples},
-        "read": {"text_field": text_field, "format": format, "encoding": encoding,
-                 "errors": errors},
-    }  # fmt: skip
+        "corpus": list(corpus),
+        "split": split,
+        "files": list(files),
+        "filters": {
+            "min_doc_tokens": min_doc_tokens,
+            "max_doc_tokens": max_doc_tokens,
+            "max_doc_tokens_action": "truncate",
+            "max_samples": max_samples,
+        },
+        "read": {
+            "text_field": text_field,
+            "format": format,
+            "encoding": encoding,
+            "errors": errors,
+        },
+    }
 
 
 def _input_stream(
-    source: Source, stats: InputStats, options: ReadOptions, tokenizer: Any, rule: DocFilter,
-    seq_len: int, pack: bool, leftovers: Packer | None,
-) -> Iterator[np.ndarray]:  # fmt: skip
+    source: Source,
+    stats: InputStats,
+    options: ReadOptions,
+    tokenizer: Any,
+    rule: DocFilter,
+    seq_len: int,
+    pack: bool,
+    leftovers: Packer | None,
+) -> Iterator[np.ndarray]:
     """One input's samples: read, tokenise, filter, pack; lazy, nothing read before the mix asks."""
     docs = tokenize_items(source.documents(options), tokenizer, rule.eos)
     kept = filter_documents(docs, stats, rule, seq_len, pack, len(tokenizer))
@@ -410,8 +466,19 @@ def prepare_shards(
     """
     from longred_pl.data.tokenizer import load_tokenizer
 
-    _check_settings(tokenizer, seq_len, samples_per_shard, max_samples, pack, min_doc_tokens,
-                    max_doc_tokens, encoding, split, out, overwrite)  # fmt: skip
+    _check_settings(
+        tokenizer,
+        seq_len,
+        samples_per_shard,
+        max_samples,
+        pack,
+        min_doc_tokens,
+        max_doc_tokens,
+        encoding,
+        split,
+        out,
+        overwrite,
+    )
     options = ReadOptions(text_field, encoding, errors, format, split)
     sources = _resolve_inputs(corpus, files, weights, options)
     loaded = load_tokenizer(tokenizer)
@@ -431,8 +498,18 @@ def prepare_shards(
     writer = _write(mix, Path(out), samples_per_shard, max_samples, progress)
     if writer.num_samples == 0:
         raise nothing_written_error(stats, seq_len)
-    settings = _settings_record(corpus, files, split, text_field, format, encoding, errors,
-                                min_doc_tokens, max_doc_tokens, max_samples)  # fmt: skip
+    settings = _settings_record(
+        corpus,
+        files,
+        split,
+        text_field,
+        format,
+        encoding,
+        errors,
+        min_doc_tokens,
+        max_doc_tokens,
+        max_samples,
+    )
     provenance = _provenance(sources, stats, weights, mix, settings)
     index = _index(writer, seq_len, len(loaded), str(Path(tokenizer).resolve()), provenance, pack)
     (Path(out) / "index.json").write_text(json.dumps(index, indent=2) + "\n")

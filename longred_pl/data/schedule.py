@@ -17,9 +17,23 @@ from longred_pl.errors import UserError
 KINDS = ("long", "short", "s2l")
 
 PUBLISHED_SCHEDULE: tuple[str, ...] = (
-    "long", "s2l", "long", "s2l", "long", "short", "long", "short",
-    "long", "short", "long", "short", "long", "short", "long", "short",
-)  # fmt: skip
+    "long",
+    "s2l",
+    "long",
+    "s2l",
+    "long",
+    "short",
+    "long",
+    "short",
+    "long",
+    "short",
+    "long",
+    "short",
+    "long",
+    "short",
+    "long",
+    "short",
+)
 
 
 def interleave_ratios(ratios: Mapping[str, int]) -> list[str]:

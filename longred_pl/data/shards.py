@@ -224,9 +224,13 @@ class ShardFaults:
     """
 
     def __init__(
-        self, name: str, shards: Sequence[str] = (), consumer: int = 0,
-        counts: dict[str, int] | None = None, known: Iterable[dict[str, Any]] = (),
-    ) -> None:  # fmt: skip
+        self,
+        name: str,
+        shards: Sequence[str] = (),
+        consumer: int = 0,
+        counts: dict[str, int] | None = None,
+        known: Iterable[dict[str, Any]] = (),
+    ) -> None:
         self.name, self.consumer, self.shards = name, consumer, list(shards)
         self.position = {url: i for i, url in enumerate(self.shards)}
         self.counts = counts or {}  # url -> samples listed in index.json
@@ -240,8 +244,13 @@ class ShardFaults:
         return self.ended.get((epoch, self.position.get(url, -1)), self.counts.get(url))
 
     def read(
-        self, url: str, seq_len: int, epoch: int, pick: Container[int] = EVERY, stop: int | None = None
-    ) -> Samples:  # fmt: skip
+        self,
+        url: str,
+        seq_len: int,
+        epoch: int,
+        pick: Container[int] = EVERY,
+        stop: int | None = None,
+    ) -> Samples:
         """Samples ``i in pick`` of ``url`` (up to ``stop``); returns the samples the shard has.
 
         Never past its listed count. A transient error is retried from the sample where it
@@ -274,15 +283,25 @@ class ShardFaults:
             if count < limit:
                 return self._record(url, epoch, count, f"{count} of {limit} samples listed")
             if count > limit and url not in self.bad:
-                warnings.warn(f"stream {self.name!r}: {url} holds more samples than its "
-                              f"index.json lists ({limit}); only those are read", stacklevel=2)  # fmt: skip
+                warnings.warn(
+                    f"stream {self.name!r}: {url} holds more samples than its "
+                    f"index.json lists ({limit}); only those are read",
+                    stacklevel=2,
+                )
         return count if bound is None else min(count, bound)
 
     def _record(self, url: str, epoch: int, ended: int, why: str) -> int:
-        self.new.append({
-            "stream": self.name, "consumer": self.consumer, "epoch": epoch,
-            "shard": self.position.get(url, -1), "url": url, "ended": ended, "error": why,
-        })  # fmt: skip
+        self.new.append(
+            {
+                "stream": self.name,
+                "consumer": self.consumer,
+                "epoch": epoch,
+                "shard": self.position.get(url, -1),
+                "url": url,
+                "ended": ended,
+                "error": why,
+            }
+        )
         if url not in self.bad:
             warnings.warn(
                 f"stream {self.name!r}: skipping unreadable shard {url} ({why}) after "
@@ -336,9 +355,15 @@ class _Epoch:
 
     @classmethod
     def plan(
-        cls, shards: Sequence[str], epoch: int, consumer: int, consumers: int, seed: int,
-        seq_len: int, faults: ShardFaults,
-    ) -> _Epoch:  # fmt: skip
+        cls,
+        shards: Sequence[str],
+        epoch: int,
+        consumer: int,
+        consumers: int,
+        seed: int,
+        seq_len: int,
+        faults: ShardFaults,
+    ) -> _Epoch:
         """The epoch's order of shards; whole ones dealt out in turn, the rest shared."""
         rng = np.random.default_rng(stable_seed(seed, faults.name, epoch))
         order = [shards[i] for i in rng.permutation(len(shards))]
@@ -424,9 +449,17 @@ def shuffle_state(
 
 
 def consumer_epoch(
-    shards: Sequence[str], seq_len: int, epoch: int, consumer: int, num_consumers: int,
-    seed: int, name: str, shuffle_buffer: int, faults: ShardFaults | None = None, start: int = 0,
-) -> Iterator[np.ndarray]:  # fmt: skip
+    shards: Sequence[str],
+    seq_len: int,
+    epoch: int,
+    consumer: int,
+    num_consumers: int,
+    seed: int,
+    name: str,
+    shuffle_buffer: int,
+    faults: ShardFaults | None = None,
+    start: int = 0,
+) -> Iterator[np.ndarray]:
     """One consumer's samples of one epoch in final order, from number ``start`` on (seek)."""
     faults = faults or ShardFaults(name, shards)
     plan = _Epoch.plan(shards, epoch, consumer, num_consumers, seed, seq_len, faults)
@@ -448,8 +481,10 @@ def _starved(
 ) -> UserError:
     if len(faults.bad) == len(shards):
         url, why = next(iter(faults.bad.items()))
-        return UserError(f"stream {faults.name!r}: none of its {len(shards)} shard(s) could be "
-                         f"read (first: {url}: {why}); re-write them with `longred prepare`")  # fmt: skip
+        return UserError(
+            f"stream {faults.name!r}: none of its {len(shards)} shard(s) could be "
+            f"read (first: {url}: {why}); re-write them with `longred prepare`"
+        )
     return UserError(
         f"stream {faults.name!r}: consumer {consumer} of {num_consumers} received no sample "
         f"from {len(shards)} shard(s); write more samples or use fewer workers/ranks"
@@ -457,9 +492,13 @@ def _starved(
 
 
 def seek(
-    faults: ShardFaults, shards: Sequence[str], consumer: int, num_consumers: int, seed: int,
+    faults: ShardFaults,
+    shards: Sequence[str],
+    consumer: int,
+    num_consumers: int,
+    seed: int,
     skip: int,
-) -> tuple[int, int]:  # fmt: skip
+) -> tuple[int, int]:
     """``(epoch, output number)`` that ``skip`` samples of a consumer's stream lead to."""
     epoch = 0
     while True:
@@ -472,9 +511,16 @@ def seek(
 
 
 def consumer_stream(
-    shards: Sequence[str], seq_len: int, consumer: int, num_consumers: int, seed: int,
-    name: str, shuffle_buffer: int = 1000, skip: int = 0, faults: ShardFaults | None = None,
-) -> Iterator[np.ndarray]:  # fmt: skip
+    shards: Sequence[str],
+    seq_len: int,
+    consumer: int,
+    num_consumers: int,
+    seed: int,
+    name: str,
+    shuffle_buffer: int = 1000,
+    skip: int = 0,
+    faults: ShardFaults | None = None,
+) -> Iterator[np.ndarray]:
     """Endless samples of one consumer, epoch after epoch, after ``skip`` of them.
 
     A seek when every shard's count is known; else the skipped samples are read and dropped.
@@ -487,9 +533,17 @@ def consumer_stream(
     while True:
         produced = 0
         for sample in consumer_epoch(
-            shards, seq_len, epoch, consumer, num_consumers, seed, name, shuffle_buffer,
-            faults, start,
-        ):  # fmt: skip
+            shards,
+            seq_len,
+            epoch,
+            consumer,
+            num_consumers,
+            seed,
+            name,
+            shuffle_buffer,
+            faults,
+            start,
+        ):
             produced += 1
             if skip:
                 skip -= 1

@@ -39,8 +39,11 @@ from longred_pl.errors import UserError
 InputFormat = Literal["auto", "txt", "jsonl", "parquet", "arrow"]
 INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
 SUFFIX_FORMATS: dict[str, str] = {
-    ".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet", ".arrow": "arrow"
-}  # fmt: skip
+    ".txt": "txt",
+    ".jsonl": "jsonl",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+}
 DecodeErrors = Literal["strict", "replace", "ignore"]
 IDS_COLUMN = "input_ids"
 BATCH_ROWS = 256

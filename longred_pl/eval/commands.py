@@ -108,16 +108,33 @@ def evaluate_models(
     for name, model_dir in zip(model_names(dirs), dirs, strict=True):
         print(f"[longred eval] {name}: {model_dir}")
         row = evaluate_model(
-            model_dir, short_data, short_seq_len, long_data, long_seq_len, num_short=num_short,
-            num_long=num_long, batch_size=batch_size, buckets=buckets, copy_span=copy_span,
-            copy_trials=copy_trials, copy_distances=copy_distances,
-            copy_max_distance=copy_max_distance, passkey=passkey, passkey_lengths=passkey_lengths,
+            model_dir,
+            short_data,
+            short_seq_len,
+            long_data,
+            long_seq_len,
+            num_short=num_short,
+            num_long=num_long,
+            batch_size=batch_size,
+            buckets=buckets,
+            copy_span=copy_span,
+            copy_trials=copy_trials,
+            copy_distances=copy_distances,
+            copy_max_distance=copy_max_distance,
+            passkey=passkey,
+            passkey_lengths=passkey_lengths,
             passkey_window=window,
-            passkey_depths=passkey_depths or PASSKEY_DEPTHS, ruler_lengths=ruler_lengths,
-            ruler_tasks=tasks, ruler_limit=ruler_limit or None, seed=seed, device=device,
-            dtype=dtype, attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code, progress=progress,
-        )  # fmt: skip
+            passkey_depths=passkey_depths or PASSKEY_DEPTHS,
+            ruler_lengths=ruler_lengths,
+            ruler_tasks=tasks,
+            ruler_limit=ruler_limit or None,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            progress=progress,
+        )
         rows.append({"name": name, "is_teacher": model_dir == teacher, **row})
     if teacher:
         teacher_loss = rows[0]["short"]["loss"]
@@ -144,9 +161,17 @@ def _check(s: dict[str, Any], dirs: list[str]) -> list[str] | None:
     """Every setting checked before a model loads; returns the RULER tasks (or None)."""
     if (s["long_data"] is None) != (s["long_seq_len"] is None):
         raise UserError("--long-data and --long-seq-len go together: pass both or neither")
-    minimum = {"short_seq_len": 2, "long_seq_len": 2, "copy_span": 2, "num_short": 1,
-               "num_long": 1, "batch_size": 1, "buckets": 1, "copy_trials": 1,
-               "ruler_limit": 0}  # fmt: skip
+    minimum = {
+        "short_seq_len": 2,
+        "long_seq_len": 2,
+        "copy_span": 2,
+        "num_short": 1,
+        "num_long": 1,
+        "batch_size": 1,
+        "buckets": 1,
+        "copy_trials": 1,
+        "ruler_limit": 0,
+    }
     for flag, low in minimum.items():
         if s[flag] is not None and s[flag] < low:
             raise UserError(f"--{flag.replace('_', '-')} must be >= {low} (got {s[flag]})")

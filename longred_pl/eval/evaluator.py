@@ -222,23 +222,40 @@ def evaluate_model(
         from longred_pl.eval.ruler import SYNTHETIC_TASKS, score_ruler
 
         result["ruler"] = score_ruler(
-            model_dir, ruler_lengths, list(ruler_tasks or SYNTHETIC_TASKS), limit=ruler_limit,
-            batch_size=batch_size, device=str(resolve_device(device)), seed=seed, model=model,
+            model_dir,
+            ruler_lengths,
+            list(ruler_tasks or SYNTHETIC_TASKS),
+            limit=ruler_limit,
+            batch_size=batch_size,
+            device=str(resolve_device(device)),
+            seed=seed,
+            model=model,
             trust_remote_code=trust_remote_code,
-        )  # fmt: skip
+        )
     return result
 
 
 def _copy(
-    model: torch.nn.Module, vocab: int, distances: list[int], span: int, trials: int,
-    gen: torch.Generator, bos: int | None, progress: bool,
-) -> dict[str, Any]:  # fmt: skip
+    model: torch.nn.Module,
+    vocab: int,
+    distances: list[int],
+    span: int,
+    trials: int,
+    gen: torch.Generator,
+    bos: int | None,
+    progress: bool,
+) -> dict[str, Any]:
     """The copy probe's entry of ``results.json``: accuracies and the chance level 1/vocab."""
     accuracy = repeat_copy_probe(
         model, vocab, distances, span, trials, gen, bos_token_id=bos, progress=progress
     )
-    return {"span": span, "trials": trials, "chance": 1.0 / vocab, "vocab_size": vocab,
-            "accuracy": {str(d): a for d, a in accuracy.items()}}  # fmt: skip
+    return {
+        "span": span,
+        "trials": trials,
+        "chance": 1.0 / vocab,
+        "vocab_size": vocab,
+        "accuracy": {str(d): a for d, a in accuracy.items()},
+    }
 
 
 def default_passkey_lengths(window: int, answer: int = PASSKEY_ANSWER_TOKENS) -> list[int]:

@@ -130,11 +130,21 @@ def score_with_lm_eval(
     model_args = {"pretrained": model_dir, "dtype": dtype, "trust_remote_code": trust_remote_code}
     with _keep_global_rng():
         raw = lm_eval.simple_evaluate(
-            model="hf", model_args=model_args, tasks=tasks, task_manager=manager,
-            num_fewshot=num_fewshot, batch_size=batch_size, device=device, limit=limit,
-            bootstrap_iters=bootstrap_iters, log_samples=False, random_seed=seed,
-            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-        )  # fmt: skip
+            model="hf",
+            model_args=model_args,
+            tasks=tasks,
+            task_manager=manager,
+            num_fewshot=num_fewshot,
+            batch_size=batch_size,
+            device=device,
+            limit=limit,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=False,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
     return {
         "model": model_dir,
         "tasks": {name: _metrics(values) for name, values in raw["results"].items()},
@@ -150,14 +160,21 @@ def score_with_lm_eval(
             "dtype": dtype,
             "bootstrap_iters": bootstrap_iters,
             "seed": seed,
-        },  # fmt: skip
+        },
     }
 
 
 def lm_eval_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """One row per model, one column per ``task metric`` (stderr after ``±`` when known)."""
-    columns = sorted({(task, metric) for row in rows for task, metrics in row["tasks"].items()
-                      for metric in metrics if not metric.endswith("_stderr")})  # fmt: skip
+    columns = sorted(
+        {
+            (task, metric)
+            for row in rows
+            for task, metrics in row["tasks"].items()
+            for metric in metrics
+            if not metric.endswith("_stderr")
+        }
+    )
     header = "| model | " + " | ".join(f"{task} {metric}" for task, metric in columns) + " |"
     lines = [header, "|---|" + "---:|" * len(columns)]
     for row in rows:
@@ -237,13 +254,24 @@ def lm_eval_models(
     rows, ruler_rows = [], []
     for name, model_dir in zip(model_names(models), models, strict=True):
         print(f"[longred lm-eval] {name}: {model_dir}")
-        common: dict[str, Any] = {"batch_size": batch_size, "device": device, "dtype": dtype,
-                                  "trust_remote_code": trust_remote_code, "seed": seed}  # fmt: skip
+        common: dict[str, Any] = {
+            "batch_size": batch_size,
+            "device": device,
+            "dtype": dtype,
+            "trust_remote_code": trust_remote_code,
+            "seed": seed,
+        }
         if tasks:
             result = score_with_lm_eval(
-                model_dir, tasks, include_path, limit, num_fewshot=num_fewshot,
-                bootstrap_iters=bootstrap_iters, manager=manager, **common,
-            )  # fmt: skip
+                model_dir,
+                tasks,
+                include_path,
+                limit,
+                num_fewshot=num_fewshot,
+                bootstrap_iters=bootstrap_iters,
+                manager=manager,
+                **common,
+            )
             rows.append({"name": name, **result})
         if ruler_tasks:
             ruler_rows.append(
@@ -252,13 +280,20 @@ def lm_eval_models(
     return _write(rows, ruler_rows, tasks, settings, out)
 
 
-def _ruler_row(name: str, model_dir: str, lengths: list[int], tasks: list[str],
-               limit: int | float | None, common: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _ruler_row(
+    name: str,
+    model_dir: str,
+    lengths: list[int],
+    tasks: list[str],
+    limit: int | float | None,
+    common: dict[str, Any],
+) -> dict[str, Any]:
     from longred_pl.eval.ruler import score_ruler
 
     window = int(load_config(model_dir, common["trust_remote_code"]).max_position_embeddings)
-    result = score_ruler(model_dir, lengths, tasks, limit=None if limit is None else int(limit),
-                         **common)  # fmt: skip
+    result = score_ruler(
+        model_dir, lengths, tasks, limit=None if limit is None else int(limit), **common
+    )
     return {"name": name, "window": window, "ruler": result}
 
 

@@ -92,8 +92,9 @@ def tokens_trained(
     if not schedule or any(k not in streams for k in set(schedule)):
         return None
     period, rest = divmod(int(micro_steps), len(schedule))
-    counts = {k: period * list(schedule).count(k) + list(schedule[:rest]).count(k)
-              for k in set(schedule)}  # fmt: skip
+    counts = {
+        k: period * list(schedule).count(k) + list(schedule[:rest]).count(k) for k in set(schedule)
+    }
     tokens = {
         k: n * int(streams[k]["batch_size"]) * int(streams[k]["seq_len"]) * int(world)
         for k, n in counts.items()
@@ -135,7 +136,7 @@ def card_facts(module: Any, run: dict[str, Any]) -> dict[str, Any]:
             run.get("schedule") or [],
             run.get("micro_steps") or 0,
             run.get("world_size") or 1,
-        ),  # fmt: skip
+        ),
         "checkpoint": run.get("checkpoint"),
     }
 
@@ -205,8 +206,11 @@ def _json(value: Any) -> str:
 
 def _rope_text(rope: dict[str, Any]) -> str:
     parts = [str(rope.get("rope_type", "default"))]
-    parts += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-              for k, v in sorted(rope.items()) if k != "rope_type"]  # fmt: skip
+    parts += [
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in sorted(rope.items())
+        if k != "rope_type"
+    ]
     return " ".join(parts)
 
 
@@ -222,13 +226,16 @@ def _front_matter(f: dict[str, Any]) -> str:
 def _recipe(f: dict[str, Any]) -> list[str]:
     t, s = f["teacher"], f["student"]
     lines = [
-        "## How it was made", "",
-        "| | base model | this model |", "|---|---:|---:|",
+        "## How it was made",
+        "",
+        "| | base model | this model |",
+        "|---|---:|---:|",
         f"| context window (tokens) | {t['window']} | {s['window']} |",
-        f"| RoPE | {_rope_text(t['rope'])} | {_rope_text(s['rope'])} |", "",
+        f"| RoPE | {_rope_text(t['rope'])} | {_rope_text(s['rope'])} |",
+        "",
         f"- RoPE change: `{f['rope_method']}` with `rope_kwargs` {_json(f['rope_kwargs'])} "
         f"(window x{s['window'] / t['window']:g}).",
-    ]  # fmt: skip
+    ]
     if f["method"] == "longred":
         lines += [
             f"- Method: `longred` (restoration distillation, {PAPER}): `L = L_long + "
@@ -241,8 +248,10 @@ def _recipe(f: dict[str, Any]) -> list[str]:
             ),
         ]
     else:
-        what = {"long_cpt": "next-token loss on the long stream only",
-                "mix_cpt": "next-token loss on every stream, contiguous positions"}  # fmt: skip
+        what = {
+            "long_cpt": "next-token loss on the long stream only",
+            "mix_cpt": "next-token loss on every stream, contiguous positions",
+        }
         lines.append(f"- Method: `{f['method']}` (baseline of {PAPER}: {what[f['method']]}).")
     return lines
 
@@ -254,9 +263,12 @@ def _data(f: dict[str, Any]) -> list[str]:
             "Unknown: the checkpoint holds no stream settings and no run `config.yaml` was "
             "found near it (`longred export ... --run-config CONFIG.yaml` adds them)."
         ]
-    lines += [f"Stream settings from `{f['streams_from']}`; sources from each `index.json`.", "",
-              "| stream | shards | seq_len | batch/rank | samples | tokenizer | source |",
-              "|---|---|---:|---:|---:|---|---|"]  # fmt: skip
+    lines += [
+        f"Stream settings from `{f['streams_from']}`; sources from each `index.json`.",
+        "",
+        "| stream | shards | seq_len | batch/rank | samples | tokenizer | source |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
     for kind, s in f["data"].items():
         index = s["index"] or {}
         source = index.get("source")
@@ -270,9 +282,14 @@ def _data(f: dict[str, Any]) -> list[str]:
 
 
 def _training(f: dict[str, Any]) -> list[str]:
-    lines = ["", "## Training", "",
-             f"- {f['steps']} optimizer steps, {f['micro_steps']} micro-steps, "
-             f"{f['world_size']} rank(s)" + (f"; checkpoint `{f['checkpoint']}`." if f.get("checkpoint") else ".")]  # fmt: skip
+    lines = [
+        "",
+        "## Training",
+        "",
+        f"- {f['steps']} optimizer steps, {f['micro_steps']} micro-steps, "
+        f"{f['world_size']} rank(s)"
+        + (f"; checkpoint `{f['checkpoint']}`." if f.get("checkpoint") else "."),
+    ]
     tokens = f.get("tokens")
     if tokens:
         per = ", ".join(f"{k} {v:,}" for k, v in tokens.items() if k != "total")
@@ -286,23 +303,43 @@ def render_card(f: dict[str, Any]) -> str:
     """The card's text from :func:`card_facts` plus ``name``, ``base_model``, ``tokenizer``
     (``{"source", "files"}`` or ``None``) and ``evaluation`` (``[(path, markdown)]``)."""
     base = f.get("base_model") or f"`{f['teacher_path']}`"
-    lines = [_front_matter(f), f"# {f['name']}", "",
-             f"A {f['student']['window']}-token context version of the base model {base} "
-             f"({f['teacher']['window']} tokens), trained by `longred_pl` (method `{f['method']}`; "
-             "LongReD: [arXiv 2502.07365](https://arxiv.org/abs/2502.07365)).", ""]  # fmt: skip
+    lines = [
+        _front_matter(f),
+        f"# {f['name']}",
+        "",
+        f"A {f['student']['window']}-token context version of the base model {base} "
+        f"({f['teacher']['window']} tokens), trained by `longred_pl` (method `{f['method']}`; "
+        "LongReD: [arXiv 2502.07365](https://arxiv.org/abs/2502.07365)).",
+        "",
+    ]
     lines += _recipe(f) + _data(f) + _training(f) + ["", "## Evaluation", ""]
     if f.get("evaluation"):
         for path, markdown in f["evaluation"]:
             lines += [f"From `{path}`:", "", markdown.rstrip("\n"), ""]
     else:
-        lines.append("Not evaluated yet: `longred eval` / `longred lm-eval` on this directory, "
-                     "then `longred export ... --eval-results results.json`.")  # fmt: skip
+        lines.append(
+            "Not evaluated yet: `longred eval` / `longred lm-eval` on this directory, "
+            "then `longred export ... --eval-results results.json`."
+        )
     tok = f.get("tokenizer")
-    lines += ["", "## Tokenizer", "",
-              f"Copied from `{tok['source']}`: {', '.join(tok['files'])}." if tok else
-              "**None in this directory**: the run's teacher had no tokenizer files. Copy the "
-              "base model's tokenizer here (or export again with `--tokenizer DIR`)."]  # fmt: skip
-    lines += ["", "## Use", "", "```python", "from transformers import AutoModelForCausalLM",
-              "", 'model = AutoModelForCausalLM.from_pretrained("path/to/this/directory")',
-              "```", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Tokenizer",
+        "",
+        f"Copied from `{tok['source']}`: {', '.join(tok['files'])}."
+        if tok
+        else "**None in this directory**: the run's teacher had no tokenizer files. Copy the "
+        "base model's tokenizer here (or export again with `--tokenizer DIR`).",
+    ]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM",
+        "",
+        'model = AutoModelForCausalLM.from_pretrained("path/to/this/directory")',
+        "```",
+        "",
+    ]
     return "\n".join(lines)

@@ -88,9 +88,12 @@ def _llama_like(model: nn.Module) -> bool:
     base = getattr(model, "base_model", None)
     get_head: Any = getattr(model, "get_output_embeddings", None)
     return (
-        base is not None and base is not model and get_head is not None
-        and get_head() is not None and all(hasattr(base, n) for n in ("embed_tokens", "layers", "norm"))
-    )  # fmt: skip
+        base is not None
+        and base is not model
+        and get_head is not None
+        and get_head() is not None
+        and all(hasattr(base, n) for n in ("embed_tokens", "layers", "norm"))
+    )
 
 
 @torch.no_grad()

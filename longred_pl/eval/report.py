@@ -249,8 +249,11 @@ def plot_passkey(rows: Sequence[dict[str, Any]], path: str) -> str:
             ax.axvline(beyond[0] - 0.5, color="black", ls="--", lw=1.2)
         ax.set_xticks(range(len(lengths)), lengths, rotation=45, fontsize=7)
         ax.set_yticks(range(len(depths)), [f"{float(d):.0%}" for d in depths], fontsize=7)
-        ax.set(xlabel="prompt tokens (dashed: window)", ylabel="needle depth" if k == 0 else "",
-               title=f"{r['name']} (window {r['window']})")  # fmt: skip
+        ax.set(
+            xlabel="prompt tokens (dashed: window)",
+            ylabel="needle depth" if k == 0 else "",
+            title=f"{r['name']} (window {r['window']})",
+        )
     fig.colorbar(image, ax=axes[0].tolist(), label="passkey accuracy", shrink=0.9)
     fig.suptitle("passkey retrieval: needle depth x prompt length")
     fig.savefig(path, dpi=120)
@@ -277,8 +280,12 @@ def plot_ruler(rows: Sequence[dict[str, Any]], path: str) -> str:
             values = r["ruler"]["average" if k == 0 else "tasks"]
             values = values if k == 0 else values.get(panels[k], {})
             lengths = sorted(values, key=int)
-            ax.plot([int(n) for n in lengths], [100 * values[n] for n in lengths], marker="o",
-                    label=r["name"])  # fmt: skip
+            ax.plot(
+                [int(n) for n in lengths],
+                [100 * values[n] for n in lengths],
+                marker="o",
+                label=r["name"],
+            )
             ax.axvline(r["window"], ls=":", color=ax.lines[-1].get_color(), alpha=0.6)
         ax.set(title=panels[k], ylim=(-3, 103), xlabel="prompt tokens", ylabel="score %")
         _log2_axis(plt, ax)

@@ -62,11 +62,20 @@ __all__ = [
 
 GROUP = "ruler"
 SYNTHETIC_TASKS = (
-    "niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_vt", "ruler_cwe", "ruler_fwe",
-)  # fmt: skip
+    "niah_single_1",
+    "niah_multikey_2",
+    "niah_multikey_3",
+    "ruler_vt",
+    "ruler_cwe",
+    "ruler_fwe",
+)
 ESSAY_TASKS = (
-    "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multiquery", "niah_multivalue",
-)  # fmt: skip
+    "niah_single_2",
+    "niah_single_3",
+    "niah_multikey_1",
+    "niah_multiquery",
+    "niah_multivalue",
+)
 DOWNLOAD_TASKS = ("ruler_qa_squad", "ruler_qa_hotpot")
 ALL_TASKS = SYNTHETIC_TASKS + ESSAY_TASKS + DOWNLOAD_TASKS
 ESSAY_DATASET = "baber/paul_graham_essays"
@@ -194,9 +203,15 @@ def _niah_min(tokenizer: Any, haystack: str, key: str, value: str) -> int:
     from lm_eval.tasks.ruler import niah_utils, prepare_niah
 
     text, answers, _ = prepare_niah.generate_input_output(
-        1, prepare_niah.get_haystack(haystack), type_haystack=haystack, num_needle_k=1,
-        type_needle_k=key, num_needle_v=1, type_needle_v=value, template=niah_utils.TEMPLATE,
-    )  # fmt: skip
+        1,
+        prepare_niah.get_haystack(haystack),
+        type_haystack=haystack,
+        num_needle_k=1,
+        type_needle_k=key,
+        num_needle_v=1,
+        type_needle_v=value,
+        template=niah_utils.TEMPLATE,
+    )
     return _tokens(tokenizer, text + " ".join(answers)) + 128
 
 
@@ -233,9 +248,11 @@ def min_lengths(tokenizer: Any, tasks: Sequence[str], draws: int = 4) -> dict[st
     tokens on, so its minimum is given for lengths below 4096; :func:`check_lengths`
     checks both regimes.
     """
-    niah = {"niah_single_1": ("repeat", "words", "numbers"),
-            "niah_multikey_2": ("needle", "words", "numbers"),
-            "niah_multikey_3": ("needle", "uuids", "uuids")}  # fmt: skip
+    niah = {
+        "niah_single_1": ("repeat", "words", "numbers"),
+        "niah_multikey_2": ("needle", "words", "numbers"),
+        "niah_multikey_3": ("needle", "uuids", "uuids"),
+    }
     niah.update({t: ("essay", "words", "numbers") for t in ESSAY_TASKS})
     state = random.getstate()
     out: dict[str, int] = {}
@@ -344,9 +361,11 @@ def _hflm(model_dir: str, model: Any, lengths: Sequence[int], **settings: Any) -
     settings.pop("trust_remote_code", None)
     settings.pop("dtype", None)
     return HFLM(
-        pretrained=model, tokenizer=tokenizer, max_length=max(lengths) + MAX_ANSWER_TOKENS,
+        pretrained=model,
+        tokenizer=tokenizer,
+        max_length=max(lengths) + MAX_ANSWER_TOKENS,
         **settings,
-    )  # fmt: skip
+    )
 
 
 def _task_manager(model_dir: str, length: int) -> Any:
@@ -400,8 +419,15 @@ def score_ruler(
     prepare_offline()
     lengths = sorted({int(n) for n in lengths})
     if lm is None:
-        lm = _hflm(model_dir, model, lengths, batch_size=batch_size, device=device, dtype=dtype,
-                   trust_remote_code=trust_remote_code)  # fmt: skip
+        lm = _hflm(
+            model_dir,
+            model,
+            lengths,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+        )
     scores: dict[str, dict[str, float]] = {t: {} for t in tasks}
     counts: dict[str, dict[str, int]] = {t: {} for t in tasks}
     for length in lengths:
@@ -410,8 +436,14 @@ def score_ruler(
             scores[task][str(length)] = float(raw["results"][task][f"{length},none"])
             counts[task][str(length)] = int(raw["n-samples"][task]["effective"])
     average = {str(n): sum(scores[t][str(n)] for t in tasks) / len(tasks) for n in lengths}
-    return {"model": model_dir, "lengths": lengths, "tasks": scores, "average": average,
-            "n_samples": counts, "limit": limit}  # fmt: skip
+    return {
+        "model": model_dir,
+        "lengths": lengths,
+        "tasks": scores,
+        "average": average,
+        "n_samples": counts,
+        "limit": limit,
+    }
 
 
 NOISE = ("Max length ", "Num noises", "No aggregation function defined", "Custom kwargs can be")
@@ -452,7 +484,14 @@ def _evaluate_length(
     print(f"[longred ruler] {Path(model_dir).name}: {len(tasks)} task(s) at {length} tokens")
     with keep(), _quiet():
         return lm_eval.simple_evaluate(
-            model=lm, tasks=tasks, task_manager=_task_manager(model_dir, length), limit=limit,
-            bootstrap_iters=0, log_samples=False, random_seed=seed, numpy_random_seed=seed,
-            torch_random_seed=seed, fewshot_random_seed=seed,
-        )  # fmt: skip
+            model=lm,
+            tasks=tasks,
+            task_manager=_task_manager(model_dir, length),
+            limit=limit,
+            bootstrap_iters=0,
+            log_samples=False,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )

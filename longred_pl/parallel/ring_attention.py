@@ -116,9 +116,16 @@ def _cpu_flash(groups: int) -> _Kernel:
 
     def backward(*, grad_out, query, key, value, out, logsumexp, is_causal, scale):
         dq, dk, dv = aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad_out.contiguous(), query, _repeat_kv(key, groups), _repeat_kv(value, groups),
-            out, logsumexp.contiguous(), 0.0, is_causal, scale=scale,
-        )  # fmt: skip
+            grad_out.contiguous(),
+            query,
+            _repeat_kv(key, groups),
+            _repeat_kv(value, groups),
+            out,
+            logsumexp.contiguous(),
+            0.0,
+            is_causal,
+            scale=scale,
+        )
         return dq, _fold_kv(dk, groups), _fold_kv(dv, groups)
 
     return _Kernel(forward, backward, "grad_out", lambda rest: {})
@@ -131,10 +138,22 @@ def _cuda_flash(groups: int) -> _Kernel:
 
     def backward(*, grad_out, query, key, value, out, logsumexp, is_causal, scale, **rest):
         dq, dk, dv = aten._scaled_dot_product_flash_attention_backward(
-            grad_out, query, _repeat_kv(key, groups), _repeat_kv(value, groups), out, logsumexp,
-            rest["cum_seq_q"], rest["cum_seq_k"], rest["max_q"], rest["max_k"], 0.0, is_causal,
-            rest["philox_seed"], rest["philox_offset"], scale=scale,
-        )  # fmt: skip
+            grad_out,
+            query,
+            _repeat_kv(key, groups),
+            _repeat_kv(value, groups),
+            out,
+            logsumexp,
+            rest["cum_seq_q"],
+            rest["cum_seq_k"],
+            rest["max_q"],
+            rest["max_k"],
+            0.0,
+            is_causal,
+            rest["philox_seed"],
+            rest["philox_offset"],
+            scale=scale,
+        )
         return dq, _fold_kv(dk, groups), _fold_kv(dv, groups)
 
     # the forward's rest is (cum_seq_q, cum_seq_k, max_q, max_k, rng_state, unused, debug
@@ -154,10 +173,20 @@ def _cuda_efficient(groups: int) -> _Kernel:
 
     def backward(*, grad_out_, query, key, value, out, logsumexp, is_causal, scale, **rest):
         dq, dk, dv, _ = aten._scaled_dot_product_efficient_attention_backward(
-            grad_out_, query, _repeat_kv(key, groups), _repeat_kv(value, groups), None, out,
-            logsumexp, rest["philox_seed"], rest["philox_offset"], 0.0,
-            [True, True, True, False], is_causal, scale=scale,
-        )  # fmt: skip
+            grad_out_,
+            query,
+            _repeat_kv(key, groups),
+            _repeat_kv(value, groups),
+            None,
+            out,
+            logsumexp,
+            rest["philox_seed"],
+            rest["philox_offset"],
+            0.0,
+            [True, True, True, False],
+            is_causal,
+            scale=scale,
+        )
         return dq, _fold_kv(dk, groups), _fold_kv(dv, groups)
 
     names = ("philox_seed", "philox_offset")

@@ -69,8 +69,10 @@ def simulate_ring(
     """
     groups = q_BHTD.shape[1] // k_BKTD.shape[1]
     kernel = _kernel_for(q_BHTD, groups)
-    q, k, v, g = ([shard_sequence(x, r, cp, dim=2) for r in range(cp)]
-                  for x in (q_BHTD, k_BKTD, v_BKTD, grad_BHTD))  # fmt: skip
+    q, k, v, g = (
+        [shard_sequence(x, r, cp, dim=2) for r in range(cp)]
+        for x in (q_BHTD, k_BKTD, v_BKTD, grad_BHTD)
+    )
     outs, lses, rests = [], [], []
     for rank in range(cp):
         merger = _torch_private.sdpa_merger()
@@ -97,9 +99,15 @@ def simulate_ring(
             kk, vv = (_half(k[j], 0), _half(v[j], 0)) if kind == "first_kv" else (k[j], v[j])
             kwargs = {kernel.grad_out_name: pick(g[rank]), **kernel.backward_kwargs(rests[rank])}
             gq, gk, gv, *_ = kernel.backward(
-                query=pick(q[rank]), key=kk, value=vv, out=pick(outs[rank]),
-                logsumexp=pick(lses[rank]).contiguous(), is_causal=i == 0, scale=scale, **kwargs,
-            )  # fmt: skip
+                query=pick(q[rank]),
+                key=kk,
+                value=vv,
+                out=pick(outs[rank]),
+                logsumexp=pick(lses[rank]).contiguous(),
+                is_causal=i == 0,
+                scale=scale,
+                **kwargs,
+            )
             if second:
                 _half(dq[rank], 1).add_(gq.float())
             else:
@@ -126,7 +134,8 @@ def unsharded_attention(
     groups = q_BHTD.shape[1] // k_BKTD.shape[1]
     q, k, v = (x.detach().clone().requires_grad_() for x in (q_BHTD, k_BKTD, v_BKTD))
     k_rep, v_rep = (x.repeat_interleave(groups, dim=1) for x in (k, v))
-    out = torch.nn.functional.scaled_dot_product_attention(q, k_rep, v_rep, is_causal=True,
-                                                           scale=scale)  # fmt: skip
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k_rep, v_rep, is_causal=True, scale=scale
+    )
     out.backward(grad_BHTD)
     return {"out": out.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad}

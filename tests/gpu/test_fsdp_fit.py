@@ -51,17 +51,21 @@ def strategy(name: str):
 
     if name == "fsdp2":
         return ModelParallelStrategy(data_parallel_size=DEVICES, tensor_parallel_size=1)
-    return FSDPStrategy(auto_wrap_policy={LlamaDecoderLayer}, use_orig_params=True,
-                        state_dict_type="sharded")  # fmt: skip
+    return FSDPStrategy(
+        auto_wrap_policy={LlamaDecoderLayer}, use_orig_params=True, state_dict_type="sharded"
+    )
 
 
 def make_module(teacher_path: str):
     from longred_pl.module import LongReDModule
 
     return LongReDModule(
-        teacher_path, target_length=TARGET, rope_kwargs={"rope_theta": 40000.0},
-        distill_layers=[1, 2], optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
-    )  # fmt: skip
+        teacher_path,
+        target_length=TARGET,
+        rope_kwargs={"rope_theta": 40000.0},
+        distill_layers=[1, 2],
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
+    )
 
 
 def make_data(shards: dict[str, str]):
@@ -114,12 +118,21 @@ def fit(name: str, precision: str, teacher_path: str, shards: dict[str, str], ou
     module, recorder = make_module(teacher_path), Recorder()
     checkpoint = ModelCheckpoint(dirpath=out, every_n_train_steps=STEPS, save_top_k=-1)
     trainer = L.Trainer(
-        accelerator="gpu", devices=DEVICES, strategy=strategy(name), precision=precision,
-        max_steps=STEPS, accumulate_grad_batches=len(SCHEDULE), logger=False,
-        gradient_clip_val=1.0, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[recorder, checkpoint],
+        accelerator="gpu",
+        devices=DEVICES,
+        strategy=strategy(name),
+        precision=precision,
+        max_steps=STEPS,
+        accumulate_grad_batches=len(SCHEDULE),
+        logger=False,
+        gradient_clip_val=1.0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[recorder, checkpoint],
         default_root_dir=out,
-    )  # fmt: skip
+    )
     trainer.fit(module, datamodule=make_data(shards))
     print(f"{name} {precision}: root unit {recorder.root}")
     recorder.checkpoint = out / f"epoch=0-step={STEPS}.ckpt"
@@ -183,7 +196,9 @@ def test_bf16_mixed_fit_trains_the_student_only(name, fitted, tiny_llama):
     student_moved = max(float((student[k] - initial[k].float()).abs().max()) for k in initial)
     teacher_grads = sum(p.grad is not None for p in module.teacher.parameters())
     print(f"{name}: losses {recorder.losses}")
-    print(f"{name}: teacher max |change| {teacher_moved:.2e} ({teacher_grads} grads), student {student_moved:.2e}")  # fmt: skip
+    print(
+        f"{name}: teacher max |change| {teacher_moved:.2e} ({teacher_grads} grads), student {student_moved:.2e}"
+    )
     assert len(recorder.losses) == STEPS * len(SCHEDULE)
     assert all(math.isfinite(x) for x in recorder.losses)
     assert teacher_moved == 0.0 and teacher_grads == 0

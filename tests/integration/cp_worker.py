@@ -162,18 +162,25 @@ def strategy_case() -> dict:
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy=ContextParallelStrategy(context_parallel_size=2),
-        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        accelerator="cpu",
+        devices=2,
+        strategy=ContextParallelStrategy(context_parallel_size=2),
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
         enable_model_summary=False,
-    )  # fmt: skip
+    )
     trainer.fit(Probe(), DataLoader(torch.arange(32.0).view(8, 4), batch_size=2, shuffle=True))
     batches = [torch.empty_like(seen["batch"]) for _ in range(dist.get_world_size())]
     dist.all_gather(batches, seen["batch"])
     return {
-        "dp": seen["dp"], "cp": seen["cp"], "group_set": seen["group_set"],
+        "dp": seen["dp"],
+        "cp": seen["cp"],
+        "group_set": seen["group_set"],
         "same_batch": all(torch.equal(b, batches[0]) for b in batches),
         "cleared_after_fit": get_cp_group() is None,
-    }  # fmt: skip
+    }
 
 
 def cuda_case(out_dir: str) -> None:

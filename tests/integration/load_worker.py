@@ -42,8 +42,10 @@ def differences(model: torch.nn.Module, reference: torch.nn.Module) -> dict[str,
 def main() -> None:
     out, dirs = sys.argv[1], sys.argv[2:]
     dist.init_process_group("gloo")
-    meshes = {"fsdp2": init_device_mesh("cpu", (2,), mesh_dim_names=("data_parallel",)),
-              "fsdp2_cp": fsdp_mesh(build_dp_cp_mesh(1, 2, "cpu"))}  # fmt: skip
+    meshes = {
+        "fsdp2": init_device_mesh("cpu", (2,), mesh_dim_names=("data_parallel",)),
+        "fsdp2_cp": fsdp_mesh(build_dp_cp_mesh(1, 2, "cpu")),
+    }
     results = {}
     for path in dirs:
         teacher_config = load_config(path)

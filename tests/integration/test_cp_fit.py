@@ -32,8 +32,16 @@ def shards(tmp_path_factory):
     rng = np.random.default_rng(0)
     for name, length in LENGTHS.items():
         docs = [rng.integers(0, 128, size=length) for _ in range(8)]
-        write_shards(docs, root / name, length, samples_per_shard=2, pack=False,
-                     vocab_size=128, tokenizer_name="random", source="tests")  # fmt: skip
+        write_shards(
+            docs,
+            root / name,
+            length,
+            samples_per_shard=2,
+            pack=False,
+            vocab_size=128,
+            tokenizer_name="random",
+            source="tests",
+        )
     return root
 
 
@@ -53,34 +61,55 @@ def run_fit(root, teacher, out, cp, max_steps, ckpt_path=None, **overrides):
     import sys
 
     trainer = {
-        "accelerator": "cpu", "devices": cp, "max_steps": max_steps,
-        "accumulate_grad_batches": 4, "log_every_n_steps": 1, "enable_progress_bar": False,
-        "enable_model_summary": False, "num_sanity_val_steps": 0, "default_root_dir": str(out),
-        "val_check_interval": 8, "check_val_every_n_epoch": None,
-        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}},
+        "accelerator": "cpu",
+        "devices": cp,
+        "max_steps": max_steps,
+        "accumulate_grad_batches": 4,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": str(out),
+        "val_check_interval": 8,
+        "check_val_every_n_epoch": None,
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(out)},
+        },
         "callbacks": [
-            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"dirpath": str(out / "ckpt"), "every_n_train_steps": 1, "save_top_k": -1}},
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {
+                    "dirpath": str(out / "ckpt"),
+                    "every_n_train_steps": 1,
+                    "save_top_k": -1,
+                },
+            },
         ],
-    }  # fmt: skip
+    }
     if cp > 1:
         trainer["strategy"] = {
             "class_path": "longred_pl.parallel.ContextParallelStrategy",
             "init_args": {"context_parallel_size": cp, "process_group_backend": "gloo"},
         }
     model = {
-        "teacher_path": teacher, "target_length": 256, "rope_kwargs": {"rope_theta": 40000.0},
-        "distill_layers": [1, 2], "s2l_positions": "cream",
+        "teacher_path": teacher,
+        "target_length": 256,
+        "rope_kwargs": {"rope_theta": 40000.0},
+        "distill_layers": [1, 2],
+        "s2l_positions": "cream",
         "attn_implementation": "longred_ring" if cp > 1 else "sdpa",
         # SGD, not Adam: Adam's m / sqrt(v) turns float rounding in near-zero gradients into
         # full-size updates, so weights would differ in a few elements for no real reason
         "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5}},
-    }  # fmt: skip
+    }
     data = {
         **{k: {"urls": str(root / k), "seq_len": n, "batch_size": 2} for k, n in LENGTHS.items()},
-        "schedule": ["long", "s2l", "long", "short"], "num_workers": 0, "shuffle_buffer": 1,
+        "schedule": ["long", "s2l", "long", "short"],
+        "num_workers": 0,
+        "shuffle_buffer": 1,
         "val_batches": 2,
-    }  # fmt: skip
+    }
     config = {"seed_everything": 0, "trainer": trainer, "model": model, "data": data}
     for key, value in overrides.items():
         section, name = key.split("__")
@@ -140,17 +169,27 @@ def test_cp2_fit_equals_single_process_resumes_and_exports(shards, tiny_llama, t
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        ({"data__s2l": {"urls": "S2L", "seq_len": 62, "batch_size": 2}},
-         r"data.s2l.seq_len=62 does not split into 2 x context_parallel_size = 4 .*60 or 64"),
+        (
+            {"data__s2l": {"urls": "S2L", "seq_len": 62, "batch_size": 2}},
+            r"data.s2l.seq_len=62 does not split into 2 x context_parallel_size = 4 .*60 or 64",
+        ),
         ({"model__attn_implementation": "sdpa"}, r"model.attn_implementation='sdpa'.*longred_ring"),
     ],
-)  # fmt: skip
+)
 def test_cp_refuses_what_it_cannot_shard(shards, tiny_llama, tmp_path, overrides, match):
     import re
 
     if "data__s2l" in overrides:
-        write_shards([np.arange(62) % 128] * 4, tmp_path / "s2l62", 62, samples_per_shard=2,
-                     pack=False, vocab_size=128, tokenizer_name="random", source="tests")  # fmt: skip
+        write_shards(
+            [np.arange(62) % 128] * 4,
+            tmp_path / "s2l62",
+            62,
+            samples_per_shard=2,
+            pack=False,
+            vocab_size=128,
+            tokenizer_name="random",
+            source="tests",
+        )
         overrides["data__s2l"]["urls"] = str(tmp_path / "s2l62")
     proc = run_fit(shards, tiny_llama, tmp_path / "bad", 2, 1, **overrides)
     assert proc.returncode != 0

@@ -39,16 +39,36 @@ def tiny_student(tiny_llama, tmp_path_factory) -> str:
 
 def test_eval_writes_results_tables_and_plots(tiny_llama, tiny_student, tiny_shards, tmp_path):
     out = tmp_path / "eval"
-    # fmt: off
-    results = eval_main([
-        tiny_student, "--teacher", tiny_llama,
-        "--short-data", tiny_shards["short"], "--short-seq-len", "16",
-        "--long-data", tiny_shards["long"], "--long-seq-len", "256",
-        "--num-short", "8", "--num-long", "2", "--buckets", "4",
-        "--copy-span", "8", "--copy-trials", "2",
-        "--out", str(out), "--device", "cpu", "--no-progress",
-    ])
-    # fmt: on
+    results = eval_main(
+        [
+            tiny_student,
+            "--teacher",
+            tiny_llama,
+            "--short-data",
+            tiny_shards["short"],
+            "--short-seq-len",
+            "16",
+            "--long-data",
+            tiny_shards["long"],
+            "--long-seq-len",
+            "256",
+            "--num-short",
+            "8",
+            "--num-long",
+            "2",
+            "--buckets",
+            "4",
+            "--copy-span",
+            "8",
+            "--copy-trials",
+            "2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     saved = json.loads((out / "results.json").read_text())
     assert saved["teacher"] == tiny_llama
     teacher, student = saved["models"]
@@ -90,14 +110,33 @@ def test_eval_errors_name_the_flag(tiny_llama, tiny_shards, tmp_path):
 
 def test_select_layers_writes_a_distill_layers_snippet(tiny_llama, tiny_shards, tmp_path):
     out = tmp_path / "select"
-    # fmt: off
-    result = select_layers_main([
-        "--teacher", tiny_llama, "--rope-method", "abf", "--target-length", "256",
-        "--rope-kwargs", '{"rope_theta": 1e6}',
-        "--data", tiny_shards["short"], "--seq-len", "16", "--num-samples", "4",
-        "--batch-size", "2", "--k", "1", "--out", str(out), "--device", "cpu", "--no-progress",
-    ])
-    # fmt: on
+    result = select_layers_main(
+        [
+            "--teacher",
+            tiny_llama,
+            "--rope-method",
+            "abf",
+            "--target-length",
+            "256",
+            "--rope-kwargs",
+            '{"rope_theta": 1e6}',
+            "--data",
+            tiny_shards["short"],
+            "--seq-len",
+            "16",
+            "--num-samples",
+            "4",
+            "--batch-size",
+            "2",
+            "--k",
+            "1",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     layers = yaml.safe_load((out / "distill_layers.yaml").read_text())["model"]["distill_layers"]
     n_layers = 2
     assert layers == result["distill_layers"]
@@ -163,21 +202,52 @@ def test_eval_passkey_heatmap_at_the_full_window_and_ruler(tmp_path, tiny_shards
     student = save_ruler_lm(tmp_path / "student", window=1024)
     teacher = save_ruler_lm(tmp_path / "teacher", window=256)
     out = tmp_path / "eval"
-    # fmt: off
-    results = eval_main([
-        student, "--teacher", teacher, "--short-data", tiny_shards["short"],
-        "--short-seq-len", "16", "--num-short", "4", "--copy-span", "4", "--copy-trials", "1",
-        "--copy-distances", "0", "--passkey", "--passkey-depths", "0,1",
-        "--ruler-lengths", "300", "--ruler-tasks", "niah_single_1", "--ruler-limit", "1",
-        "--out", str(out), "--device", "cpu", "--no-progress",
-    ])
-    # fmt: on
+    results = eval_main(
+        [
+            student,
+            "--teacher",
+            teacher,
+            "--short-data",
+            tiny_shards["short"],
+            "--short-seq-len",
+            "16",
+            "--num-short",
+            "4",
+            "--copy-span",
+            "4",
+            "--copy-trials",
+            "1",
+            "--copy-distances",
+            "0",
+            "--passkey",
+            "--passkey-depths",
+            "0,1",
+            "--ruler-lengths",
+            "300",
+            "--ruler-tasks",
+            "niah_single_1",
+            "--ruler-limit",
+            "1",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     teacher_row, student_row = results["models"]
     # default lengths come from the largest window and end at it, less the answer's tokens
     full = str(1024 - PASSKEY_ANSWER_TOKENS)
-    assert list(student_row["passkey"]) == list(teacher_row["passkey"]) == [
-        "128", "256", "512", full,
-    ]  # fmt: skip
+    assert (
+        list(student_row["passkey"])
+        == list(teacher_row["passkey"])
+        == [
+            "128",
+            "256",
+            "512",
+            full,
+        ]
+    )
     assert set(student_row["passkey"][full]) == {"0.0", "1.0"}
     for row in (teacher_row, student_row):
         assert row["ruler"]["tasks"].keys() == {"niah_single_1"}

@@ -142,11 +142,26 @@ def test_unreadable_checkpoints_are_named_with_the_fix(run, tmp_path):
 
 def test_the_evaluation_table_goes_into_the_card(run, tiny_shards, tmp_path, capsys):
     out = export_main([str(run["ckpt"]), str(tmp_path / "hf")])
-    # fmt: off
-    eval_main([str(out), "--short-data", tiny_shards["short"], "--short-seq-len", "16",
-               "--num-short", "4", "--copy-trials", "1", "--copy-distances", "0",
-               "--out", str(out / "eval"), "--device", "cpu", "--no-progress"])
-    # fmt: on
+    eval_main(
+        [
+            str(out),
+            "--short-data",
+            tiny_shards["short"],
+            "--short-seq-len",
+            "16",
+            "--num-short",
+            "4",
+            "--copy-trials",
+            "1",
+            "--copy-distances",
+            "0",
+            "--out",
+            str(out / "eval"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     results = out / "eval" / "results.json"
     export_main([str(run["ckpt"]), str(out)])  # found beside: it scored this directory
     assert f"model card: evaluation from {results}" in capsys.readouterr().out

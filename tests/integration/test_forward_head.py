@@ -18,8 +18,15 @@ def _tiny(kind):
     """Tiny random models of families whose logits are not plain ``h @ W.T``."""
     import transformers as tf
 
-    common = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    common = dict(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     if kind == "llama":
         return tf.LlamaForCausalLM(tf.LlamaConfig(**common))
     if kind == "cohere":

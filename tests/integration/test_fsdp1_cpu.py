@@ -32,12 +32,14 @@ LAYER = "transformers.models.llama.modeling_llama.LlamaDecoderLayer"
 FSDP1 = {
     "class_path": "cpu_strategies.CPUFSDPStrategy",
     "init_args": {
-        "auto_wrap_policy": [LAYER], "activation_checkpointing_policy": [LAYER],
-        "sharding_strategy": "FULL_SHARD", "state_dict_type": "sharded",
+        "auto_wrap_policy": [LAYER],
+        "activation_checkpointing_policy": [LAYER],
+        "sharding_strategy": "FULL_SHARD",
+        "state_dict_type": "sharded",
         "process_group_backend": "gloo",
     },
     "dict_kwargs": {"use_orig_params": True},
-}  # fmt: skip
+}
 CLIP, DECAY = 0.05, 1.0
 OPTIMIZER = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": DECAY}}
 
@@ -45,8 +47,16 @@ OPTIMIZER = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weigh
 def test_fsdp1_two_processes_match_simulated_data_parallel_and_resume(setup, tmp_path):  # noqa: F811
     root, teacher = setup
     out = tmp_path / "fsdp1"
-    run_fit(root, teacher, out, 2, 4, strategy=FSDP1, model={"optimizer": OPTIMIZER},
-            trainer={"gradient_clip_val": CLIP})  # fmt: skip
+    run_fit(
+        root,
+        teacher,
+        out,
+        2,
+        4,
+        strategy=FSDP1,
+        model={"optimizer": OPTIMIZER},
+        trainer={"gradient_clip_val": CLIP},
+    )
     expected, weights, _ = simulate_data_parallel(root, teacher, weight_decay=DECAY, clip=CLIP)
     sharded = losses(out)
     for key, value in expected.items():
@@ -67,8 +77,17 @@ def test_fsdp1_two_processes_match_simulated_data_parallel_and_resume(setup, tmp
         torch.testing.assert_close(value, weights[f"student.{name}"], rtol=1e-4, atol=1e-5)
 
     (half,) = glob.glob(str(out / "ckpt" / "*step=2.ckpt"))
-    run_fit(root, teacher, tmp_path / "resumed", 2, 4, ckpt_path=half, strategy=FSDP1,
-            model={"optimizer": OPTIMIZER}, trainer={"gradient_clip_val": CLIP})  # fmt: skip
+    run_fit(
+        root,
+        teacher,
+        tmp_path / "resumed",
+        2,
+        4,
+        ckpt_path=half,
+        strategy=FSDP1,
+        model={"optimizer": OPTIMIZER},
+        trainer={"gradient_clip_val": CLIP},
+    )
     (resumed,) = glob.glob(str(tmp_path / "resumed" / "ckpt" / "*step=4.ckpt"))
     again = load_checkpoint(resumed)["state_dict"]
     for key, value in full["state_dict"].items():
@@ -79,8 +98,16 @@ def test_fsdp1_bf16_mixed_keeps_rope_inv_freq_fp32(setup, tmp_path):  # noqa: F8
     root, teacher = setup
     probe = tmp_path / "buffers.json"
     callback = {"class_path": "probes.RopeBufferProbe", "init_args": {"path": str(probe)}}
-    run_fit(root, teacher, tmp_path / "bf16", 2, 1, strategy=FSDP1,
-            trainer={"precision": "bf16-mixed", "callbacks": [callback],
-                     "enable_checkpointing": False})  # fmt: skip
-    assert json.loads(probe.read_text()) == {"student": ["torch.float32"],
-                                             "teacher": ["torch.float32"]}  # fmt: skip
+    run_fit(
+        root,
+        teacher,
+        tmp_path / "bf16",
+        2,
+        1,
+        strategy=FSDP1,
+        trainer={"precision": "bf16-mixed", "callbacks": [callback], "enable_checkpointing": False},
+    )
+    assert json.loads(probe.read_text()) == {
+        "student": ["torch.float32"],
+        "teacher": ["torch.float32"],
+    }

@@ -67,8 +67,9 @@ def data_config(root):
     }
 
 
-def run_fit(root, teacher, out, devices, max_steps, ckpt_path=None, strategy=None, model=None,
-            trainer=None):  # fmt: skip
+def run_fit(
+    root, teacher, out, devices, max_steps, ckpt_path=None, strategy=None, model=None, trainer=None
+):
     """``longred fit`` of the tiny recipe; ``strategy`` replaces FSDP2 when ``devices > 1``."""
     config = {
         "seed_everything": 0,
@@ -136,8 +137,9 @@ def losses(out):
     }
 
 
-def simulate_data_parallel(root, teacher, world=2, steps=4, accumulate=4, weight_decay=0.01,
-                           clip=None):  # fmt: skip
+def simulate_data_parallel(
+    root, teacher, world=2, steps=4, accumulate=4, weight_decay=0.01, clip=None
+):
     """One process doing what ``world`` data-parallel ranks do; returns losses, weights, ppl.
 
     AdamW (lr 1e-3, ``weight_decay`` on matrices only); gradients clipped to a total norm of
@@ -153,17 +155,19 @@ def simulate_data_parallel(root, teacher, world=2, steps=4, accumulate=4, weight
     torch.manual_seed(0)
     init = {k: v for k, v in MODEL.items() if k != "optimizer"}
     module = LongReDModule(
-        teacher_path=teacher, **init,
+        teacher_path=teacher,
+        **init,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=weight_decay),
-    )  # fmt: skip
+    )
     module.configure_model()
     opt = module.configure_optimizers()
     cfg = data_config(root)
     loaders, seen = [], {}
     for rank in range(world):
         streams = {k: StreamConfig(**cfg[k]) for k in (*LENGTHS, "val_short", "val_long")}
-        dm = MixedLengthDataModule(**streams, schedule=cfg["schedule"], num_workers=0,
-                                   shuffle_buffer=1, val_batches=None)  # fmt: skip
+        dm = MixedLengthDataModule(
+            **streams, schedule=cfg["schedule"], num_workers=0, shuffle_buffer=1, val_batches=None
+        )
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, training=True)
         loaders.append((iter(dm.train_dataloader()), dm.val_dataloader()))
     logged = {}

@@ -15,10 +15,22 @@ from benchmarks.common import ROOT
 
 
 def test_gpu_smoke_dry_run_on_cpu(tmp_path):
-    env = {**os.environ, "SMOKE_TINY": "1", "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
-           "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1"}  # fmt: skip
-    proc = subprocess.run(["bash", "benchmarks/gpu_smoke.sh"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    env = {
+        **os.environ,
+        "SMOKE_TINY": "1",
+        "OUT": str(tmp_path / "out"),
+        "PYTHON": sys.executable,
+        "WORK": str(tmp_path / "work"),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_smoke.sh"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "gpu_smoke.json").read_text())["parts"]
     assert list(result) == ["env", "ring", "gpu_tests", "recipe", "throughput"]

@@ -46,11 +46,18 @@ def save_tiny_lm(path: Path, seed: int) -> str:
     texts += [r["context"] + c for r in _rows("tiny_choice.jsonl") for c in r["choices"]]
     tokenizer = train_tokenizer([Document(str(i), t) for i, t in enumerate(texts)], 320, path)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)
     return str(path)
@@ -141,10 +148,23 @@ def test_limit_and_mean_stderr(tiny_lm):
 def test_cli_writes_a_table_of_two_models(tmp_path, tiny_lm):
     other = save_tiny_lm(tmp_path / "other", seed=1)
     out = tmp_path / "out"
-    results = lm_eval_main([
-        tiny_lm, other, "--tasks", CHOICE, "--include-path", str(TASKS_DIR), "--out", str(out),
-        "--device", "cpu", "--bootstrap-iters", "0", "--no-progress",
-    ])  # fmt: skip
+    results = lm_eval_main(
+        [
+            tiny_lm,
+            other,
+            "--tasks",
+            CHOICE,
+            "--include-path",
+            str(TASKS_DIR),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--bootstrap-iters",
+            "0",
+            "--no-progress",
+        ]
+    )
     saved = json.loads((out / "lm_eval.json").read_text())
     assert [m["name"] for m in saved["models"]] == [Path(tiny_lm).name, "other"]
     assert saved["models"][0]["tasks"] == results["models"][0]["tasks"]
@@ -155,8 +175,17 @@ def test_cli_writes_a_table_of_two_models(tmp_path, tiny_lm):
 
 def test_bad_inputs_fail_before_any_model_loads(tmp_path, tiny_lm):
     with pytest.raises(UserError, match="longred_tiny_choice"):  # the close match is named
-        lm_eval_main([tiny_lm, "--tasks", "longred_tiny_choise", "--include-path",
-                      str(TASKS_DIR), "--out", str(tmp_path)])  # fmt: skip
+        lm_eval_main(
+            [
+                tiny_lm,
+                "--tasks",
+                "longred_tiny_choise",
+                "--include-path",
+                str(TASKS_DIR),
+                "--out",
+                str(tmp_path),
+            ]
+        )
     bare = tmp_path / "bare"
     save_tiny_lm(tmp_path / "with_tokenizer", seed=0)
     bare.mkdir()

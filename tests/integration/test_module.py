@@ -197,8 +197,12 @@ def test_teacher_dtype_follows_the_students_compute_dtype(
 ):
     from types import SimpleNamespace
 
-    module = LongReDModule(teacher_path=tiny_llama, target_length=256,
-                           rope_kwargs={"rope_theta": 40000.0}, teacher_dtype=explicit)  # fmt: skip
+    module = LongReDModule(
+        teacher_path=tiny_llama,
+        target_length=256,
+        rope_kwargs={"rope_theta": 40000.0},
+        teacher_dtype=explicit,
+    )
     module._trainer = SimpleNamespace(precision=precision)
     assert module.teacher_dtype() == expected
     module._trainer = None

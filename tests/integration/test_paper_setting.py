@@ -121,8 +121,12 @@ def fake_results(retention: dict[str, list[float]], long_a: dict[str, list[float
     for method, values in retention.items():
         for seed, (ret, ppl) in enumerate(zip(values, long_a[method], strict=True)):
             runs[f"{method}/seed{seed}"] = {"method": method, "eval": ev(ret, ppl)}
-    return {"teacher": {"eval": ev(1.0, 1.0)}, "untrained": {"eval": ev(0.9, 50.0)},
-            "runs": runs, "merges": {}}  # fmt: skip
+    return {
+        "teacher": {"eval": ev(1.0, 1.0)},
+        "untrained": {"eval": ev(0.9, 50.0)},
+        "runs": runs,
+        "merges": {},
+    }
 
 
 def test_verdicts_decide_with_the_seed_spread():
@@ -146,8 +150,10 @@ def test_verdicts_decide_with_the_seed_spread():
 
 
 def test_teacher_curve_late_gain_over_the_student_budget():
-    curve = [{"step": s, "val/shakespeare/loss": loss, "val/python/loss": 1.0}
-             for s, loss in ((100, 3.0), (200, 2.0), (300, 1.9))]  # fmt: skip
+    curve = [
+        {"step": s, "val/shakespeare/loss": loss, "val/python/loss": 1.0}
+        for s, loss in ((100, 3.0), (200, 2.0), (300, 1.9))
+    ]
     assert teacher_curve.loss_at(curve, 250, "val/shakespeare/loss") == pytest.approx(1.95)
     assert teacher_curve.loss_at(curve, 50, "val/shakespeare/loss") == 3.0
     metrics = {"curve": curve, "train_tokens_per_corpus": {"shakespeare": 1, "python": 3}}

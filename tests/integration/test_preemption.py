@@ -18,13 +18,23 @@ from longred_pl.preemption import REQUEUE_EXIT
 
 HERE = os.path.dirname(__file__)
 REPO = os.path.dirname(os.path.dirname(HERE))
-DDP = {"class_path": "lightning.pytorch.strategies.DDPStrategy",
-       "init_args": {"process_group_backend": "gloo", "find_unused_parameters": True}}  # fmt: skip
+DDP = {
+    "class_path": "lightning.pytorch.strategies.DDPStrategy",
+    "init_args": {"process_group_backend": "gloo", "find_unused_parameters": True},
+}
 
 
 def _config(root, tiny_llama, tiny_shards, marker=None):
-    path = fit_config(root, tiny_llama, tiny_shards, max_steps=4, every=1, devices=2,
-                      strategy=DDP, limit_val_batches=0)  # fmt: skip
+    path = fit_config(
+        root,
+        tiny_llama,
+        tiny_shards,
+        max_steps=4,
+        every=1,
+        devices=2,
+        strategy=DDP,
+        limit_val_batches=0,
+    )
     config = yaml.safe_load(open(path))
     config["trainer"]["logger"] = False
     if marker:
@@ -38,12 +48,20 @@ def _config(root, tiny_llama, tiny_shards, marker=None):
 
 
 def _fit(config, *extra, wait=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([HERE, REPO, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    cmd = [sys.executable, "-m", "longred_pl.cli", "fit",
-           "--config", config, *extra]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=os.path.dirname(config), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([HERE, REPO, os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [sys.executable, "-m", "longred_pl.cli", "fit", "--config", config, *extra]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=os.path.dirname(config),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     if wait:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err.decode()[-3000:]

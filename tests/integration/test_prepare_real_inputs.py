@@ -36,12 +36,31 @@ def real_inputs(tmp_path_factory):
 def test_prepare_parquet_and_saved_dataset(real_inputs, tmp_path, capsys):
     root, tokenizer, plays = real_inputs
     out = tmp_path / "long"
-    index = cli.main([
-        "prepare", "--tokenizer", str(root / "tok"), "--seq-len", "256", "--no-pack",
-        "--files", str(root / "plays.parquet"), str(root / "plays_ids"), "--weights", "1", "2",
-        "--min-doc-tokens", "50000", "--max-doc-tokens", "70000", "--samples-per-shard", "64",
-        "--out", str(out), "--no-progress",
-    ])  # fmt: skip
+    index = cli.main(
+        [
+            "prepare",
+            "--tokenizer",
+            str(root / "tok"),
+            "--seq-len",
+            "256",
+            "--no-pack",
+            "--files",
+            str(root / "plays.parquet"),
+            str(root / "plays_ids"),
+            "--weights",
+            "1",
+            "2",
+            "--min-doc-tokens",
+            "50000",
+            "--max-doc-tokens",
+            "70000",
+            "--samples-per-shard",
+            "64",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     summary = capsys.readouterr().out
     source = index["source"]
     parquet, saved = source["inputs"]
@@ -49,8 +68,12 @@ def test_prepare_parquet_and_saved_dataset(real_inputs, tmp_path, capsys):
     assert saved["split"] == "train" and saved["columns"] == ["input_ids"]
     assert saved["files"][0].endswith("plays_ids/train/data-00000-of-00001.arrow")
     assert [parquet["weight"], saved["weight"]] == [1.0, 2.0]
-    assert source["filters"] == {"min_doc_tokens": 50000, "max_doc_tokens": 70000,
-                                 "max_doc_tokens_action": "truncate", "max_samples": None}  # fmt: skip
+    assert source["filters"] == {
+        "min_doc_tokens": 50000,
+        "max_doc_tokens": 70000,
+        "max_doc_tokens_action": "truncate",
+        "max_samples": None,
+    }
     counts = [parquet["stats"]["samples"], saved["stats"]["samples"]]
     assert abs(counts[0] - counts[1] / 2) <= 1 and sum(counts) == index["num_samples"]
     lengths = [

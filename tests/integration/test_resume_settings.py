@@ -24,8 +24,19 @@ def run(tmp_path_factory, tiny_llama, tiny_shards):
 def test_changed_recipe_flag_is_refused(run):
     _, config, ckpt = run
     with pytest.raises(UserError, match=r"model.short_weight=50.0 \(checkpoint: 5.0\)"):
-        main(["fit", "--config", config, "--ckpt_path", ckpt, "--model.short_weight", "50",
-              "--trainer.max_steps", "3"])  # fmt: skip
+        main(
+            [
+                "fit",
+                "--config",
+                config,
+                "--ckpt_path",
+                ckpt,
+                "--model.short_weight",
+                "50",
+                "--trainer.max_steps",
+                "3",
+            ]
+        )
 
 
 def test_changed_config_value_is_refused(run, tmp_path):
@@ -41,8 +52,21 @@ def test_changed_config_value_is_refused(run, tmp_path):
 
 def test_runtime_setting_is_honoured_and_said(run, capsys):
     _, config, ckpt = run
-    main(["fit", "--config", config, "--ckpt_path", ckpt, "--model.loss_chunk_size", "7",
-          "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0"])  # fmt: skip
+    main(
+        [
+            "fit",
+            "--config",
+            config,
+            "--ckpt_path",
+            ckpt,
+            "--model.loss_chunk_size",
+            "7",
+            "--trainer.max_steps",
+            "3",
+            "--trainer.limit_val_batches",
+            "0",
+        ]
+    )
     assert (
         "model.loss_chunk_size: 7 (this run) instead of the checkpoint's 1024"
         in capsys.readouterr().err
@@ -61,10 +85,22 @@ def test_console_prints_one_line(run):
     """The shell sees one line and exit status 2, no traceback."""
     _, config, ckpt = run
     proc = subprocess.run(
-        [sys.executable, "-c", "from longred_pl.cli import console; console()", "fit", "--config",
-         config, "--ckpt_path", ckpt, "--model.s2l_weight", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "from longred_pl.cli import console; console()",
+            "fit",
+            "--config",
+            config,
+            "--ckpt_path",
+            ckpt,
+            "--model.s2l_weight",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("longred: error:")]
     assert proc.returncode == 2, proc.stderr
     assert len(errors) == 1 and "model.s2l_weight=1.0" in errors[0]

@@ -68,11 +68,18 @@ def save_ruler_lm(path: Path, window: int = 2048) -> str:
     docs = [Document(str(i), t) for i, t in enumerate(RULER_TEXT * 3)] + [Document("w", vocab)]
     tokenizer = train_tokenizer(docs, 2048, path)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=window,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=window,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
     return str(path)
@@ -152,10 +159,23 @@ def test_an_oracle_scores_one_on_every_offline_task_at_every_length(ruler_lm):
 
 def test_cli_writes_the_table_per_task_and_length(ruler_lm, tmp_path):
     out, tasks, lengths = tmp_path / "out", ["niah_single_1", "ruler_fwe"], [300, 400]
-    results = lm_eval_main([
-        ruler_lm, "--tasks", ",".join(tasks), "--lengths", ",".join(map(str, lengths)),
-        "--limit", "1", "--device", "cpu", "--out", str(out), "--batch-size", "2",
-    ])  # fmt: skip
+    results = lm_eval_main(
+        [
+            ruler_lm,
+            "--tasks",
+            ",".join(tasks),
+            "--lengths",
+            ",".join(map(str, lengths)),
+            "--limit",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+        ]
+    )
     (row,) = json.loads((out / "ruler.json").read_text())["models"]
     assert row["window"] == 2048 and row == results["ruler"][0]
     assert list(row["ruler"]["tasks"]) == tasks

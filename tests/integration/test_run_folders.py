@@ -27,8 +27,19 @@ def test_second_run_refused_resumed_or_replaced(tmp_path, tiny_llama, tiny_shard
         main(["fit", "--config", config, "--trainer.limit_val_batches", "0"])
     assert _names(tmp_path / "ckpt") == first  # nothing written, nothing lost
 
-    main(["fit", "--config", config, "--ckpt_path", "auto", "--trainer.max_steps", "4",
-          "--trainer.limit_val_batches", "0"])  # fmt: skip
+    main(
+        [
+            "fit",
+            "--config",
+            config,
+            "--ckpt_path",
+            "auto",
+            "--trainer.max_steps",
+            "4",
+            "--trainer.limit_val_batches",
+            "0",
+        ]
+    )
     assert "resuming from" in capsys.readouterr().err
     assert _names(tmp_path / "ckpt") == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]
     resumed = torch.load(tmp_path / "ckpt" / "epoch=0-step=4.ckpt", weights_only=True)

@@ -21,10 +21,16 @@ def _module(tiny_llama, **kwargs):
 
 def _trainer(tmp_path, accumulate, max_steps=1, logger=False):
     return L.Trainer(
-        accelerator="cpu", max_steps=max_steps, accumulate_grad_batches=accumulate,
-        logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, log_every_n_steps=1,
-    )  # fmt: skip
+        accelerator="cpu",
+        max_steps=max_steps,
+        accumulate_grad_batches=accumulate,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        log_every_n_steps=1,
+    )
 
 
 def _data(tiny_shards, schedule, s2l_len=64, s2l_key="s2l"):
@@ -63,8 +69,9 @@ def _data(tiny_shards, schedule, s2l_len=64, s2l_key="s2l"):
         ),
     ],
 )
-def test_refused_before_models_load(tiny_llama, tiny_shards, tmp_path, kwargs, schedule,
-                                    accumulate, s2l, match):  # fmt: skip
+def test_refused_before_models_load(
+    tiny_llama, tiny_shards, tmp_path, kwargs, schedule, accumulate, s2l, match
+):
     module = _module(tiny_llama, **kwargs)
     data = _data(tiny_shards, schedule, s2l_len=s2l[1], s2l_key=s2l[0])
     with pytest.raises(UserError, match=match):
@@ -90,8 +97,9 @@ class _Clock:
         ("longred", ["long", "short", "long", "short"], {"long": 256.0, "short": 32.0}),
     ],
 )
-def test_tokens_per_second_counts_every_micro_step(tiny_llama, tiny_shards, tmp_path, monkeypatch,
-                                                   method, schedule, expected):  # fmt: skip
+def test_tokens_per_second_counts_every_micro_step(
+    tiny_llama, tiny_shards, tmp_path, monkeypatch, method, schedule, expected
+):
     import longred_pl.stats as stats
 
     monkeypatch.setattr(stats, "time", _Clock())
@@ -123,9 +131,15 @@ def test_progress_bar_counts_optimizer_steps(tiny_llama, tiny_shards, tmp_path):
     from longred_pl.callbacks import StepProgressBar, StepRichProgressBar
 
     module = _module(tiny_llama)
-    trainer = L.Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=4, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False,
-                        default_root_dir=tmp_path)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        accumulate_grad_batches=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=_data(tiny_shards, ["long", "s2l", "long", "short"]))
     bar = trainer.progress_bar_callback
     assert isinstance(bar, (StepProgressBar, StepRichProgressBar))
@@ -153,8 +167,13 @@ def test_student_trains_in_train_mode_teacher_in_eval(tiny_llama, tiny_shards, t
     class Modes(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             student = module.student
-            seen.append((student.training, student.model.gradient_checkpointing,
-                         module.teacher.model.training))  # fmt: skip
+            seen.append(
+                (
+                    student.training,
+                    student.model.gradient_checkpointing,
+                    module.teacher.model.training,
+                )
+            )
 
     module = _module(tiny_llama, gradient_checkpointing=True)
     trainer = _trainer(tmp_path, 4)
@@ -164,13 +183,21 @@ def test_student_trains_in_train_mode_teacher_in_eval(tiny_llama, tiny_shards, t
 
 
 @pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
-def test_true_half_precision_refused_before_models_load(tiny_llama, tiny_shards, tmp_path,
-                                                         precision):  # fmt: skip
+def test_true_half_precision_refused_before_models_load(
+    tiny_llama, tiny_shards, tmp_path, precision
+):
     """Lightning's *-true casts RoPE inv_freq and the weights themselves to 16 bits."""
     module = _module(tiny_llama)
-    trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        accumulate_grad_batches=4, default_root_dir=tmp_path)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accumulate_grad_batches=4,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(UserError, match=rf"trainer.precision={precision}.*bf16-mixed"):
         trainer.fit(module, datamodule=_data(tiny_shards, ["long", "s2l", "long", "short"]))
     assert module.student is None

@@ -27,8 +27,15 @@ def _save(path, kind: str, **save) -> str:
     import torch
     import transformers as tf
 
-    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     model = {
         "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**common)),
@@ -57,8 +64,9 @@ def results(tmp_path_factory):
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run([*cmd, worker, str(root), *dirs], env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [*cmd, worker, str(root), *dirs], env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads((root / "loading.json").read_text())
 
@@ -97,8 +105,14 @@ def test_one_device_load_equals_from_pretrained_and_keeps_ties(tmp_path, kind):
     from longred_pl.models import load_config
 
     path = _save(tmp_path / kind, kind)
-    model = load_model(path, load_config(path), dtype=torch.float32, attn_implementation="eager",
-                       trust_remote_code=False, device=torch.device("cpu"))  # fmt: skip
+    model = load_model(
+        path,
+        load_config(path),
+        dtype=torch.float32,
+        attn_implementation="eager",
+        trust_remote_code=False,
+        device=torch.device("cpu"),
+    )
     reference = AutoModelForCausalLM.from_pretrained(path)
     tied = reference.get_output_embeddings().weight is reference.get_input_embeddings().weight
     ours = model.get_output_embeddings().weight is model.get_input_embeddings().weight

@@ -111,8 +111,14 @@ def test_stream_limits_follow_the_registry_not_the_method_name(tiny_shards):
     """A registered objective with a teacher reads short text at the teacher's window."""
     from longred_pl.methods import METHODS, Method, register_method
 
-    register_method("my_distill", Method({"long": ("L_long", 1.0), "short": ("L_short", 2.0)},
-                                         needs_teacher=True, description="test"))  # fmt: skip
+    register_method(
+        "my_distill",
+        Method(
+            {"long": ("L_long", 1.0), "short": ("L_short", 2.0)},
+            needs_teacher=True,
+            description="test",
+        ),
+    )
     try:
         with pytest.raises(
             ValueError, match=r"data.short.seq_len=16 is above the teacher's window"

@@ -30,9 +30,17 @@ from longred_pl.cli import main  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 WANDB_HEADER = b":W&B\xe1\xbe\x00"
 BLOCK, FULL, LAST = 32 * 1024, 1, 4
-METRICS = ("train/loss", "train/loss_long", "train/loss_short", "train/loss_s2l",
-           "train/skipped_steps", "val/loss_short", "val/ppl_short", "val/ppl_short_teacher",
-           "val/ppl_retention")  # fmt: skip
+METRICS = (
+    "train/loss",
+    "train/loss_long",
+    "train/loss_short",
+    "train/loss_s2l",
+    "train/skipped_steps",
+    "val/loss_short",
+    "val/ppl_short",
+    "val/ppl_short_teacher",
+    "val/ppl_retention",
+)
 
 
 def wandb_records(path: Path) -> Iterator[Any]:
@@ -79,15 +87,26 @@ def fit_config(root: Path, teacher: str, shards: dict[str, str]) -> Path:
     config = {
         "seed_everything": 0,
         "trainer": {
-            "accelerator": "cpu", "devices": 1, "max_steps": 2, "accumulate_grad_batches": 4,
-            "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
-            "enable_checkpointing": False, "num_sanity_val_steps": 0, "limit_val_batches": 1,
-            "val_check_interval": 8, "check_val_every_n_epoch": None,
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 2,
+            "accumulate_grad_batches": 4,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "enable_checkpointing": False,
+            "num_sanity_val_steps": 0,
+            "limit_val_batches": 1,
+            "val_check_interval": 8,
+            "check_val_every_n_epoch": None,
             "default_root_dir": str(root),
         },
         "model": {
-            "teacher_path": teacher, "target_length": 256, "rope_method": "abf",
-            "rope_kwargs": {"rope_theta": 40000.0}, "distill_layers": [1, 2],
+            "teacher_path": teacher,
+            "target_length": 256,
+            "rope_method": "abf",
+            "rope_kwargs": {"rope_theta": 40000.0},
+            "distill_layers": [1, 2],
         },
         "data": {
             "long": {"urls": shards["long"], "seq_len": 256, "batch_size": 1},
@@ -95,9 +114,10 @@ def fit_config(root: Path, teacher: str, shards: dict[str, str]) -> Path:
             "s2l": {"urls": shards["s2l"], "seq_len": 64, "batch_size": 1},
             "val_short": {"urls": shards["val_short"], "seq_len": 64, "batch_size": 2},
             "schedule": ["long", "s2l", "long", "short"],
-            "num_workers": 0, "shuffle_buffer": 4,
+            "num_workers": 0,
+            "shuffle_buffer": 4,
         },
-    }  # fmt: skip
+    }
     path = root / "fit.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -136,8 +156,15 @@ def offline_run(tmp_path_factory) -> dict[str, Any]:
             mp.setenv(name, str(root / name.lower()))
         wandb.teardown()  # a W&B service left by an earlier test would keep its own settings
         try:
-            cli = main(["fit", "--config", str(fit_config(root, teacher, shards)),
-                        "--config", str(wandb_logger_config(root))])  # fmt: skip
+            cli = main(
+                [
+                    "fit",
+                    "--config",
+                    str(fit_config(root, teacher, shards)),
+                    "--config",
+                    str(wandb_logger_config(root)),
+                ]
+            )
             assert isinstance(cli.trainer.logger, WandbLogger)
         finally:
             wandb.finish()  # Lightning leaves the run open after fit

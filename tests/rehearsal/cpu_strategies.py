@@ -37,8 +37,11 @@ class CPUFSDPStrategy(FSDPStrategy):
 
         if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
             model = FullyShardedDataParallel(
-                module=model, cpu_offload=self.cpu_offload,
+                module=model,
+                cpu_offload=self.cpu_offload,
                 mixed_precision=self.mixed_precision_config,
-                sharding_strategy=self.sharding_strategy, device_id=self.root_device, **self.kwargs,
-            )  # fmt: skip
+                sharding_strategy=self.sharding_strategy,
+                device_id=self.root_device,
+                **self.kwargs,
+            )
         return super()._setup_model(model)

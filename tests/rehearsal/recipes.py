@@ -81,8 +81,17 @@ class Profile:
 CPU = Profile()
 # ~1.2B parameters (hidden 1536, 32 layers, 12 heads of 128, GQA 4:1, Llama-3 vocabulary),
 # bf16 as the config says, one GPU, every length / 4 (the 32K recipe at 8K tokens)
-GPU = Profile(accelerator="gpu", max_devices=1, precision=None, backend=None, hidden=1536,
-              heads=12, intermediate=4096, vocab=128256, factor=4)  # fmt: skip
+GPU = Profile(
+    accelerator="gpu",
+    max_devices=1,
+    precision=None,
+    backend=None,
+    hidden=1536,
+    heads=12,
+    intermediate=4096,
+    vocab=128256,
+    factor=4,
+)
 
 
 # The teachers the shipped configs name (their config.json), and the library-built ones.
@@ -147,8 +156,11 @@ def pairs() -> tuple[list[tuple[str, str | None]], dict[tuple[str, str], tuple[s
     composed with a single-process config is, on the CPU, that config alone.
     """
     named = named_pairs()
-    same = {(f, t): (f, None) for f, t in named
-            if t and (f, None) in named and _on_cpu(merged(f, t)) == _on_cpu(merged(f, None))}  # fmt: skip
+    same = {
+        (f, t): (f, None)
+        for f, t in named
+        if t and (f, None) in named and _on_cpu(merged(f, t)) == _on_cpu(merged(f, None))
+    }
     return [p for p in named if p not in same], same
 
 
@@ -219,19 +231,24 @@ def _scaled_positions(config: dict[str, Any], factor: int) -> dict[str, Any] | N
 
 
 # --------------------------------------------------------------------------- inputs
-def save_teacher(path: Path, teacher: Teacher, window: int, layers: int,
-                 profile: Profile = CPU) -> str:  # fmt: skip
+def save_teacher(
+    path: Path, teacher: Teacher, window: int, layers: int, profile: Profile = CPU
+) -> str:
     """A random model of ``teacher``'s family at ``profile``'s size, via ``save_pretrained``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
     common = dict(
-        vocab_size=profile.vocab, hidden_size=profile.hidden,
-        intermediate_size=profile.intermediate, num_hidden_layers=layers,
-        num_attention_heads=profile.heads, num_key_value_heads=profile.heads // teacher.gqa,
-        max_position_embeddings=window, tie_word_embeddings=False,
+        vocab_size=profile.vocab,
+        hidden_size=profile.hidden,
+        intermediate_size=profile.intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=profile.heads,
+        num_key_value_heads=profile.heads // teacher.gqa,
+        max_position_embeddings=window,
+        tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": teacher.rope_theta},
-    )  # fmt: skip
+    )
     if teacher.family == "mistral":
         config, cls = MistralConfig(**common, sliding_window=None), MistralForCausalLM
     else:
@@ -250,8 +267,16 @@ def write_stream(path: Path, seq_len: int, samples: int, seed: int, vocab: int =
 
     rng = np.random.default_rng(seed)
     docs = [rng.integers(0, vocab, size=seq_len) for _ in range(samples)]
-    write_shards(docs, path, seq_len, samples_per_shard=max(1, samples // 4), pack=False,
-                 vocab_size=vocab, tokenizer_name="random", source="rehearsal")  # fmt: skip
+    write_shards(
+        docs,
+        path,
+        seq_len,
+        samples_per_shard=max(1, samples // 4),
+        pack=False,
+        vocab_size=vocab,
+        tokenizer_name="random",
+        source="rehearsal",
+    )
     return str(path)
 
 
@@ -291,9 +316,16 @@ def _callbacks(trainer: dict[str, Any], out: Path, profile: Profile) -> list[dic
             args["dirpath"] = str(out / name)
         result.append(callback)
     if not any(c["class_path"].endswith("ModelCheckpoint") for c in result):
-        result.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                       "init_args": {"dirpath": str(out / profile.checkpoint_dir), "every_n_train_steps": 1,
-                                     "save_top_k": -1}})  # fmt: skip
+        result.append(
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {
+                    "dirpath": str(out / profile.checkpoint_dir),
+                    "every_n_train_steps": 1,
+                    "save_top_k": -1,
+                },
+            }
+        )
     return result
 
 
@@ -310,16 +342,31 @@ class Rehearsal:
     out: Path
 
     def command(self, *extra: str) -> list[str]:
-        configs = [str(ROOT / self.fit), *([str(ROOT / self.trainer)] if self.trainer else []),
-                   str(self.out / "rehearsal.yaml")]  # fmt: skip
-        return [sys.executable, "-m", "longred_pl.cli", "fit",
-                *(a for c in configs for a in ("--config", c)), *extra]  # fmt: skip
+        configs = [
+            str(ROOT / self.fit),
+            *([str(ROOT / self.trainer)] if self.trainer else []),
+            str(self.out / "rehearsal.yaml"),
+        ]
+        return [
+            sys.executable,
+            "-m",
+            "longred_pl.cli",
+            "fit",
+            *(a for c in configs for a in ("--config", c)),
+            *extra,
+        ]
 
     def run(self, *extra: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-        return subprocess.run(self.command(*extra), cwd=self.out, env=env, capture_output=True,
-                              text=True, timeout=900)  # fmt: skip
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+            ),
+        }
+        return subprocess.run(
+            self.command(*extra), cwd=self.out, env=env, capture_output=True, text=True, timeout=900
+        )
 
 
 def plan(fit: str, trainer: str | None, out: Path, profile: Profile = CPU) -> Rehearsal:
@@ -348,19 +395,29 @@ def plan(fit: str, trainer: str | None, out: Path, profile: Profile = CPU) -> Re
     )
     accumulate = int(train.get("accumulate_grad_batches", 1))
     new_train: dict[str, Any] = {
-        "accelerator": profile.accelerator, "devices": devices, "num_nodes": 1,
+        "accelerator": profile.accelerator,
+        "devices": devices,
+        "num_nodes": 1,
         "precision": profile.precision or train.get("precision", "32-true"),
-        "strategy": _strategy(train, devices, profile), "max_steps": 1,
-        "default_root_dir": str(out), "callbacks": _callbacks(train, out, profile),
-        "enable_checkpointing": True, "enable_progress_bar": False,
-        "enable_model_summary": False, "log_every_n_steps": 1,
-        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                   "init_args": {"save_dir": str(out), "name": "logs"}},
-    }  # fmt: skip
+        "strategy": _strategy(train, devices, profile),
+        "max_steps": 1,
+        "default_root_dir": str(out),
+        "callbacks": _callbacks(train, out, profile),
+        "enable_checkpointing": True,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "log_every_n_steps": 1,
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(out), "name": "logs"},
+        },
+    }
     if validates:
         new_train.update(val_check_interval=accumulate, check_val_every_n_epoch=None)
-    new_model: dict[str, Any] = {"teacher_path": teacher_dir,
-                                 "target_length": int(model["target_length"]) // factor}  # fmt: skip
+    new_model: dict[str, Any] = {
+        "teacher_path": teacher_dir,
+        "target_length": int(model["target_length"]) // factor,
+    }
     positions = _scaled_positions(config, factor)
     if positions is not None:
         new_model["position_kwargs"] = positions

@@ -33,8 +33,11 @@ def _id(pair: tuple[str, str | None]) -> str:
 
 def test_every_fit_config_and_trainer_config_is_rehearsed():
     """No shipped fit config and no trainer config is left out of the rehearsal."""
-    fits = {str(p.relative_to(recipes.ROOT)) for p in recipes.CONFIGS.rglob("*.yaml")
-            if recipes.is_fit_config(p)}  # fmt: skip
+    fits = {
+        str(p.relative_to(recipes.ROOT))
+        for p in recipes.CONFIGS.rglob("*.yaml")
+        if recipes.is_fit_config(p)
+    }
     trainers = {
         str(p.relative_to(recipes.ROOT)) for p in (recipes.CONFIGS / "trainer").glob("*.yaml")
     }
@@ -57,8 +60,11 @@ def test_recipe_rehearsal(pair, tmp_path):
     assert fit.returncode == 0, fit.stderr[-4000:]
     assert sorted(_step_rows(tmp_path)) == [0], f"optimizer steps: {sorted(_step_rows(tmp_path))}"
     if rehearsal.validates:
-        val = [r for r in recipes.metrics(tmp_path)
-               if any(k.startswith("val/ppl") and v for k, v in r.items())]  # fmt: skip
+        val = [
+            r
+            for r in recipes.metrics(tmp_path)
+            if any(k.startswith("val/ppl") and v for k, v in r.items())
+        ]
         assert val, "the config validates, but no val/ppl_* was logged"
     ckpt = tmp_path / "checkpoints" / "epoch=0-step=1.ckpt"
     assert ckpt.exists(), sorted(p.name for p in (tmp_path / "checkpoints").iterdir())

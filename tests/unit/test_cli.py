@@ -35,8 +35,14 @@ def test_unknown_command_is_a_user_error():
         cli.main(["fitt"])
 
 
-def _tool(ckpt: str, out_dir: str, files: list[str] | None = None, force: bool = False,
-          progress: bool = True, seq_len: int = 8) -> None:  # fmt: skip
+def _tool(
+    ckpt: str,
+    out_dir: str,
+    files: list[str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    seq_len: int = 8,
+) -> None:
     """A stand-in tool signature."""
 
 

@@ -30,8 +30,9 @@ class _FlatViews(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.names = [f"_fsdp_wrapped_module.{n}" for n, _ in model.named_parameters()]
-        self.flat = nn.ParameterList(nn.Parameter(p.detach().reshape(-1)[:2].clone())
-                                     for p in model.parameters())  # fmt: skip
+        self.flat = nn.ParameterList(
+            nn.Parameter(p.detach().reshape(-1)[:2].clone()) for p in model.parameters()
+        )
 
     def named_parameters(self, *args, **kwargs):
         return iter(zip(self.names, self.flat, strict=True))

@@ -35,9 +35,15 @@ def test_forward_and_training_flops_by_hand():
 def test_llama3_8b_memory_estimate_at_128k_on_8_ranks():
     from types import SimpleNamespace
 
-    config = SimpleNamespace(num_hidden_layers=32, hidden_size=4096, num_attention_heads=32,
-                             num_key_value_heads=8, intermediate_size=14336, vocab_size=128256,
-                             head_dim=128)  # fmt: skip
+    config = SimpleNamespace(
+        num_hidden_layers=32,
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+        head_dim=128,
+    )
     shape = Shape.of(config)
     assert shape.params == pytest.approx(8.03e9, rel=1e-3)
     parts = long_microstep_bytes(shape, 131072, ranks=8, cp=1)

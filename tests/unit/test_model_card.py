@@ -52,21 +52,38 @@ def test_the_run_config_is_the_newest_one_of_this_teacher(tmp_path):
 
 def test_a_baseline_card_names_its_method_and_unknown_data():
     facts = {
-        "name": "cpt", "teacher_path": "/t", "n_layers": 4, "method": "long_cpt",
+        "name": "cpt",
+        "teacher_path": "/t",
+        "n_layers": 4,
+        "method": "long_cpt",
         "teacher": {"window": 256, "rope": {"rope_type": "default", "rope_theta": 1e4}},
-        "student": {"window": 1024, "rope": {"rope_type": "linear", "factor": 4.0,
-                                             "rope_theta": 1e4}},
-        "rope_method": "pi", "rope_kwargs": {}, "short_weight": None, "s2l_weight": None,
-        "distill_layers": None, "s2l_positions": None, "position_kwargs": {}, "data": {},
-        "streams_from": None, "steps": 10, "micro_steps": 160, "world_size": 1,
-        "tokens": None, "tokenizer": None, "evaluation": [],
-    }  # fmt: skip
+        "student": {
+            "window": 1024,
+            "rope": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4},
+        },
+        "rope_method": "pi",
+        "rope_kwargs": {},
+        "short_weight": None,
+        "s2l_weight": None,
+        "distill_layers": None,
+        "s2l_positions": None,
+        "position_kwargs": {},
+        "data": {},
+        "streams_from": None,
+        "steps": 10,
+        "micro_steps": 160,
+        "world_size": 1,
+        "tokens": None,
+        "tokenizer": None,
+        "evaluation": [],
+    }
     text = render_card(facts)
     _, front, body = text.split("---\n", 2)
     assert yaml.safe_load(front) == {
-        "library_name": "transformers", "pipeline_tag": "text-generation",
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
         "tags": ["longred", "long-context", "rope-pi", "long-cpt"],
-    }  # fmt: skip
+    }
     assert "| RoPE | default rope_theta=10000 | linear factor=4 rope_theta=10000 |" in body
     assert "Method: `long_cpt` (baseline" in body and "Distilled" not in body
     assert "Unknown: the checkpoint holds no stream settings" in body

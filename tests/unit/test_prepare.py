@@ -81,9 +81,15 @@ def test_tokenize_documents_appends_eos(tokenizer):
 def test_write_shards_packed(tmp_path):
     docs = [np.arange(start, start + n) for start, n in ((0, 50), (100, 7), (200, 60))]
     index = write_shards(
-        docs, tmp_path, 16, samples_per_shard=3, pack=True, vocab_size=1000,
-        tokenizer_name="tok", source={"corpus": ["x"]},
-    )  # fmt: skip
+        docs,
+        tmp_path,
+        16,
+        samples_per_shard=3,
+        pack=True,
+        vocab_size=1000,
+        tokenizer_name="tok",
+        source={"corpus": ["x"]},
+    )
     assert index["format"] == SHARD_FORMAT and index["num_samples"] == 117 // 16
     assert [s["num_samples"] for s in index["shards"]] == [3, 3, 1]
     assert [s["name"] for s in index["shards"]] == [f"shard-0000{i}.tar" for i in range(3)]
@@ -100,8 +106,9 @@ def test_write_shards_unpacked_never_crosses_documents(tmp_path):
     # document i holds only the token i, so a sample that crosses documents mixes values
     lengths = [5, 40, 16, 33, 2, 64]
     docs = [TokenizedDocument(f"d{i}", np.full(n, i)) for i, n in enumerate(lengths)]
-    index = write_shards(docs, tmp_path, 16, pack=False, vocab_size=10, tokenizer_name="t",
-                         source="test")  # fmt: skip
+    index = write_shards(
+        docs, tmp_path, 16, pack=False, vocab_size=10, tokenizer_name="t", source="test"
+    )
     _, samples = _read_shards(tmp_path)
     assert index["num_samples"] == len(samples) == sum(n // 16 for n in lengths)
     assert [int(ids[0]) for _, ids in samples] == [1, 1, 2, 3, 3, 5, 5, 5, 5]
@@ -111,8 +118,9 @@ def test_write_shards_unpacked_never_crosses_documents(tmp_path):
 def test_write_shards_is_reproducible(tmp_path):
     docs = [np.arange(100) % 7]
     for name in ("a", "b"):
-        write_shards(docs, tmp_path / name, 8, pack=True, vocab_size=7, tokenizer_name="t",
-                     source="s")  # fmt: skip
+        write_shards(
+            docs, tmp_path / name, 8, pack=True, vocab_size=7, tokenizer_name="t", source="s"
+        )
     assert (tmp_path / "a/shard-00000.tar").read_bytes() == (
         tmp_path / "b/shard-00000.tar"
     ).read_bytes()
@@ -146,19 +154,37 @@ def test_write_shards_errors(tmp_path):
         write_shards([np.arange(40), np.arange(40)], tmp_path / "c", 64, pack=False, **kwargs)
     assert not list((tmp_path / "c").iterdir())
     # the same two documents pack into one sample
-    assert write_shards([np.arange(40), np.arange(40)], tmp_path / "c", 64, pack=True,
-                        **kwargs)["num_samples"] == 1  # fmt: skip
+    assert (
+        write_shards([np.arange(40), np.arange(40)], tmp_path / "c", 64, pack=True, **kwargs)[
+            "num_samples"
+        ]
+        == 1
+    )
 
 
 def test_prepare_main_in_process(tokenizer, tmp_path, capsys):
     tokenizer.save_pretrained(tmp_path / "tok")
     (tmp_path / "a.txt").write_text(TEXT * 20)
     (tmp_path / "b.jsonl").write_text(json.dumps({"body": TEXT * 30}) + "\n")
-    index = prepare_main([
-        "--tokenizer", str(tmp_path / "tok"), "--files", str(tmp_path / "a.txt"),
-        str(tmp_path / "b.jsonl"), "--text-field", "body", "--seq-len", "32", "--no-pack",
-        "--out", str(tmp_path / "out"), "--samples-per-shard", "8", "--no-progress",
-    ])  # fmt: skip
+    index = prepare_main(
+        [
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--files",
+            str(tmp_path / "a.txt"),
+            str(tmp_path / "b.jsonl"),
+            "--text-field",
+            "body",
+            "--seq-len",
+            "32",
+            "--no-pack",
+            "--out",
+            str(tmp_path / "out"),
+            "--samples-per-shard",
+            "8",
+            "--no-progress",
+        ]
+    )
     assert re.search(rf"wrote {index['num_samples']} samples x 32 tokens", capsys.readouterr().out)
     read_index, samples = _read_shards(tmp_path / "out")
     assert read_index["vocab_size"] == 300 and read_index["pack"] is False
@@ -179,8 +205,16 @@ def shell(argv, monkeypatch):
 
 
 def test_prepare_main_flag_errors(tmp_path, capsys, monkeypatch):
-    argv = ["--tokenizer", str(tmp_path / "none"), "--corpus", "shakespeare", "--seq-len", "8",
-            "--out", str(tmp_path / "o")]  # fmt: skip
+    argv = [
+        "--tokenizer",
+        str(tmp_path / "none"),
+        "--corpus",
+        "shakespeare",
+        "--seq-len",
+        "8",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert shell(argv, monkeypatch) == 2
     assert "--tokenizer" in capsys.readouterr().err
     (tmp_path / "tok").mkdir()
@@ -281,8 +315,16 @@ def test_max_samples_cut_is_fair_and_counts_documents_used(tok_dir, tmp_path, ca
 
 def test_weights_and_filters_are_recorded(tok_dir, tmp_path):
     files = [_ids_jsonl(tmp_path / f"{n}.jsonl", [[n + 2] * 64] * 20) for n in range(2)]
-    index = _prepare(tok_dir, tmp_path / "o", files=files, seq_len=16, weights=[1, 3],
-                     min_doc_tokens=10, max_doc_tokens=32, pack=False)  # fmt: skip
+    index = _prepare(
+        tok_dir,
+        tmp_path / "o",
+        files=files,
+        seq_len=16,
+        weights=[1, 3],
+        min_doc_tokens=10,
+        max_doc_tokens=32,
+        pack=False,
+    )
     counts = [i["stats"]["samples"] for i in index["source"]["inputs"]]
     assert counts == [13, 40]  # input 2 ran out first (40 samples); 13 = 40 / 3 rounded down
     source = index["source"]
@@ -374,8 +416,17 @@ def test_prepare_main_bad_files_fail_on_one_line(
     tok_dir, tmp_path, capsys, monkeypatch, name, data, match
 ):
     (tmp_path / name).write_bytes(data)
-    argv = ["--tokenizer", tok_dir, "--files", str(tmp_path / name), "--seq-len", "4",
-            "--out", str(tmp_path / "o"), "--no-progress"]  # fmt: skip
+    argv = [
+        "--tokenizer",
+        tok_dir,
+        "--files",
+        str(tmp_path / name),
+        "--seq-len",
+        "4",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     code = shell(argv, monkeypatch)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err

@@ -70,8 +70,11 @@ def _rows():
     average = {"256": 0.625, "512": 0.25}
     ruler = {"tasks": scores, "average": average, "limit": 4, "lengths": [256, 512]}
     student = {"name": "student", "window": 1024, "ruler": ruler}
-    teacher = {"name": "teacher", "window": 256, "ruler": {**ruler, "average": {"256": 0.5,
-               "512": 0.0}}}  # fmt: skip
+    teacher = {
+        "name": "teacher",
+        "window": 256,
+        "ruler": {**ruler, "average": {"256": 0.5, "512": 0.0}},
+    }
     return [teacher, student]
 
 

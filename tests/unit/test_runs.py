@@ -13,15 +13,22 @@ from longred_pl.errors import UserError
 
 
 def _trainer(root, dirpath=None, export=None, logger_dir=None):
-    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                  "init_args": {"dirpath": str(dirpath or root / "checkpoints")}}]  # fmt: skip
+    callbacks = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"dirpath": str(dirpath or root / "checkpoints")},
+        }
+    ]
     if export:
-        callbacks.append({"class_path": "longred_pl.export.ExportStudent",
-                          "init_args": {"dirpath": str(export)}})  # fmt: skip
+        callbacks.append(
+            {"class_path": "longred_pl.export.ExportStudent", "init_args": {"dirpath": str(export)}}
+        )
     logger = None
     if logger_dir:
-        logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                  "init_args": {"save_dir": str(logger_dir)}}  # fmt: skip
+        logger = {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(logger_dir)},
+        }
     return {"default_root_dir": str(root), "callbacks": callbacks, "logger": logger}
 
 

@@ -27,9 +27,19 @@ from longred_pl.teacher import (
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = TeacherRecipe(
-    corpus_max_bytes=40_000, vocab_size=300, hidden_size=32, num_layers=2, num_heads=2,
-    num_kv_heads=1, intermediate_size=64, window=32, batch_size=4, steps=4, warmup=1, eval_rows=8,
-)  # fmt: skip
+    corpus_max_bytes=40_000,
+    vocab_size=300,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    intermediate_size=64,
+    window=32,
+    batch_size=4,
+    steps=4,
+    warmup=1,
+    eval_rows=8,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -69,8 +79,9 @@ def test_build_writes_a_reloadable_teacher(built):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tokens_seen"] == TINY.steps * TINY.batch_size * TINY.window
     assert metrics["num_parameters"] == sum(p.numel() for p in model.parameters())
-    assert math.isclose(metrics["val/shakespeare/ppl"], math.exp(metrics["val/shakespeare/loss"]),
-                        rel_tol=1e-2)  # fmt: skip
+    assert math.isclose(
+        metrics["val/shakespeare/ppl"], math.exp(metrics["val/shakespeare/loss"]), rel_tol=1e-2
+    )
     assert not out.with_name(out.name + ".partial").exists()
 
 
@@ -155,8 +166,21 @@ def test_cli_recipe_file_and_overrides(tmp_path, monkeypatch):
         teacher, "build_teacher", lambda out, recipe, **kw: seen.update(recipe=recipe, **kw)
     )
     (tmp_path / "r.json").write_text(json.dumps(TINY.to_dict()))
-    main(["build-teacher", "--out", str(tmp_path / "t"), "--recipe", str(tmp_path / "r.json"),
-                        "--steps", "7", "--corpora", "shakespeare", "python", "--no-progress"])  # fmt: skip
+    main(
+        [
+            "build-teacher",
+            "--out",
+            str(tmp_path / "t"),
+            "--recipe",
+            str(tmp_path / "r.json"),
+            "--steps",
+            "7",
+            "--corpora",
+            "shakespeare",
+            "python",
+            "--no-progress",
+        ]
+    )
     assert seen["recipe"] == dataclasses.replace(TINY, steps=7, corpora=("shakespeare", "python"))
     assert seen["progress"] is False and seen["force"] is False
 
@@ -169,9 +193,30 @@ def test_cli_refuses_a_teacher_of_another_recipe_without_force(tmp_path, monkeyp
     monkeypatch.setattr(teacher, "build_teacher", lambda *a, **kw: calls.append(kw))
     (tmp_path / "r.json").write_text(json.dumps(TINY.to_dict()))
     with pytest.raises(UserError, match=r"--out: .* holds a teacher of another recipe .*--force"):
-        main(["build-teacher", "--out", str(out), "--recipe", str(tmp_path / "r.json"),
-              "--steps", "9", "--no-progress"])  # fmt: skip
+        main(
+            [
+                "build-teacher",
+                "--out",
+                str(out),
+                "--recipe",
+                str(tmp_path / "r.json"),
+                "--steps",
+                "9",
+                "--no-progress",
+            ]
+        )
     assert calls == [] and (out / teacher.RECIPE_FILE).exists()
-    main(["build-teacher", "--out", str(out), "--recipe", str(tmp_path / "r.json"), "--steps", "9",
-          "--force", "--no-progress"])  # fmt: skip
+    main(
+        [
+            "build-teacher",
+            "--out",
+            str(out),
+            "--recipe",
+            str(tmp_path / "r.json"),
+            "--steps",
+            "9",
+            "--force",
+            "--no-progress",
+        ]
+    )
     assert calls and calls[0]["force"] is True

@@ -9,8 +9,10 @@ from longred_pl.parallel import _torch_private as shim
 
 def _module(first_parameter: str) -> types.ModuleType:
     module = types.ModuleType("fake_ring")
-    exec(f"def _templated_ring_attention({first_parameter}, seq_dim, op, q, k, v): pass",
-         module.__dict__)  # fmt: skip
+    exec(
+        f"def _templated_ring_attention({first_parameter}, seq_dim, op, q, k, v): pass",
+        module.__dict__,
+    )
     return module
 
 
