@@ -147,6 +147,7 @@ def usage() -> str:
     """Top-level help, printed without importing Lightning or transformers."""
     lines = [
         "usage: longred {fit,validate,test} [--config CONFIG.yaml] [--help]",
+        "       longred --version",
         "       longred {" + ",".join(TOOLS) + "} [--help]",
         "",
         "Extend an LLM's context window with LongReD restoration distillation.",
@@ -180,11 +181,29 @@ def _first_line_of(module: str, function: str) -> str:
     return doc.strip().splitlines()[0].rstrip(".").strip("`") if doc.strip() else ""
 
 
+def version_line() -> str:
+    """``longred_pl X (torch Y, lightning Z, transformers W)``, read without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from longred_pl import __version__
+
+    parts = []
+    for package in ("torch", "lightning", "transformers"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} not installed")
+    return f"longred_pl {__version__} ({', '.join(parts)})"
+
+
 def main(args: Sequence[str] | None = None) -> Any:
     """Entry point of the ``longred`` console script; ``args`` defaults to ``sys.argv[1:]``."""
     argv = list(sys.argv[1:] if args is None else args)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return None
+    if argv[0] in ("--version", "-V"):
+        print(version_line())
         return None
     if argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])

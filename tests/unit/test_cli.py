@@ -103,3 +103,13 @@ def test_no_library_module_imports_the_command_line():
             if any(n == "longred_pl.cli" or n.startswith("longred_pl.cli.") for n in names):
                 offenders.append(str(path.relative_to(root)))
     assert offenders == []
+
+
+def test_version_names_the_package_and_its_stack(capsys):
+    from longred_pl import __version__
+    from longred_pl.cli import main
+
+    main(["--version"])
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"longred_pl {__version__} (torch ")
+    assert "lightning " in out and "transformers " in out
