@@ -141,14 +141,18 @@ def _retie(model: nn.Module, tied: list[list[str]]) -> None:
     for first, *others in tied:
         param = model.get_parameter(first)
         for name in others:
-            owner, _, leaf = name.rpartition(".")
-            module = model.get_submodule(owner) if owner else model
+            module, leaf = _owner(model, name)
             module._parameters[leaf] = param
 
 
-def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The submodule that holds dotted ``name``, and the name's last part."""
     owner, _, leaf = name.rpartition(".")
-    module = model.get_submodule(owner) if owner else model
+    return (model.get_submodule(owner) if owner else model), leaf
+
+
+def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    module, leaf = _owner(model, name)
     module._buffers[leaf] = value
 
 

@@ -35,6 +35,19 @@ import torch
 from longred_pl.errors import UserError
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL
+# the signals the run's Preemption answers (set at its setup); DataLoader workers ignore them
+_STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """``worker_init_fn`` of the library's DataLoaders: ignore the run's stop signals.
+
+    A scheduler signals every process of the job, and a worker killed by it fails the run
+    before the main process saves its preemption checkpoint; the main process ends the
+    workers itself.
+    """
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _signal(name: str) -> signal.Signals:
@@ -77,11 +90,14 @@ class Preemption(L.Callback):
         self.received: int = 0
         self._previous: dict[signal.Signals, Any] = {}
         self._last_step = -1
-        self.saved: str | None = None
 
     # --------------------------------------------------------------- handlers
     def _record(self, signum: int, _frame: Any) -> None:
         self.received = int(signum)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        global _STOP_SIGNALS
+        _STOP_SIGNALS = tuple(self.signals)  # before any DataLoader worker is forked
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_step = trainer.global_step
@@ -123,7 +139,6 @@ class Preemption(L.Callback):
             return
         path = self.checkpoint_path(trainer)
         trainer.save_checkpoint(path)
-        self.saved = str(path)
         if trainer.is_global_zero:
             name = signal.Signals(int(float(flag))).name
             print(
@@ -142,9 +157,6 @@ class Preemption(L.Callback):
         if folder is None:
             folder = os.path.join(trainer.default_root_dir, "checkpoints")
         return Path(folder) / f"preempted-step={trainer.global_step}.ckpt"
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
 
 
 def _in_main_thread() -> bool:

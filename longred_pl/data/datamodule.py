@@ -42,6 +42,7 @@ from longred_pl.data.shards import (
     read_shard,
 )
 from longred_pl.errors import UserError
+from longred_pl.preemption import ignore_stop_signals
 
 
 class MixedLengthStream(IterableDataset):
@@ -205,16 +206,6 @@ def gather_records(strategy: Any, records: list[dict[str, Any]]) -> list[dict[st
     return out
 
 
-def ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM / SIGUSR1: a scheduler signals every process of the
-    job, and a worker that died of it would fail the run before the main process saves its
-    preemption checkpoint (``preemption.py``); the main process ends the workers itself."""
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
-
-
 class MixedLengthDataModule(L.LightningDataModule):
     """Streams the long, short and s2l corpora for LongReD and its baselines.
 
@@ -371,7 +362,7 @@ class MixedLengthDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if num_workers > 0 else None,
             persistent_workers=False,
-            worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+            worker_init_fn=ignore_stop_signals if num_workers > 0 else None,  # preemption.py
         )
 
     def _add_faults(self, records: Sequence[dict[str, Any]]) -> None:
