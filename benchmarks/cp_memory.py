@@ -92,7 +92,7 @@ def _step_fn(model: Any, args: argparse.Namespace, layout: Any, device: Any):
     """``step()``: forward + backward of the long micro-step on this rank's shard."""
     import torch
 
-    from longred_pl.objectives import chunked_next_token_loss
+    from longred_pl.losses import chunked_next_token_loss
     from longred_pl.parallel import cp_mean, cp_token_mean, label_count, shard_batch
 
     gen = torch.Generator().manual_seed(1)

@@ -39,8 +39,8 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 # tool -> (module, function); each function is typed and documented (Google style).
 TOOLS: dict[str, tuple[str, str]] = {
     "prepare": ("longred_pl.data.prepare", "prepare_shards"),
-    "build-teacher": ("longred_pl.teacher", "build_teacher_cli"),
-    "demo": ("longred_pl.demo", "run_demo"),
+    "build-teacher": ("longred_pl.demo.teacher", "build_teacher_cli"),
+    "demo": ("longred_pl.demo.run", "run_demo"),
     "export": ("longred_pl.export", "export_checkpoint"),
     "merge": ("longred_pl.merge", "merge_models"),
     "eval": ("longred_pl.eval.commands", "evaluate_models"),

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from longred_pl.errors import UserError
-from longred_pl.objectives import LogitHead
+from longred_pl.losses import LogitHead
 
 HeadFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], Any]
 
@@ -167,7 +167,7 @@ def check_logit_head(model: nn.Module, head: LogitHead, field: str = "model.teac
     (a bias, scale or cap not covered by :func:`logit_head`) is refused at load instead of
     trained on wrong logits. Every rank of a sharded model must call it (a collective).
     """
-    from longred_pl.objectives import _project
+    from longred_pl.losses import _project
 
     config = model.config
     device = next(p for p in model.parameters()).device

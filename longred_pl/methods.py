@@ -1,4 +1,4 @@
-"""The training objectives, one registry entry each (``model.method``).
+"""The training methods (``model.method``): which loss term each stream feeds, and its weight.
 
 Each micro-batch comes from one stream (the data module's schedule), so an objective is
 a table: for each stream it consumes, the term it computes and that term's weight. The

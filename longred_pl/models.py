@@ -7,7 +7,7 @@ stays off unless the user sets it.
 
 Reading hidden states and running the LM head inside the forward live in
 :mod:`longred_pl.forward` (``capture_hidden_states``, ``run_model``); freezing the
-teacher in :mod:`longred_pl.frozen_teacher`; sharding under each strategy in
+teacher in :mod:`longred_pl.teacher`; sharding under each strategy in
 :mod:`longred_pl.fsdp`.
 """
 

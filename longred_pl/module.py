@@ -27,7 +27,6 @@ from torch import nn
 
 from longred_pl import checks, positions, rope
 from longred_pl.forward import logit_head, run_model
-from longred_pl.frozen_teacher import FrozenTeacher
 from longred_pl.fsdp import (
     clip_grad_norm,
     matrix_parameter_names,
@@ -35,16 +34,17 @@ from longred_pl.fsdp import (
     prepare_strategy,
     wrap_teacher,
 )
-from longred_pl.methods import default_distill_layers, get_method, param_groups, published_adamw
-from longred_pl.models import load_config, load_student
-from longred_pl.objectives import (
+from longred_pl.losses import (
     chunked_label_nll,
     chunked_next_token_loss,
     chunked_token_nll,
     hidden_cosine_loss,
 )
-from longred_pl.sequence import Layout, layout_of, rank_view, token_mean, unsharded
+from longred_pl.methods import default_distill_layers, get_method, param_groups, published_adamw
+from longred_pl.models import load_config, load_student
+from longred_pl.parallel.microbatch import Layout, layout_of, rank_view, token_mean, unsharded
 from longred_pl.stats import StepStats
+from longred_pl.teacher import FrozenTeacher
 from longred_pl.validation import HeldOutPerplexity
 
 DType = Literal["float32", "bfloat16", "float16"]

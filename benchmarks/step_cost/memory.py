@@ -72,7 +72,7 @@ def _step_fn(module: Any, spec: dict[str, Any], device: Any):
     import torch
 
     from longred_pl.forward import run_model
-    from longred_pl.objectives import hidden_cosine_loss
+    from longred_pl.losses import hidden_cosine_loss
 
     layers = module.distill_layers
     targets: dict[int, torch.Tensor] = {}

@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.common import median, sync, timed
 from benchmarks.step_cost.workload import datamodule, make_module, rope_kwargs
-from longred_pl.objectives import chunked_next_token_loss, hidden_cosine_loss, shift_labels
+from longred_pl.losses import chunked_next_token_loss, hidden_cosine_loss, shift_labels
 
 
 def release(device: torch.device) -> None:

@@ -8,7 +8,7 @@ B = the Python standard library (``configs/paper_setting/teacher-paper-setting.y
 it is not flat); the long stream is
 long documents of A, exactly as in :mod:`experiments.reproduce` (same RoPE change, same long
 samples in the same order); the short and s2l streams are C = the World English Bible
-(``longred_pl.data.corpora``, corpus ``bible``), a domain the teacher never saw.
+(``longred_pl.demo.corpora``, corpus ``bible``), a domain the teacher never saw.
 
 Runs, each for the same optimizer steps with seeds 0..N-1: Long+CPT, Mix+CPT, LongReD-C
 (distilled layers from ``longred select-layers`` on this teacher and the C short text) and
@@ -132,9 +132,9 @@ def stream_plan(lengths: dict[str, int]) -> dict[str, tuple[tuple[str, ...], str
 
 def prepare_data(study: Study) -> dict[str, int]:
     """Write every stream's shards with the teacher's tokenizer; cached by their spec."""
-    from longred_pl.data.corpora import load_corpus
     from longred_pl.data.prepare import cut_samples, tokenize_documents, write_shards
     from longred_pl.data.tokenizer import load_tokenizer
+    from longred_pl.demo.corpora import load_corpus
 
     spec = {k: v for k, v in study.fingerprint().items() if k in ("recipe", "lengths", "python")}
     spec["eval"] = [study.args.num_short, study.args.num_long]

@@ -4,7 +4,7 @@ The issue's condition: a teacher big enough that more in-domain text no longer i
 much within the study's budget. Each size is built with
 ``configs/paper_setting/teacher-paper-setting.yaml`` (its size and ``--steps`` replaced) and
 its held-out loss on A and B recorded every ``--every`` steps
-(``longred_pl.teacher.learning_curve``). The figure that decides is the gain over the last
+(``longred_pl.demo.teacher.learning_curve``). The figure that decides is the gain over the last
 stretch of the curve holding as many A tokens as one Long+CPT run of the study reads
 (``--student-tokens``): ``exp(loss_before - loss_end)``, 1.0 = flat (under the cosine
 schedule this also counts the learning-rate decay); and, directly, the gain of the built
@@ -109,7 +109,7 @@ def continued_gain(
     from transformers import AutoModelForCausalLM
 
     from longred_pl.data.tokenizer import load_tokenizer
-    from longred_pl.teacher import _load, _pack, batches, evaluate, spread
+    from longred_pl.demo.teacher import _load, _pack, batches, evaluate, spread
 
     tokenizer = load_tokenizer(teacher_dir)
     train_rows = _pack(_load(recipe, "train"), tokenizer, recipe.window, progress=False)
@@ -199,7 +199,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from longred_pl.teacher import TeacherRecipe, build_teacher
+    from longred_pl.demo.teacher import TeacherRecipe, build_teacher
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -116,7 +116,7 @@ class Study:
 
     @classmethod
     def load(cls, args: argparse.Namespace) -> Study:
-        from longred_pl.teacher import TeacherRecipe
+        from longred_pl.demo.teacher import TeacherRecipe
 
         recipe = TeacherRecipe.from_file(args.recipe)
         texts, configs = cls.read_configs(args)
@@ -158,7 +158,7 @@ def ensure_teacher(study: Any, curve_every: int = 0, say: Callable = log) -> dic
     teacher whose curve was taken at another interval is kept, and the log says so (``say``:
     the study's own log).
     """
-    from longred_pl.teacher import ensure_teacher as build
+    from longred_pl.demo.teacher import ensure_teacher as build
 
     saved = study.teacher / "recipe.json"
     cached = (study.teacher / "metrics.json").is_file() and saved.is_file()
@@ -190,9 +190,9 @@ def spread(samples: list, count: int) -> list:
 
 def prepare_data(study: Study) -> dict[str, int]:
     """Write every stream's shards, tokenising each corpus and split once; cached by spec."""
-    from longred_pl.data.corpora import load_corpus
     from longred_pl.data.prepare import cut_samples, tokenize_documents, write_shards
     from longred_pl.data.tokenizer import load_tokenizer
+    from longred_pl.demo.corpora import load_corpus
 
     spec = {k: v for k, v in study.fingerprint().items() if k != "configs"}
     manifest = study.data / "manifest.json"

@@ -321,7 +321,7 @@ class MixedLengthDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return 0, 1
-        from longred_pl.sequence import layout_of
+        from longred_pl.parallel.microbatch import layout_of
 
         layout = layout_of(trainer)
         return layout.dp_rank, layout.dp_size

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from longred_pl.data.corpora import SPLITS, Split
+from longred_pl.data.documents import SPLITS, Split
 from longred_pl.data.mixing import (
     DROP_REASONS,
     DocFilter,

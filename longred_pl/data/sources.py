@@ -33,7 +33,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from longred_pl.data.corpora import CORPORA, Document, load_corpus
+from longred_pl.data.documents import Document
+from longred_pl.demo.corpora import CORPORA, load_corpus
 from longred_pl.errors import UserError
 
 InputFormat = Literal["auto", "txt", "jsonl", "parquet", "arrow"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from longred_pl.data.corpora import Document
+from longred_pl.data.documents import Document
 from longred_pl.data.sources import Item, TokenizedDocument
 from longred_pl.errors import UserError
 

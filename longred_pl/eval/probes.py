@@ -110,7 +110,7 @@ def token_nll(model: nn.Module, input_ids_BT: torch.Tensor, chunk_size: int = 40
     if not _llama_like(model):
         return next_token_nll(forward_logits(model, input_ids_BT), input_ids_BT)
     from longred_pl.forward import check_logit_head, logit_head, run_model
-    from longred_pl.objectives import chunked_token_nll
+    from longred_pl.losses import chunked_token_nll
 
     head = logit_head(model)
     if model not in _CHECKED:  # once per model: its logits are what the formula says

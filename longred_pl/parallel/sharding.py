@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from longred_pl.errors import UserError
-from longred_pl.objectives import IGNORE_INDEX, shift_labels
+from longred_pl.losses import IGNORE_INDEX, shift_labels
 
 
 def check_cp_length(seq_len: int, cp_size: int, field: str = "seq_len") -> None:

@@ -46,7 +46,7 @@ def models(tmp_path_factory):
 def states_and_grad(model, input_ids_BT, position_ids_BT, targets):
     """The library's forward (``run_model``), then the cosine loss's gradient on one weight."""
     from longred_pl.forward import run_model
-    from longred_pl.objectives import hidden_cosine_loss
+    from longred_pl.losses import hidden_cosine_loss
 
     model.zero_grad(set_to_none=True)
     states, _ = run_model(model, input_ids_BT, LAYERS, position_ids_BT)

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from longred_pl.fsdp import shard_fsdp2
+from longred_pl.losses import chunked_next_token_loss, hidden_cosine_loss
 from longred_pl.models import load_causal_lm, load_config
-from longred_pl.objectives import chunked_next_token_loss, hidden_cosine_loss
 from longred_pl.parallel import (
     build_dp_cp_mesh,
     cp_mean,

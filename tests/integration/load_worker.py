@@ -17,11 +17,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from longred_pl.frozen_teacher import FrozenTeacher
 from longred_pl.fsdp import shard_fsdp2
 from longred_pl.models import Placement, load_causal_lm, load_config, load_student
 from longred_pl.parallel import build_dp_cp_mesh, fsdp_mesh
 from longred_pl.rope import extend_rope
+from longred_pl.teacher import FrozenTeacher
 
 
 def gathered(model: torch.nn.Module) -> dict[str, torch.Tensor]:

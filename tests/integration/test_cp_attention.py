@@ -25,8 +25,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longred_pl.losses import chunked_next_token_loss, hidden_cosine_loss, shift_labels
 from longred_pl.models import load_causal_lm, load_config
-from longred_pl.objectives import chunked_next_token_loss, hidden_cosine_loss, shift_labels
 from longred_pl.rope import extend_rope
 
 sys.path.insert(0, os.path.dirname(__file__))

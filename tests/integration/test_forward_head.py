@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from longred_pl.errors import UserError
 from longred_pl.forward import check_logit_head, logit_head, run_model
-from longred_pl.objectives import (
+from longred_pl.losses import (
     LogitHead,
     chunked_next_token_loss,
     chunked_token_nll,

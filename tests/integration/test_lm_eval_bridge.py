@@ -39,8 +39,8 @@ def save_tiny_lm(path: Path, seed: int) -> str:
     """A tiny random Llama plus a byte-level BPE tokenizer trained on the task text."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from longred_pl.data.corpora import Document
     from longred_pl.data.tokenizer import train_tokenizer
+    from longred_pl.demo.corpora import Document
 
     texts = [r["text"] for r in _rows("tiny_text.jsonl")]
     texts += [r["context"] + c for r in _rows("tiny_choice.jsonl") for c in r["choices"]]

@@ -53,8 +53,8 @@ def test_paper_setting_end_to_end_then_resume(paper, tmp_path, monkeypatch):
     assert all(math.isfinite(p["val/shakespeare/loss"]) for p in curve)
 
     # The streams: long = A, short and s2l = C (the teacher never read it), held-out per domain.
-    from longred_pl.data.corpora import load_corpus
     from longred_pl.data.tokenizer import load_tokenizer
+    from longred_pl.demo.corpora import load_corpus
 
     tokenizer = load_tokenizer(work / "teacher")
     bible = tokenizer.encode(load_corpus("bible", "train", 120_000)[0].text)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from longred_pl import cli
-from longred_pl.data.corpora import load_corpus
 from longred_pl.data.shards import read_shard
 from longred_pl.data.tokenizer import train_tokenizer
+from longred_pl.demo.corpora import load_corpus
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

@@ -60,8 +60,8 @@ def save_ruler_lm(path: Path, window: int = 2048) -> str:
     import wonderwords
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from longred_pl.data.corpora import Document
     from longred_pl.data.tokenizer import train_tokenizer
+    from longred_pl.demo.corpora import Document
 
     words = wonderwords.RandomWord()._categories
     vocab = " ".join(sorted({w for c in ("nouns", "adjectives", "verbs") for w in words[c]}))

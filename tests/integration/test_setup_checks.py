@@ -209,7 +209,7 @@ def test_loading_under_context_parallelism_runs_no_collective(tiny_llama, monkey
     on CPU tensors and fails at load."""
     import importlib
 
-    from longred_pl.sequence import Layout
+    from longred_pl.parallel.microbatch import Layout
 
     # the module, not the package's same-named function
     ring = importlib.import_module("longred_pl.parallel.ring_attention")

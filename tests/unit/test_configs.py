@@ -554,7 +554,7 @@ def test_partial_config_takes_effect(parse, path):
 def test_teacher_recipe(path):
     import yaml
 
-    from longred_pl.teacher import TeacherRecipe
+    from longred_pl.demo.teacher import TeacherRecipe
 
     recipe = TeacherRecipe.from_file(path)
     assert recipe.to_dict() == {**TeacherRecipe().to_dict(), **yaml.safe_load(path.read_text())}

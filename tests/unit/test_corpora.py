@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from longred_pl.data.corpora import (
+from longred_pl.data.sources import read_text_files
+from longred_pl.demo.corpora import (
     BIBLE_VAL_BOOKS,
     CORPORA,
     SHAKESPEARE_VAL_PLAYS,
@@ -14,7 +15,6 @@ from longred_pl.data.corpora import (
     load_corpus,
     parse_bible_module,
 )
-from longred_pl.data.sources import read_text_files
 from longred_pl.errors import UserError
 
 

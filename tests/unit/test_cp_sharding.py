@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from longred_pl.errors import UserError
-from longred_pl.objectives import IGNORE_INDEX, shift_labels
+from longred_pl.losses import IGNORE_INDEX, shift_labels
 from longred_pl.parallel.sharding import (
     check_cp_length,
     chunk_indices,

@@ -13,7 +13,6 @@ import pytest
 from transformers import AutoTokenizer
 
 from longred_pl import cli
-from longred_pl.data.corpora import Document
 from longred_pl.data.mixing import DocFilter, InputStats, Mix, Packer, filter_documents
 from longred_pl.data.prepare import (
     SHARD_FORMAT,
@@ -23,6 +22,7 @@ from longred_pl.data.prepare import (
     write_shards,
 )
 from longred_pl.data.tokenizer import train_tokenizer
+from longred_pl.demo.corpora import Document
 from longred_pl.errors import UserError
 
 TEXT = (

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from longred_pl.data.corpora import Document
 from longred_pl.data.sources import ReadOptions, TokenizedDocument, resolve_files
+from longred_pl.demo.corpora import Document
 from longred_pl.errors import UserError
 
 pa = pytest.importorskip("pyarrow")

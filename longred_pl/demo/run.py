@@ -1,7 +1,7 @@
 """``longred demo``: the embedded default end to end, offline.
 
 1. build (or reuse) the demo teacher: a small Llama trained on Shakespeare at window
-   256 (``longred_pl.teacher``, recipe ``configs/teacher/tiny-llama.yaml``);
+   256 (``longred_pl.demo.teacher``, recipe ``configs/teacher/tiny-llama.yaml``);
 2. write the shards the config's ``data:`` section points to, from the embedded corpus
    (train plays for long/short/s2l, held-out plays for validation), unless present;
 3. ``longred validate`` (the extended, untrained student), then ``longred fit``;
@@ -44,9 +44,9 @@ def prepare_demo_data(
     config: dict[str, Any], teacher_dir: str, corpus: str = "shakespeare"
 ) -> None:
     """Write every stream of ``config['data']`` that is not on disk yet."""
-    from longred_pl.data.corpora import load_corpus
     from longred_pl.data.prepare import tokenize_documents, write_shards
     from longred_pl.data.tokenizer import load_tokenizer
+    from longred_pl.demo.corpora import load_corpus
 
     tokenizer = load_tokenizer(teacher_dir)
     tokenized: dict[str, list] = {}  # one tokenisation per split, shared by its streams
@@ -107,7 +107,7 @@ def run_demo(
         skip_validate: skip validating the untrained, RoPE-extended student first.
         fit_args: extra ``longred fit`` flags, e.g. ``["--trainer.max_steps=8"]``.
     """
-    from longred_pl.teacher import TeacherRecipe, ensure_teacher
+    from longred_pl.demo.teacher import TeacherRecipe, ensure_teacher
     from longred_pl.trainer_cli import lightning_cli
 
     extra = list(fit_args or [])

@@ -9,7 +9,8 @@ next-token labels (shifted on the whole sequence first), and each token-mean los
 turned into this rank's share of the group's mean (``parallel/sharding.py`` proves the
 gradients equal the unsharded run's).
 
-``longred_pl.parallel`` (private torch API) is imported only when a CP mesh exists.
+At cp=1 nothing of torch's private context-parallel API runs (``_torch_private`` resolves
+it at the first ring call).
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import contextlib
+
 import torch
 
-from longred_pl.objectives import shift_labels
+from longred_pl.losses import shift_labels
+from longred_pl.parallel.ring_attention import context_parallel_group
+from longred_pl.parallel.sharding import cp_token_mean, label_count, shard_batch
+from longred_pl.parallel.strategy import parallel_layout
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,6 @@ def layout_of(trainer: Any) -> Any:
     """The Trainer's layout: every rank data-parallel unless the mesh has a CP dimension."""
     mesh = getattr(getattr(trainer, "strategy", None), "_device_mesh", None)
     if mesh is not None and "context_parallel" in (mesh.mesh_dim_names or ()):
-        from longred_pl.parallel import parallel_layout
-
         return parallel_layout(trainer)
     return Layout(int(getattr(trainer, "global_rank", 0)), int(getattr(trainer, "world_size", 1)))
 
@@ -56,8 +60,6 @@ def rank_view(
             "labels": shift_labels(input_ids_BT),
             "targets": None,
         }
-    from longred_pl.parallel import label_count, shard_batch
-
     view = shard_batch(input_ids_BT, layout.cp_rank, layout.cp_size, position_ids_BT, True)
     return {**view, "targets": label_count(view["labels"])}
 
@@ -66,17 +68,11 @@ def token_mean(local_mean: torch.Tensor, count: Any, layout: Any) -> torch.Tenso
     """This rank's share of a token mean over its CP group (``local_mean`` at cp=1)."""
     if layout.cp_size == 1:
         return local_mean
-    from longred_pl.parallel import cp_token_mean
-
     return cp_token_mean(local_mean, count, layout.cp_group)
 
 
 def unsharded(layout: Any) -> Any:
     """A context in which attention runs unsharded (validation reads whole sequences)."""
-    import contextlib
-
     if layout.cp_size == 1:
         return contextlib.nullcontext()
-    from longred_pl.parallel import context_parallel_group
-
     return context_parallel_group(None)

@@ -1,4 +1,4 @@
-"""The three LongReD objectives as pure tensor functions.
+"""The loss functions of LongReD's three terms, as pure tensor functions.
 
 Definitions checked against docs/method.md ("The recipe"), i.e. Dong et al. 2025, Sec. 3:
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longred_pl.objectives import (
+from longred_pl.losses import (
     IGNORE_INDEX,
     chunked_next_token_loss,
     hidden_cosine_loss,
@@ -76,7 +76,7 @@ def test_chunked_equals_plain_value_and_grads(chunk):
 
 @pytest.mark.parametrize("chunk", [0, 1, 4, 100])
 def test_chunked_token_nll_equals_plain(chunk):
-    from longred_pl.objectives import chunked_token_nll
+    from longred_pl.losses import chunked_token_nll
 
     g = torch.Generator().manual_seed(2)
     hidden = torch.randn(2, 9, 8, generator=g)

@@ -12,10 +12,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from longred_pl import teacher
 from longred_pl.cli import main
-from longred_pl.errors import UserError
-from longred_pl.teacher import (
+from longred_pl.demo import teacher
+from longred_pl.demo.teacher import (
     TeacherRecipe,
     build_teacher,
     ensure_teacher,
@@ -24,6 +23,7 @@ from longred_pl.teacher import (
     teacher_config,
     train,
 )
+from longred_pl.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = TeacherRecipe(

