@@ -11,7 +11,7 @@ shards them under the run's strategy:
 * FSDP1 (``FSDPStrategy``): the student is Lightning's to wrap (one root unit over the
   ``LightningModule``, the strategy's wrap policy inside it; the training step then runs
   inside the root's forward, which FSDP1's backward bookkeeping needs). The teacher is
-  held outside the ``LightningModule``'s submodules (``frozen_teacher`` docstring), so
+  held outside the ``LightningModule``'s submodules (``longred_pl.teacher`` docstring), so
   the module wraps it as a root of its own with the same settings (:func:`wrap_teacher`);
   it never enters the student's root unit, its flat parameters or its checkpoints. Both
   are loaded whole on the CPU first (``from_pretrained``);

@@ -10,7 +10,7 @@ Each micro-batch comes from one stream (the data module's schedule), so one
 accumulates the micro-steps of an optimizer step. The three terms are the methods
 :meth:`L_long`, :meth:`L_short` and :meth:`L_s2l`.
 
-Each concern has a room of its own: :mod:`frozen_teacher`, :mod:`forward` (the one forward
+Each concern has a room of its own: :mod:`teacher`, :mod:`forward` (the one forward
 path), :mod:`checks`, :mod:`callbacks` (metrics, NaN guard, bar), :mod:`sequence` (context
 parallelism), :mod:`validation`, :mod:`models` (loading, sharding).
 """
@@ -140,7 +140,7 @@ class LongReDModule(L.LightningModule):
     # ------------------------------------------------------------------ models
     @property
     def teacher(self) -> FrozenTeacher | None:
-        """The frozen teacher, held but not registered (``frozen_teacher`` docstring)."""
+        """The frozen teacher, held but not registered (``longred_pl.teacher`` docstring)."""
         return self.__dict__["_frozen_teacher"]
 
     def _hold_teacher(self, teacher: FrozenTeacher | None) -> None:

@@ -15,10 +15,9 @@ it at the first ring call).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
-
-import contextlib
 
 import torch
 
