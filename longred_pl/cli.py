@@ -49,40 +49,61 @@ TOOLS: dict[str, tuple[str, str]] = {
 }
 
 
-def _param_kinds(fn: Any) -> dict[str, str]:
-    """``{parameter: "bool" | "list" | "other"}`` from ``fn``'s annotations."""
-    import inspect
+def groups_of(fn: Any) -> dict[str, type]:
+    """``fn``'s parameters typed with an argument group (a dataclass): ``{name: class}``."""
+    import dataclasses
     import typing
 
     hints = typing.get_type_hints(fn)
-    kinds = {}
-    for name in inspect.signature(fn).parameters:
-        text = str(hints.get(name, ""))
-        listy = any(word in text.lower() for word in ("list[", "sequence[", "tuple["))
-        numeric = listy and any(word in text for word in ("[int]", "[float]"))
-        kinds[name] = (
-            "bool"
-            if hints.get(name) is bool
-            else "numbers"
-            if numeric
-            else "list"
-            if listy
-            else "other"
-        )
-    return kinds
+    return {n: t for n, t in hints.items() if n != "return" and dataclasses.is_dataclass(t)}
+
+
+def tool_parameters(fn: Any) -> list[tuple[str, Any, bool]]:
+    """``(flag name, annotation, required)`` for each flag of a tool, groups flattened in place."""
+    import dataclasses
+    import inspect
+    import typing
+
+    hints, groups = typing.get_type_hints(fn), groups_of(fn)
+    out = []
+    for name, param in inspect.signature(fn).parameters.items():
+        if name not in groups:
+            out.append((name, hints.get(name), param.default is inspect.Parameter.empty))
+            continue
+        field_hints = typing.get_type_hints(groups[name])
+        for field in dataclasses.fields(groups[name]):
+            required = field.default is dataclasses.MISSING
+            required = required and field.default_factory is dataclasses.MISSING
+            out.append((field.name, field_hints[field.name], required))
+    return out
+
+
+def _kind(annotation: Any) -> str:
+    """``bool``, ``numbers`` (a list of int/float), ``list`` or ``other``."""
+    text = str(annotation)
+    listy = any(word in text.lower() for word in ("list[", "sequence[", "tuple["))
+    if annotation is bool:
+        return "bool"
+    if listy:
+        return "numbers" if any(word in text for word in ("[int]", "[float]")) else "list"
+    return "other"
 
 
 def normalise_flags(argv: Sequence[str], fn: Any) -> list[str]:
-    """Shell habits -> jsonargparse: ``--seq-len``, bare ``--force``, ``--no-progress``, lists.
+    """The shell habits jsonargparse has no form for, rewritten into the forms it reads.
 
-    ``--seq-len 8`` -> ``--seq_len 8``; a bare bool flag -> ``--force=true``;
-    ``--no-progress`` (for a ``progress: bool`` parameter) -> ``--progress=false``;
-    ``--files a b`` or ``--lengths 4096,8192`` -> one list; leading bare words fill the required parameters in
-    order (``longred export CKPT OUT``), a list parameter taking all that remain.
+    jsonargparse reads ``--seq_len 8``, ``--force true``, a JSON list ``--files '["a","b"]'``
+    and named parameters only; the README's commands use the shell's habits:
+
+    * ``--seq-len 8`` -> ``--seq_len 8`` (dashes in flag names);
+    * a bare bool flag -> ``--force=true``; ``--no-progress`` -> ``--progress=false``;
+    * ``--files a b`` or ``--lengths 4096,8192`` -> one list;
+    * leading bare words fill the required parameters in order (``longred export CKPT
+      OUT``), a list parameter taking all that remain.
     """
-
-    kinds = _param_kinds(fn)
-    required = [n for n in kinds if n not in _defaults(fn)]
+    params = tool_parameters(fn)
+    kinds = {name: _kind(annotation) for name, annotation, _ in params}
+    required = [name for name, _, needed in params if needed]
     out: list[str] = []
     args = list(argv)
     n = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
@@ -127,20 +148,56 @@ def _as_list(values: list[str], kind: str) -> str:
     return "[" + ",".join(items) + "]" if kind == "numbers" else json.dumps(items)
 
 
-def _defaults(fn: Any) -> set[str]:
-    import inspect
+def positional_usage(name: str, fn: Any) -> str:
+    """``longred eval MODELS... --short-data SHORT_DATA --out OUT [options]``: the README's form."""
+    parts, positional = [f"longred {name}"], True
+    for param, annotation, required in tool_parameters(fn):
+        if not required:
+            continue
+        listy = _kind(annotation) in ("list", "numbers")
+        if positional:
+            parts.append(param.upper() + ("..." if listy else ""))
+            positional = not listy
+        else:
+            parts.append(f"--{param.replace('_', '-')} {param.upper()}")
+    return " ".join([*parts, "[options]"])
 
-    params = inspect.signature(fn).parameters.values()
-    return {p.name for p in params if p.default is not inspect.Parameter.empty}
+
+def tool_parser(name: str, fn: Any) -> Any:
+    """The tool's parser: its own parameters, then each argument group's fields, as flags."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    usage = (
+        f"{positional_usage(name, fn)}\n"
+        f"       (leading words fill the required parameters in order; each flag is also "
+        f"accepted as --name_with_underscores, a bool bare or as --no-name)"
+    )
+    parser = ArgumentParser(prog=f"longred {name}", usage=usage)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these flags")
+    groups = groups_of(fn)
+    parser.add_function_arguments(fn, nested_key=None, skip=set(groups))
+    for cls in groups.values():
+        parser.add_class_arguments(cls, nested_key=None)
+    return parser
 
 
 def run_tool(name: str, argv: Sequence[str]) -> Any:
-    """Parse ``argv`` against the tool's typed function and call it."""
+    """Parse ``argv`` against the tool's typed function and its argument groups; call it."""
+    import dataclasses
+    import inspect
+
     module, fn_name = TOOLS[name]
     fn = getattr(importlib.import_module(module), fn_name)
-    from jsonargparse import auto_cli
-
-    return auto_cli(fn, args=normalise_flags(argv, fn), prog=f"longred {name}", as_positional=False)
+    values = tool_parser(name, fn).parse_args(normalise_flags(argv, fn)).as_dict()
+    groups = groups_of(fn)
+    kwargs = {}
+    for param in inspect.signature(fn).parameters:
+        if param in groups:
+            fields = dataclasses.fields(groups[param])
+            kwargs[param] = groups[param](**{f.name: values[f.name] for f in fields})
+        elif param in values:
+            kwargs[param] = values[param]
+    return fn(**kwargs)
 
 
 def usage() -> str:

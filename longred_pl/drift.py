@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from longred_pl.arguments import ModelLoading, Output
 from longred_pl.errors import UserError
 from longred_pl.eval.metrics import AttentionKL, HiddenStateCosine
 from longred_pl.models import freeze, load_causal_lm, load_config
@@ -309,7 +310,7 @@ def select_layers(
     teacher: str,
     data: str,
     seq_len: int,
-    out: str,
+    output: Output,
     student: str | None = None,
     rope_method: str = "abf",
     target_length: int | None = None,
@@ -317,11 +318,7 @@ def select_layers(
     num_samples: int = 16,
     k: int = 4,
     batch_size: int = 4,
-    device: str = "auto",
-    dtype: str = "float32",
-    trust_remote_code: bool = False,
-    progress: bool = True,
-    overwrite: bool = False,
+    loading: ModelLoading = ModelLoading(),
 ) -> dict[str, Any]:
     """Per-layer drift of the RoPE-extended student on short text; recommends distill_layers.
 
@@ -332,7 +329,7 @@ def select_layers(
         teacher: local directory of the original model.
         data: short-text shards (``longred prepare``).
         seq_len: tokens per sample (at most the teacher's window).
-        out: output directory.
+        output: the output directory (:class:`longred_pl.arguments.Output`).
         student: measure this model (e.g. a trained long model) instead of the untrained
             RoPE-extended teacher.
         rope_method: the student's RoPE method (``rope.ROPE_METHODS``).
@@ -341,11 +338,7 @@ def select_layers(
         num_samples: samples measured.
         k: intermediate layers to recommend (plus the final one).
         batch_size: samples per forward.
-        device: auto (CUDA when available), cpu, cuda:0 ...
-        dtype: float32, bfloat16 or float16.
-        trust_remote_code: allow custom model code.
-        progress: show progress bars (``--no-progress`` hides them).
-        overwrite: replace a non-empty ``out`` whole (refused without it).
+        loading: device, dtype, trust_remote_code (:class:`longred_pl.arguments.ModelLoading`).
     """
     from longred_pl.data.shards import expand_urls
     from longred_pl.eval.evaluator import read_batches
@@ -354,6 +347,7 @@ def select_layers(
 
     if k < 0 or num_samples < 1 or batch_size < 1:
         raise UserError("--k must be >= 0, --num-samples and --batch-size >= 1")
+    trust_remote_code, out = loading.trust_remote_code, output.out
     teacher_config = load_config(teacher, trust_remote_code, field="--teacher")
     student_config, described = _student_config(
         teacher_config, student, rope_method, target_length, rope_kwargs, trust_remote_code
@@ -367,15 +361,15 @@ def select_layers(
     if not 2 <= seq_len <= window:
         raise UserError(f"--seq-len must be in [2, {window}] (the teacher's window), got {seq_len}")
     expand_urls(data, field="--data")
-    check_output(out, overwrite, "--out", {"--teacher": teacher, "--student": student})
-    run_device = resolve_device(device)
+    check_output(out, output.overwrite, "--out", {"--teacher": teacher, "--student": student})
+    run_device = resolve_device(loading.device)
     models = [
-        freeze(load_causal_lm(path, cfg, "eager", dtype, trust_remote_code)).to(run_device)
+        freeze(load_causal_lm(path, cfg, "eager", loading.dtype, trust_remote_code)).to(run_device)
         for path, cfg in ((teacher, teacher_config), (student or teacher, student_config))
     ]
     vocab = int(teacher_config.vocab_size)
     batches = read_batches(data, seq_len, num_samples, batch_size, vocab, "--data")
-    report = measure_drift(*models, batches, progress=progress)
+    report = measure_drift(*models, batches, progress=output.progress)
     layers = recommend_layers(report, k)
     return _write_selection(report, layers, out, k, teacher, described)
 

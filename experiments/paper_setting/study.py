@@ -169,6 +169,7 @@ def prepare_data(study: Study) -> dict[str, int]:
 
 def choose_layers(study: Study, results: dict) -> list[int]:
     """``longred select-layers`` on this teacher and the short (C) text: the distilled layers."""
+    from longred_pl.arguments import ModelLoading, Output
     from longred_pl.drift import select_layers
 
     if "select_layers" not in results:
@@ -178,13 +179,12 @@ def choose_layers(study: Study, results: dict) -> list[int]:
             str(study.teacher),
             str(study.data / "short"),
             study.lengths["short"],
-            str(study.work / "select-layers"),
+            Output(str(study.work / "select-layers"), progress=False),
             rope_method=m["rope_method"],
             target_length=m["target_length"],
             rope_kwargs=m.get("rope_kwargs"),
             k=study.args.select_k,
-            device="cpu",
-            progress=False,
+            loading=ModelLoading(device="cpu"),
         )
         results["select_layers"] = {
             "distill_layers": picked["distill_layers"],
@@ -220,29 +220,29 @@ def calibrate(study: Study) -> dict[str, dict[str, float]]:
 # ---------------------------------------------------------------------------- evaluation
 def evaluate(study: Study, model_dir: Path, long: bool = True) -> dict[str, Any]:
     """``evaluate_model`` once per domain: short (all domains) and long (A and B)."""
+    from longred_pl.arguments import ModelLoading
     from longred_pl.eval.evaluator import evaluate_model
+    from longred_pl.eval.settings import EvalData, Probes
 
     assert study.samples is not None, "prepare_data first"
-    start, n, data = time.perf_counter(), study.samples, study.data
+    start, n, data_dir = time.perf_counter(), study.samples, study.data
     out: dict[str, Any] = {"short": {}, "long": {}}
     for d in DOMAINS:
         with_long = long and d in LONG_DOMAINS
-        result = evaluate_model(
-            str(model_dir),
-            str(data / f"val_short_{d}"),
+        data = EvalData(
+            str(data_dir / f"val_short_{d}"),
             study.lengths["val_short"],
-            str(data / f"val_long_{d}") if with_long else None,
+            str(data_dir / f"val_long_{d}") if with_long else None,
             study.lengths["long"] if with_long else None,
             num_short=n[f"val_short_{d}"],
             num_long=n.get(f"val_long_{d}", 1),
             batch_size=8,
             buckets=8,
-            seed=0,
-            device="cpu",
-            progress=False,
-            copy_span=2,
-            copy_trials=1,
-            copy_distances=[0],  # the copy probe is not reported
+            order="first",
+        )
+        probes = Probes(copy_span=2, copy_trials=1, copy_distances=[0], seed=0)  # not reported
+        result = evaluate_model(
+            str(model_dir), data, probes, ModelLoading(device="cpu"), progress=False
         )
         out["short"][d], out["long"][d] = result["short"], result["long"]
         out.update(window=result["window"], rope=result["rope"])

@@ -370,32 +370,33 @@ def plan_steps(
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(study: Study, model_dir: Path, long: bool = True) -> dict[str, Any]:
     """``evaluate_model`` once per domain; the copy probe (text-free) from the first call only."""
+    from longred_pl.arguments import ModelLoading
     from longred_pl.eval.evaluator import evaluate_model
+    from longred_pl.eval.settings import EvalData, Probes
 
     assert study.samples is not None, "prepare_data first"
-    start, n, data = time.perf_counter(), study.samples, study.data
+    start, n, data_dir = time.perf_counter(), study.samples, study.data
     out: dict[str, Any] = {"short": {}, "long": {}}
-    copy_probe: dict[str, Any] = {"copy_span": 16, "copy_trials": study.args.copy_trials}
+    probes = Probes(copy_span=16, copy_trials=study.args.copy_trials, seed=0)
     for d in DOMAINS:
-        result = evaluate_model(
-            str(model_dir),
-            str(data / f"val_short_{d}"),
+        data = EvalData(
+            str(data_dir / f"val_short_{d}"),
             study.lengths["val_short"],
-            str(data / f"val_long_{d}") if long else None,
+            str(data_dir / f"val_long_{d}") if long else None,
             study.lengths["long"] if long else None,
             num_short=n[f"val_short_{d}"],
             num_long=n[f"val_long_{d}"],
             batch_size=8,
             buckets=8,
-            seed=0,
-            device="cpu",
-            progress=False,
-            **copy_probe,
+            order="first",
+        )
+        result = evaluate_model(
+            str(model_dir), data, probes, ModelLoading(device="cpu"), progress=False
         )
         out["short"][d], out["long"][d] = result["short"], result["long"]
         if "copy" not in out:
             out.update(window=result["window"], rope=result["rope"], copy=result["copy"])
-            copy_probe = {"copy_span": 2, "copy_trials": 1, "copy_distances": [0]}  # done
+            probes = Probes(copy_span=2, copy_trials=1, copy_distances=[0])  # done
     return {**out, "seconds": round(time.perf_counter() - start, 2)}
 
 

@@ -27,6 +27,12 @@ class StreamIndex:
     counts: dict[str, int]  # url -> samples, for the shards an index lists
     vocab_size: int | None
     tokenizer: str | None
+    seq_len: int | None = None  # tokens per sample, when every index read records one
+
+    @property
+    def total(self) -> int | None:
+        """Samples in the stream, when every shard's count is known."""
+        return sum(self.counts[url] for url in self.shards) if self.complete else None
 
     @property
     def complete(self) -> bool:
@@ -89,7 +95,7 @@ def stream_index(urls: str | list[str], field: str) -> StreamIndex:
         if where is not None:
             groups.setdefault(where, []).append(url)
     counts: dict[str, int] = {}
-    vocab, tokenizer = None, None
+    vocab, tokenizer, lengths = None, None, {}
     for where, group in groups.items():
         index = _load_index(where)
         if index is None:
@@ -100,4 +106,10 @@ def stream_index(urls: str | list[str], field: str) -> StreamIndex:
         counts.update({u: listed[shard_name(u)] for u in group if shard_name(u) in listed})
         vocab = max(vocab or 0, int(index.get("vocab_size", 0))) or None
         tokenizer = tokenizer or index.get("tokenizer")
-    return StreamIndex(shards, counts, vocab, tokenizer)
+        if index.get("seq_len") is not None:
+            lengths[where] = int(index["seq_len"])
+    if len(set(lengths.values())) > 1:
+        found = ", ".join(f"{n} ({w})" for w, n in lengths.items())
+        raise UserError(f"{field}: the shards mix sample lengths {found}; give one length")
+    seq_len = next(iter(lengths.values())) if len(lengths) == len(groups) and groups else None
+    return StreamIndex(shards, counts, vocab, tokenizer, seq_len)

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 
+from longred_pl.arguments import ModelLoading
+from longred_pl.data.index import stream_index
 from longred_pl.data.shards import expand_urls, read_shard
 from longred_pl.errors import UserError
 from longred_pl.eval.metrics import TokenPerplexity
@@ -35,6 +38,7 @@ from longred_pl.eval.probes import (
     repeat_copy_probe,
     token_nll,
 )
+from longred_pl.eval.settings import COPY_MAX_DISTANCE, PASSKEY_DEPTHS, EvalData, Probes
 from longred_pl.models import freeze, load_causal_lm, load_config, resolve_device
 
 __all__ = [
@@ -45,10 +49,6 @@ __all__ = [
     "resolve_device",
 ]
 
-PASSKEY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-COPY_MAX_DISTANCE = 4096  # default longest filler of the copy probe (0 = the model's window)
-RULER_LIMIT = 20  # default prompts per RULER task and length in `longred eval`
-
 
 # ------------------------------------------------------------------------- helpers
 def read_batches(
@@ -58,11 +58,25 @@ def read_batches(
     batch_size: int,
     vocab_size: int | None = None,
     flag: str = "urls",
+    order: str = "first",
 ) -> Iterator[torch.Tensor]:
-    """The first ``num_samples`` samples of a shard stream, in file order, as ``[b, seq_len]``."""
-    samples = itertools.islice(_samples(urls, seq_len, vocab_size, flag), num_samples)
+    """``num_samples`` samples of a shard stream as ``[b, seq_len]`` batches.
+
+    ``order="first"`` reads the first ones in file order; ``"spread"`` every k-th over the
+    whole stream (k = total // num_samples, from ``index.json``), as validation picks them
+    (``data.datamodule.FixedStream``), so a small count covers every held-out document.
+    """
+    stride = spread_stride(urls, num_samples, flag) if order == "spread" else 1
+    picked = itertools.islice(_samples(urls, seq_len, vocab_size, flag), 0, None, stride)
+    samples = itertools.islice(picked, num_samples)
     while batch := list(itertools.islice(samples, batch_size)):
         yield torch.stack(batch)
+
+
+def spread_stride(urls: str | Sequence[str], num_samples: int, flag: str) -> int:
+    """Every how many samples a spread read takes one (1 when the count is unknown)."""
+    total = stream_index(list(expand_urls(urls, field=flag)), flag).total
+    return max(1, total // num_samples) if total else 1
 
 
 def _samples(urls: str | Sequence[str], seq_len: int, vocab_size: int | None, flag: str):
@@ -116,136 +130,137 @@ def _ppl(loss: float) -> float:
 # ----------------------------------------------------------------------- evaluation
 def evaluate_model(
     model_dir: str,
-    short_urls: str | Sequence[str],
-    short_seq_len: int,
-    long_urls: str | Sequence[str] | None = None,
-    long_seq_len: int | None = None,
+    data: EvalData,
+    probes: Probes = Probes(),
+    loading: ModelLoading = ModelLoading(),
     *,
-    num_short: int = 32,
-    num_long: int = 4,
-    batch_size: int = 4,
-    buckets: int = 8,
-    copy_span: int = 16,
-    copy_trials: int = 8,
-    copy_distances: Sequence[int] | None = None,
-    copy_max_distance: int = COPY_MAX_DISTANCE,
-    passkey: bool = False,
-    passkey_lengths: Sequence[int] | None = None,
-    passkey_depths: Sequence[float] = PASSKEY_DEPTHS,
-    passkey_trials: int = 1,
-    passkey_window: int | None = None,
-    ruler_lengths: Sequence[int] | None = None,
-    ruler_tasks: Sequence[str] | None = None,
-    ruler_limit: int | None = RULER_LIMIT,
-    seed: int = 0,
-    device: str = "auto",
-    dtype: str = "float32",
     attn_implementation: str = "sdpa",
-    trust_remote_code: bool = False,
+    passkey_window: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Short and long perplexity, copy accuracy (and passkey) of one local model directory.
+    """Short and long perplexity, copy accuracy (and passkey, RULER) of one local model directory.
 
     Args:
         model_dir: local Hugging Face causal-LM directory.
-        short_urls, short_seq_len: short-text shards (``longred prepare``) and their length.
-        long_urls, long_seq_len: long-text shards and their length (optional). Lengths
+        data: the held-out shards and how many samples to read (:class:`EvalData`); lengths
             beyond the model's window are evaluated too (that is how a teacher fails).
-        num_short, num_long: samples read from each stream (first ones, file order).
-        batch_size: samples per forward (long samples run one at a time).
-        buckets: equal-width position buckets of the long perplexity.
-        copy_span, copy_trials: repeat-copy span length and sequences per distance.
-        copy_distances: filler lengths; default :func:`default_copy_distances` up to the
-            model's ``max_position_embeddings``, capped at ``copy_max_distance``.
-        copy_max_distance: longest default filler (``<= 0``: the model's window).
-        passkey: run passkey retrieval (needs a tokenizer in ``model_dir``).
-        passkey_lengths: prompt lengths (at most, in tokens); default
-            :func:`default_passkey_lengths` of the model's window.
-        passkey_depths, passkey_trials: needle depths and keys per cell.
+        probes: the copy, passkey and RULER probes (:class:`Probes`); the default copy
+            distances are :func:`default_copy_distances` of the model's window, the default
+            passkey lengths :func:`default_passkey_lengths` of ``passkey_window``.
+        loading: device, dtype and trust_remote_code (:class:`ModelLoading`).
+        attn_implementation: as in ``load_causal_lm``.
         passkey_window: window the default passkey lengths span (default the model's own;
             ``longred eval`` passes the largest window of the models it compares).
-        ruler_lengths: run RULER at these prompt lengths (needs lm-eval and a tokenizer;
-            :func:`longred_pl.eval.ruler.score_ruler`); ``None`` skips it.
-        ruler_tasks: RULER task names (default: the synthetic tasks, which run offline).
-        ruler_limit: prompts per RULER task and length (``None``: lm-eval's 500).
-        seed: seeds the copy, passkey and RULER probes.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda:0``...
-        dtype, attn_implementation, trust_remote_code: as in ``load_causal_lm``.
         progress: tqdm bars.
 
     Returns:
         A JSON-ready dict: ``model``, ``window``, ``rope``, ``short``, ``long``, ``copy``,
         ``passkey``, ``ruler`` (``long``, ``passkey`` and ``ruler`` are ``None`` when not run).
     """
-    config = load_config(model_dir, trust_remote_code, field="MODEL_DIR")
-    vocab, window = int(config.vocab_size), int(config.max_position_embeddings)
-    bos = getattr(config, "bos_token_id", None)
-    distances = list(
-        copy_distances
-        or default_copy_distances(window, copy_span, bos is not None, copy_max_distance)
-    )
-    expand_urls(short_urls, field="--short-data")
-    if long_urls is not None:
-        expand_urls(long_urls, field="--long-data")
-    tokenizer = _tokenizer(model_dir, trust_remote_code) if passkey else None
-    model = freeze(load_causal_lm(model_dir, config, attn_implementation, dtype, trust_remote_code))
-    model.to(resolve_device(device))
-
-    short = read_batches(short_urls, short_seq_len, num_short, batch_size, vocab, "--short-data")
+    config = load_config(model_dir, loading.trust_remote_code, field="MODEL_DIR")
+    short_len, long_len = stream_lengths(data)
+    window = int(config.max_position_embeddings)
+    tokenizer = _tokenizer(model_dir, loading.trust_remote_code) if probes.passkey else None
+    model = freeze(
+        load_causal_lm(
+            model_dir, config, attn_implementation, loading.dtype, loading.trust_remote_code
+        )
+    ).to(resolve_device(loading.device))
+    read = functools.partial(_read, data, int(config.vocab_size))
     result: dict[str, Any] = {
         "model": str(model_dir),
         "window": window,
         "rope": _rope_summary(config),
-        "short": _short_perplexity(model, short, short_seq_len, progress),
-        "long": None,
-        "copy": None,
-        "passkey": None,
-        "ruler": None,
     }
-    if long_urls is not None and long_seq_len is not None:
-        long = read_batches(long_urls, long_seq_len, num_long, 1, vocab, "--long-data")
-        result["long"] = _long_perplexity(model, long, long_seq_len, buckets, progress)
-    gen = torch.Generator().manual_seed(seed)
-    result["copy"] = _copy(model, vocab, distances, copy_span, copy_trials, gen, bos, progress)
+    result["short"] = _short_perplexity(model, read("short", short_len), short_len, progress)
+    result["long"] = None
+    if data.long_data is not None and long_len is not None:
+        long = read("long", long_len)
+        result["long"] = _long_perplexity(model, long, long_len, data.buckets, progress)
+    result["copy"] = _copy(model, config, probes, progress)
+    result["passkey"] = None
     if tokenizer is not None:
-        lengths = passkey_lengths or _fitting(
-            default_passkey_lengths(passkey_window or window), tokenizer
-        )
-        gen = torch.Generator().manual_seed(seed)
-        scores = passkey_probe(
-            model, tokenizer, lengths, passkey_depths, passkey_trials, gen, progress=progress
-        )
-        result["passkey"] = {
-            str(n): {str(d): a for d, a in row.items()} for n, row in scores.items()
-        }
-    if ruler_lengths:
-        from longred_pl.eval.ruler import SYNTHETIC_TASKS, score_ruler
-
-        result["ruler"] = score_ruler(
-            model_dir,
-            ruler_lengths,
-            list(ruler_tasks or SYNTHETIC_TASKS),
-            limit=ruler_limit,
-            batch_size=batch_size,
-            device=str(resolve_device(device)),
-            seed=seed,
-            model=model,
-            trust_remote_code=trust_remote_code,
-        )
+        result["passkey"] = _passkey(model, tokenizer, probes, passkey_window or window, progress)
+    result["ruler"] = _ruler(model_dir, model, probes, data.batch_size, loading)
     return result
 
 
-def _copy(
-    model: torch.nn.Module,
-    vocab: int,
-    distances: list[int],
-    span: int,
-    trials: int,
-    gen: torch.Generator,
-    bos: int | None,
-    progress: bool,
-) -> dict[str, Any]:
+def stream_lengths(data: EvalData) -> tuple[int, int | None]:
+    """The short and long sample lengths: given, or read from the shards' ``index.json``.
+
+    Raises:
+        UserError: a length neither given nor recorded, or given unlike the index.
+    """
+    short = _stream_length(data.short_data, data.short_seq_len, "--short-data", "--short-seq-len")
+    if data.long_data is None:
+        if data.long_seq_len is not None:
+            raise UserError("--long-seq-len needs --long-data: pass both or neither")
+        return short, None
+    return short, _stream_length(data.long_data, data.long_seq_len, "--long-data", "--long-seq-len")
+
+
+def _stream_length(urls: str, given: int | None, field: str, flag: str) -> int:
+    recorded = stream_index(urls, field).seq_len
+    if given is None and recorded is None:
+        raise UserError(f"{flag}: {urls} has no index.json recording seq_len; give {flag}")
+    if given is not None and recorded is not None and given != recorded:
+        raise UserError(
+            f"{flag} {given}: the shards in {urls} hold {recorded}-token samples "
+            f"(index.json); drop {flag} or give {recorded}"
+        )
+    return int(given if given is not None else recorded)  # type: ignore[arg-type]
+
+
+def _read(data: EvalData, vocab: int, kind: str, seq_len: int) -> Iterator[torch.Tensor]:
+    urls = data.short_data if kind == "short" else data.long_data
+    num = data.num_short if kind == "short" else data.num_long
+    batch = data.batch_size if kind == "short" else 1  # long samples run one at a time
+    flag = f"--{kind}-data"
+    return read_batches(urls, seq_len, num, batch, vocab, flag, order=data.order)  # type: ignore[arg-type]
+
+
+def _passkey(
+    model: torch.nn.Module, tokenizer: Any, probes: Probes, window: int, progress: bool
+) -> dict[str, dict[str, float]]:
+    lengths = probes.passkey_lengths or _fitting(default_passkey_lengths(window), tokenizer)
+    depths = probes.passkey_depths or PASSKEY_DEPTHS
+    gen = torch.Generator().manual_seed(probes.seed)
+    scores = passkey_probe(
+        model, tokenizer, lengths, depths, probes.passkey_trials, gen, progress=progress
+    )
+    return {str(n): {str(d): a for d, a in row.items()} for n, row in scores.items()}
+
+
+def _ruler(
+    model_dir: str, model: torch.nn.Module, probes: Probes, batch_size: int, loading: ModelLoading
+) -> dict[str, Any] | None:
+    if not probes.ruler_lengths:
+        return None
+    from longred_pl.eval.ruler import SYNTHETIC_TASKS, score_ruler
+
+    return score_ruler(
+        model_dir,
+        probes.ruler_lengths,
+        list(probes.ruler_tasks or SYNTHETIC_TASKS),
+        limit=probes.ruler_limit or None,
+        batch_size=batch_size,
+        device=str(resolve_device(loading.device)),
+        seed=probes.seed,
+        model=model,
+        trust_remote_code=loading.trust_remote_code,
+    )
+
+
+def _copy(model: torch.nn.Module, config: Any, probes: Probes, progress: bool) -> dict[str, Any]:
     """The copy probe's entry of ``results.json``: accuracies and the chance level 1/vocab."""
+    vocab, window = int(config.vocab_size), int(config.max_position_embeddings)
+    bos = getattr(config, "bos_token_id", None)
+    span, trials = probes.copy_span, probes.copy_trials
+    distances = list(
+        probes.copy_distances
+        or default_copy_distances(window, span, bos is not None, probes.copy_max_distance)
+    )
+    gen = torch.Generator().manual_seed(probes.seed)
     accuracy = repeat_copy_probe(
         model, vocab, distances, span, trials, gen, bos_token_id=bos, progress=progress
     )

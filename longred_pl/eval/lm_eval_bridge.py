@@ -24,9 +24,11 @@ import difflib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from longred_pl.arguments import ModelLoading, Output
 from longred_pl.errors import UserError
 from longred_pl.eval.harness import _import_lm_eval, _keep_global_rng, check_model_dir
 from longred_pl.models import load_config
@@ -191,7 +193,7 @@ def lm_eval_markdown(rows: Sequence[dict[str, Any]]) -> str:
 def lm_eval_models(
     models: list[str],
     tasks: list[str],
-    out: str,
+    output: Output,
     lengths: list[int] | None = None,
     include_path: str | None = None,
     limit: int | float | None = None,
@@ -199,11 +201,7 @@ def lm_eval_models(
     bootstrap_iters: int = 100_000,
     seed: int = 0,
     batch_size: int = 4,
-    device: str = "auto",
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-    trust_remote_code: bool = False,
-    progress: bool = True,
-    overwrite: bool = False,
+    loading: ModelLoading = ModelLoading(),
 ) -> dict[str, Any]:
     """Score local Hugging Face models with lm-evaluation-harness tasks, offline.
 
@@ -211,7 +209,8 @@ def lm_eval_models(
         models: local model directories, each with a tokenizer.
         tasks: lm-eval task, group or tag names; ``ruler`` (or RULER task names) runs
             RULER's offline tasks at ``lengths`` (:mod:`longred_pl.eval.ruler`).
-        out: output directory: lm_eval.json/.md, and ruler.json/.md/.png for RULER.
+        output: the output directory: lm_eval.json/.md, and ruler.json/.md/.png for RULER
+            (lm-eval draws its own bars: ``progress`` is not read).
         lengths: RULER prompt lengths in tokens (its ``max_seq_lengths``); required with RULER.
         include_path: directory of extra task YAMLs (local datasets).
         limit: examples per task (an int) or a fraction (< 1); for RULER, prompts per task
@@ -220,16 +219,14 @@ def lm_eval_models(
         bootstrap_iters: bootstrap resamples of the stderrs (0 skips them).
         seed: lm-eval's seeds.
         batch_size: requests per forward.
-        device: auto (CUDA when available), cpu, cuda:0 ...
-        dtype: weights' dtype.
-        trust_remote_code: allow custom model code.
-        progress: kept for the shared flags (lm-eval draws its own bars).
-        overwrite: replace a non-empty ``out`` whole (refused without it).
+        loading: device, dtype, trust_remote_code (:class:`longred_pl.arguments.ModelLoading`).
 
     Returns:
         ``{"tasks", "models": [row per model], "ruler": [row per model] | None, "args"}``.
     """
-    settings = dict(locals())  # the arguments, recorded in lm_eval.json
+    settings = {k: v for k, v in locals().items() if k not in ("output", "loading")}
+    settings.update(asdict(loading), **asdict(output))  # the arguments, in lm_eval.json
+    trust_remote_code, out = loading.trust_remote_code, output.out
     from longred_pl.eval.report import model_names
     from longred_pl.eval.ruler import preflight, split_tasks
     from longred_pl.models import resolve_device
@@ -247,17 +244,19 @@ def lm_eval_models(
         check_model_dir(model_dir, trust_remote_code)
     from longred_pl.outputs import check_output
 
-    check_output(out, overwrite, "--out", {f"model {i + 1}": m for i, m in enumerate(models)})
+    check_output(
+        out, output.overwrite, "--out", {f"model {i + 1}": m for i, m in enumerate(models)}
+    )
     manager = task_manager(tasks, include_path) if tasks else None
     ruler_tasks = preflight(models, ruler_names, lengths, trust_remote_code) if ruler_names else []
-    device = str(resolve_device(device))
+    device = str(resolve_device(loading.device))
     rows, ruler_rows = [], []
     for name, model_dir in zip(model_names(models), models, strict=True):
         print(f"[longred lm-eval] {name}: {model_dir}")
         common: dict[str, Any] = {
             "batch_size": batch_size,
             "device": device,
-            "dtype": dtype,
+            "dtype": loading.dtype,
             "trust_remote_code": trust_remote_code,
             "seed": seed,
         }

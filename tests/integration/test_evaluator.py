@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from longred_pl.cli import main as longred
@@ -99,13 +100,48 @@ def test_eval_writes_results_tables_and_plots(tiny_llama, tiny_student, tiny_sha
 
 def test_eval_errors_name_the_flag(tiny_llama, tiny_shards, tmp_path):
     base = ["--short-data", tiny_shards["short"], "--short-seq-len", "16", "--out", str(tmp_path)]
-    with pytest.raises(UserError, match="--long-data and --long-seq-len go together"):
-        eval_main([tiny_llama, *base, "--long-data", tiny_shards["long"]])
+    with pytest.raises(UserError, match="--long-seq-len needs --long-data"):
+        eval_main([tiny_llama, *base, "--long-seq-len", "64"])
+    with pytest.raises(UserError, match=r"--short-seq-len 17: .* hold 16-token samples"):
+        eval_main([tiny_llama, *base[:2], "--short-seq-len", "17", *base[4:]])
     with pytest.raises(UserError, match="MODEL_DIR"):
         eval_main([str(tmp_path / "missing"), *base])
     with pytest.raises(UserError, match="--short-data"):
         eval_main([tiny_llama, *base[:1], str(tmp_path), *base[2:]])
     assert not (tmp_path / "results.json").exists()
+
+
+def test_eval_reads_lengths_from_the_index_and_the_samples_validation_reads(
+    tiny_llama, tiny_shards, tmp_path, monkeypatch
+):
+    """Without --short-seq-len / --long-seq-len the lengths come from index.json; --order
+    spread reads every k-th sample, the ones a capped validation reads."""
+    import longred_pl.eval.evaluator as evaluator
+    from longred_pl.data.datamodule import FixedStream
+    from longred_pl.data.index import stream_index
+    from longred_pl.data.shards import StreamConfig
+
+    seen: list[torch.Tensor] = []
+    short_perplexity = evaluator._short_perplexity
+
+    def spy(model, batches, seq_len, progress):
+        batches = list(batches)
+        seen.extend(batches)
+        return short_perplexity(model, iter(batches), seq_len, progress)
+
+    monkeypatch.setattr(evaluator, "_short_perplexity", spy)
+    args = ["--short-data", tiny_shards["short"], "--long-data", tiny_shards["long"]]
+    args += ["--num-short", "4", "--batch-size", "2", "--copy-distances", "0", "--no-progress"]
+    results = eval_main([tiny_llama, *args, "--device", "cpu", "--out", str(tmp_path / "e")])
+    row = results["models"][0]
+    assert row["short"]["seq_len"] == 16 and row["long"]["seq_len"] == 256
+    total = stream_index(tiny_shards["short"], "short").total
+    assert total is not None and total >= 8  # so that spread differs from first
+    cfg = StreamConfig(urls=tiny_shards["short"], seq_len=16, batch_size=2)
+    validation = [b["input_ids"] for b in FixedStream("short", cfg, 0, 1, max_batches=2)]
+    assert torch.equal(torch.cat(seen), torch.cat(validation))
+    first = next(iter(evaluator.read_batches(tiny_shards["short"], 16, 4, 4, order="first")))
+    assert not torch.equal(torch.cat(seen), first)
 
 
 def test_select_layers_writes_a_distill_layers_snippet(tiny_llama, tiny_shards, tmp_path):
@@ -166,30 +202,22 @@ def test_evaluate_model_runs_passkey_with_the_model_directory_tokenizer(tmp_path
 
     from longred_pl.data.tokenizer import train_tokenizer
     from longred_pl.demo.corpora import Document
+    from longred_pl.arguments import ModelLoading
     from longred_pl.eval.evaluator import evaluate_model
+    from longred_pl.eval.settings import EvalData, Probes
 
     model_dir = save_tiny_llama(tmp_path / "lm", vocab_size=300, window=512)
     text = "The pass key is 12345. Remember it. The grass is green. The sky is blue."
     train_tokenizer([Document("a", text)], 300, model_dir)
-    result = evaluate_model(
-        model_dir,
-        tiny_shards["short"],
-        16,
-        num_short=4,
-        copy_span=4,
-        copy_trials=1,
-        copy_distances=[0],
-        passkey=True,
-        passkey_lengths=[320],
-        passkey_depths=[0.5],
-        device="cpu",
-        progress=False,
-    )
+    probes = Probes(4, 1, [0], passkey=True, passkey_lengths=[320], passkey_depths=[0.5])
+    cpu = ModelLoading(device="cpu")
+    data = EvalData(tiny_shards["short"], 16, num_short=4)
+    result = evaluate_model(model_dir, data, probes, cpu, progress=False)
     assert result["passkey"] == {"320": {"0.5": 0.0}}  # a random model never finds the key
     assert result["copy"]["accuracy"].keys() == {"0"}
     no_tokenizer = save_tiny_llama(tmp_path / "lm2")
     with pytest.raises(ValueError, match="--passkey needs a tokenizer"):
-        evaluate_model(no_tokenizer, tiny_shards["short"], 16, passkey=True, progress=False)
+        evaluate_model(no_tokenizer, data, Probes(passkey=True), cpu, progress=False)
 
 
 def test_eval_passkey_heatmap_at_the_full_window_and_ruler(tmp_path, tiny_shards):
