@@ -200,9 +200,9 @@ def test_select_layers_errors_name_the_flag(tiny_llama, tiny_shards, tmp_path):
 def test_evaluate_model_runs_passkey_with_the_model_directory_tokenizer(tmp_path, tiny_shards):
     from conftest import save_tiny_llama
 
+    from longred_pl.arguments import ModelLoading
     from longred_pl.data.tokenizer import train_tokenizer
     from longred_pl.demo.corpora import Document
-    from longred_pl.arguments import ModelLoading
     from longred_pl.eval.evaluator import evaluate_model
     from longred_pl.eval.settings import EvalData, Probes
 
