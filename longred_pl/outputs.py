@@ -5,12 +5,19 @@ non-empty ``out`` on one line that names it and the fixes; :func:`replace_output
 when the results are ready and empties the folder then, so a tool that fails halfway
 loses nothing of the old output, and a finished one never leaves two runs' files mixed.
 ``longred fit`` follows the same rule for its run folder (``runs.py``).
+
+A tool that writes its files one by one (``longred prepare``) writes them in
+:func:`staged_output` instead: on success they replace what ``out`` held, as
+:func:`replace_output` would; on failure (an error, Ctrl-C) nothing of the run stays: a
+folder the run created is removed, one that existed before keeps what it held.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from longred_pl.errors import UserError
@@ -68,3 +75,40 @@ def replace_output(path: Path) -> Path:
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+@contextmanager
+def staged_output(path: Path) -> Iterator[Path]:
+    """A folder inside ``path`` (checked by :func:`check_output`) to write the results in.
+
+    When the block ends without an error, ``path``'s old entries are removed and the
+    staged ones moved in their place. When it raises, the staged folder goes, and so do
+    ``path`` and any parent folders this call created (if still empty); a folder that
+    existed before is never removed, and keeps what it held.
+    """
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    path.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=path))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in created:
+            try:
+                folder.rmdir()  # only while empty: never what another process wrote
+            except OSError:
+                break
+        raise
+    for entry in path.iterdir():
+        if entry != stage:
+            _remove(entry)
+    for entry in stage.iterdir():
+        entry.rename(path / entry.name)
+    stage.rmdir()

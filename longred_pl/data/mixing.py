@@ -22,6 +22,11 @@ stops when the first input runs out, so the shares stay exact.
 
 Every count (read, kept, dropped by reason, truncated, used, tokens, samples) lands in
 an `InputStats`, for the summary and `index.json`.
+
+An input read to its end that gave nothing (`empty_input`) is named: with weights it is
+refused (`empty_input_error`: its share cannot be met, so the mix would stop at once,
+and blame another input or claim exact shares for one sample); without weights the
+output is written and the input named in a warning (`empty_input_warning`).
 """
 
 from __future__ import annotations
@@ -250,4 +255,48 @@ def nothing_written_error(stats: list[InputStats], seq_len: int) -> UserError:
     fixes = fixes or ["check the inputs and --text-field"]
     return UserError(
         f"no sample written, no document kept ({'; '.join(parts)}); {' or '.join(fixes)}"
+    )
+
+
+def empty_input(stats: InputStats, weighted: bool) -> bool:
+    """Whether an input read to its end gave nothing: with weights no sample of its own
+    (its share cannot be met), without them no token in the output."""
+    return stats.exhausted and not (stats.samples if weighted else stats.tokens_used)
+
+
+def _why_empty(stats: InputStats, seq_len: int) -> tuple[str, str]:
+    """What an empty input held, and the fix for it."""
+    if not stats.read:
+        return "it holds no document", "check the file and --text-field"
+    if not stats.kept:
+        reasons = ", ".join(f"{n} {DROP_REASONS[r]}" for r, n in stats.dropped.items())
+        if "min_doc_tokens" in stats.dropped:
+            fix = f"lower --min-doc-tokens (its longest document has {stats.longest} tokens)"
+        elif "shorter_than_seq_len" in stats.dropped:
+            fix = f"lower --seq-len (its longest document has {stats.longest} tokens) or use --pack"
+        else:
+            fix = "check the file and --text-field"
+        return f"{stats.read} document(s) read, none kept: {reasons}", fix
+    return (
+        f"its {stats.kept} kept document(s) hold {stats.tokens_kept} tokens, fewer than "
+        f"--seq-len {seq_len}",
+        "add text or lower --seq-len",
+    )
+
+
+def empty_input_error(number: int, stats: InputStats, seq_len: int) -> UserError:
+    """The one-line refusal of an empty input (number from 1) when --weights is given."""
+    held, fix = _why_empty(stats, seq_len)
+    return UserError(
+        f"--weights: input {number} {stats.label} gave no sample ({held}), so its share "
+        f"cannot be met; {fix}, or drop the input and its --weights value"
+    )
+
+
+def empty_input_warning(number: int, stats: InputStats, seq_len: int) -> str:
+    """The one-line warning for an empty input (number from 1) without --weights."""
+    held, fix = _why_empty(stats, seq_len)
+    return (
+        f"[longred prepare] warning: input {number} {stats.label} gave nothing to the shards "
+        f"({held}); {fix}, or drop it"
     )

@@ -25,6 +25,7 @@ import encodings
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -40,6 +41,9 @@ from longred_pl.data.mixing import (
     Mix,
     Packer,
     check_ids,
+    empty_input,
+    empty_input_error,
+    empty_input_warning,
     filter_documents,
     input_samples,
     nothing_written_error,
@@ -437,7 +441,8 @@ def prepare_shards(
 
     Args:
         tokenizer: Hugging Face tokenizer (or model) directory; its vocabulary bounds the ids.
-        out: output shard directory.
+        out: output shard directory; filled only when the run succeeds (a failed run
+            leaves no folder it created, and an existing one as it was).
         seq_len: tokens per sample.
         corpus: embedded corpora to read (shakespeare, python, bible); each is one input.
         files: inputs, each one input of the mix: a .txt/.jsonl/.parquet/.arrow file, a
@@ -454,11 +459,13 @@ def prepare_shards(
         min_doc_tokens: drop documents of fewer tokens (EOS included); for the long stream.
         max_doc_tokens: truncate longer documents to this many tokens (ending with EOS).
         weights: share of the samples of each input (the --corpus names, then the --files
-            arguments); the mix stops when the first input runs out. Default: equal
-            shares, every input read to its end.
+            arguments); the mix stops when the first input runs out, and an input that
+            gives no sample is refused by name. Default: equal shares, every input read
+            to its end (one that gives nothing is named in a warning).
         samples_per_shard: samples per tar file.
         max_samples: stop after this many samples, taken from the inputs by their weights.
-        overwrite: replace a non-empty `out` whole (refused without it).
+        overwrite: replace a non-empty `out` whole once this run succeeds (refused
+            without it).
         progress: show a progress bar.
 
     Returns:
@@ -489,29 +496,37 @@ def prepare_shards(
         _input_stream(source, counts, options, loaded, rule, seq_len, pack, leftovers)
         for source, counts in zip(sources, stats, strict=True)
     ]
-    from longred_pl.outputs import check_output, replace_output
+    from longred_pl.outputs import check_output, staged_output
 
     inputs = {f"input {f.path}": str(f.path) for source in sources for f in source.files}
     check_output(out, overwrite, "--out", inputs)  # an input inside --out would go with it
-    replace_output(Path(out))  # --overwrite: nothing of an earlier prepare stays
     mix = Mix(streams, weights, leftovers, [source.label for source in sources])
-    writer = _write(mix, Path(out), samples_per_shard, max_samples, progress)
-    if writer.num_samples == 0:
-        raise nothing_written_error(stats, seq_len)
-    settings = _settings_record(
-        corpus,
-        files,
-        split,
-        text_field,
-        format,
-        encoding,
-        errors,
-        min_doc_tokens,
-        max_doc_tokens,
-        max_samples,
-    )
-    provenance = _provenance(sources, stats, weights, mix, settings)
-    index = _index(writer, seq_len, len(loaded), str(Path(tokenizer).resolve()), provenance, pack)
-    (Path(out) / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    # written aside and moved into --out only when complete: a failed run leaves nothing,
+    # and --overwrite keeps the earlier prepare until this one has succeeded
+    with staged_output(Path(out)) as stage:
+        writer = _write(mix, stage, samples_per_shard, max_samples, progress)
+        empty = [n for n, s in enumerate(stats, 1) if empty_input(s, weights is not None)]
+        if weights is not None and empty:
+            raise empty_input_error(empty[0], stats[empty[0] - 1], seq_len)
+        if writer.num_samples == 0:
+            raise nothing_written_error(stats, seq_len)
+        settings = _settings_record(
+            corpus,
+            files,
+            split,
+            text_field,
+            format,
+            encoding,
+            errors,
+            min_doc_tokens,
+            max_doc_tokens,
+            max_samples,
+        )
+        provenance = _provenance(sources, stats, weights, mix, settings)
+        tokenizer_name = str(Path(tokenizer).resolve())
+        index = _index(writer, seq_len, len(loaded), tokenizer_name, provenance, pack)
+        (stage / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    for number in empty:
+        print(empty_input_warning(number, stats[number - 1], seq_len), file=sys.stderr)
     print(_summary(index, out, stats, mix, max_doc_tokens is not None))
     return index

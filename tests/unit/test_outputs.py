@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from longred_pl.errors import UserError
-from longred_pl.outputs import check_output, replace_output
+from longred_pl.outputs import check_output, replace_output, staged_output
 
 
 def test_new_or_empty_folder_is_taken(tmp_path):
@@ -47,3 +47,22 @@ def test_a_file_or_the_working_directory_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="refusing to empty"):
         check_output(tmp_path, True, "--out")
+
+
+def test_staged_output_replaces_on_success_and_leaves_nothing_on_failure(tmp_path):
+    out = tmp_path / "a" / "b"
+    with pytest.raises(KeyboardInterrupt), staged_output(out) as stage:
+        (stage / "half.tar").write_bytes(b"x")
+        raise KeyboardInterrupt  # Ctrl-C halfway
+    assert not (tmp_path / "a").exists()  # the folders this run created went with it
+    (out / "old").mkdir(parents=True)
+    (out / "old" / "file").write_text("old")
+    with pytest.raises(RuntimeError), staged_output(out) as stage:
+        (stage / "new").write_text("new")
+        raise RuntimeError
+    assert [p.name for p in out.iterdir()] == ["old"]  # the earlier output, as it was
+    with staged_output(out) as stage:
+        (stage / "new").write_text("new")
+        (stage / "dir").mkdir()
+    assert sorted(p.name for p in out.iterdir()) == ["dir", "new"]
+    assert (out / "new").read_text() == "new"

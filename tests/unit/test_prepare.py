@@ -435,3 +435,79 @@ def test_prepare_main_bad_files_fail_on_one_line(
         [*argv, "--format", "txt"] if name == "notes" else [*argv, "--errors", "replace"]
     )
     assert fixed["num_samples"] >= 1
+
+
+# --- empty inputs and failed runs (issue 23) ---------------------------------------------
+
+
+@pytest.mark.parametrize("empty_name", ["empty.txt", "empty.jsonl"])
+@pytest.mark.parametrize("empty_first", [True, False], ids=["empty-first", "empty-second"])
+def test_weights_refuse_an_empty_input_by_name(tok_dir, tmp_path, empty_name, empty_first):
+    # Before: empty first blamed the other file ("full.jsonl: no documents"); empty second
+    # wrote 1 sample of the full input, "so the shares stay exact", and exited 0.
+    full = _ids_jsonl(tmp_path / "full.jsonl", [[5] * 100] * 4)
+    (tmp_path / empty_name).write_text("")
+    files = [str(tmp_path / empty_name), full][:: 1 if empty_first else -1]
+    number = 1 if empty_first else 2
+    with pytest.raises(UserError) as error:
+        _prepare(tok_dir, tmp_path / "o", files=files, seq_len=16, weights=[1, 1])
+    message = str(error.value)
+    assert "\n" not in message
+    assert re.match(
+        rf"--weights: input {number} \S*/{re.escape(empty_name)} gave no sample", message
+    )
+    assert "full.jsonl" not in message
+    assert "drop the input and its --weights value" in message
+    assert not (tmp_path / "o").exists()  # the failed run left no folder behind
+
+
+def test_weights_refuse_an_input_too_short_for_one_sample(tok_dir, tmp_path):
+    files = [
+        _ids_jsonl(tmp_path / "a.jsonl", [[5] * 100]),
+        _ids_jsonl(tmp_path / "b.jsonl", [[6] * 5]),
+    ]
+    with pytest.raises(
+        UserError,
+        match=r"input 2 \S*b\.jsonl gave no sample \(its 1 kept document\(s\) hold 5 tokens, "
+        r"fewer than --seq-len 16\), .*add text or lower --seq-len",
+    ):
+        _prepare(tok_dir, tmp_path / "o", files=files, seq_len=16, weights=[1, 1])
+
+
+def test_without_weights_an_empty_input_is_named_in_a_warning(tok_dir, tmp_path, capsys):
+    full = _ids_jsonl(tmp_path / "full.jsonl", [[5] * 100] * 4)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    index = _prepare(
+        tok_dir, tmp_path / "o", files=[str(tmp_path / "empty.jsonl"), full], seq_len=16
+    )
+    assert index["num_samples"] == 25
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert re.search(
+        r"warning: input 1 \S*/empty\.jsonl gave nothing to the shards \(it holds no document\)",
+        err,
+    )
+    assert "full.jsonl" not in err
+
+
+def test_a_failed_prepare_leaves_nothing_behind(tok_dir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(UserError, match="no sample written"):
+        _prepare(tok_dir, tmp_path / "new" / "out", files=[str(empty)], seq_len=16)
+    assert not (tmp_path / "new").exists()  # nor the parent it created
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(UserError, match="no sample written"):
+        _prepare(tok_dir, tmp_path / "kept", files=[str(empty)], seq_len=16)
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
+    # --overwrite replaces an earlier prepare only when the new one succeeds
+    full = _ids_jsonl(tmp_path / "full.jsonl", [[5] * 100])
+    first = _prepare(tok_dir, tmp_path / "out", files=[full], seq_len=16)
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    with pytest.raises(UserError, match="no sample written"):
+        _prepare(tok_dir, tmp_path / "out", files=[str(empty)], seq_len=16, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+    assert _read_shards(tmp_path / "out")[0] == first
+    second = _prepare(tok_dir, tmp_path / "out", files=[full], seq_len=32, overwrite=True)
+    assert _read_shards(tmp_path / "out")[0] == second and second["seq_len"] == 32
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["index.json", "shard-00000.tar"]
