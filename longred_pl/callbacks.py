@@ -26,6 +26,8 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 
+from longred_pl import _lightning_private
+
 
 class StreamMetrics(L.Callback):
     """Per-stream timing and the step's ``train/`` metrics (reads ``pl_module.step_stats``)."""
@@ -125,7 +127,7 @@ class StepRichProgressBar(RichProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        self._update(self.train_progress_bar_id, trainer.global_step)
+        _lightning_private.rich_bar_update(self, self.train_progress_bar_id, trainer.global_step)
         self.refresh()
 
 
@@ -145,5 +147,9 @@ def callbacks_for(pl_module: Any, trainer: Any) -> list[L.Callback]:
     if type(bar) is TQDMProgressBar:
         out.append(StepProgressBar(refresh_rate=bar.refresh_rate))
     elif type(bar) is RichProgressBar:
-        out.append(StepRichProgressBar(refresh_rate=bar.refresh_rate, leave=bar._leave))
+        out.append(
+            StepRichProgressBar(
+                refresh_rate=bar.refresh_rate, leave=_lightning_private.rich_bar_leave(bar)
+            )
+        )
     return out

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from longred_pl import _transformers_private
 from longred_pl.arguments import ModelLoading, Output
 from longred_pl.errors import UserError
 from longred_pl.eval.metrics import AttentionKL, HiddenStateCosine
@@ -110,7 +111,7 @@ def eager_attention(*models: nn.Module) -> Iterator[None]:
     """
     previous = []
     for model in models:
-        current = getattr(model.config, "_attn_implementation", None)
+        current = _transformers_private.attn_implementation(model.config)
         previous.append(current)
         if current == "eager":
             continue

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from longred_pl import _lightning_private
 from longred_pl.errors import UserError
 from longred_pl.forward import decoder_parts
 
@@ -173,7 +174,7 @@ def placement(module: Any) -> Any:
     """
     from longred_pl.models import Placement
 
-    trainer = getattr(module, "_trainer", None)
+    trainer = _lightning_private.attached_trainer(module)
     strategy = getattr(trainer, "strategy", None)
     if strategy is None:
         return Placement(torch.device("cpu"))
@@ -188,7 +189,7 @@ def placement(module: Any) -> Any:
 
 def wrap_teacher(module: Any, teacher: nn.Module) -> nn.Module:
     """Under FSDP1, the teacher as an FSDP1 root of its own (:func:`wrap_fsdp1`); else as is."""
-    trainer = getattr(module, "_trainer", None)
+    trainer = _lightning_private.attached_trainer(module)
     strategy = getattr(trainer, "strategy", None)
     if strategy is not None and is_fsdp1_strategy(strategy):
         return wrap_fsdp1(teacher, strategy)
@@ -222,7 +223,7 @@ def clip_grad_norm(module: Any, max_norm: float | None) -> torch.Tensor:
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     limit = math.inf if max_norm is None else float(max_norm)
-    trainer = getattr(module, "_trainer", None)
+    trainer = _lightning_private.attached_trainer(module)
     root = getattr(getattr(trainer, "strategy", None), "model", None)
     if isinstance(root, FullyShardedDataParallel):
         norm = root.clip_grad_norm_(limit)

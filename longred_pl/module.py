@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from longred_pl import checks, positions, rope
+from longred_pl import _lightning_private, checks, positions, rope
 from longred_pl.forward import logit_head, run_model
 from longred_pl.fsdp import (
     clip_grad_norm,
@@ -205,7 +205,8 @@ class LongReDModule(L.LightningModule):
         """
         if self.hparams.teacher_dtype:
             return self.hparams.teacher_dtype
-        precision = str(getattr(self._trainer, "precision", "") or "")
+        trainer = _lightning_private.attached_trainer(self)
+        precision = str(getattr(trainer, "precision", "") or "")
         return "bfloat16" if precision.startswith("bf16") else self.hparams.dtype
 
     # ------------------------------------------------------------------- terms

@@ -14,13 +14,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from longred_pl import _lightning_private
 from longred_pl.errors import UserError
 
 
 def _lightning_cli_class() -> type:
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-
-    from longred_pl import resume, runs
 
     class LogConfig(SaveConfigCallback):
         """Writes ``config.yaml`` as usual and sends the whole config to the logger."""
@@ -48,52 +47,55 @@ def _lightning_cli_class() -> type:
                 "it starts; without it a fit into used ones is refused",
             )
 
-        def _parse_ckpt_path(self) -> None:
-            sub = self.config.get("subcommand")
-            if not sub:
-                return
-            ckpt, overwrite = self.config[sub].get("ckpt_path"), self.config[sub].get("overwrite")
-            if overwrite and sub != "fit":
-                raise UserError(f"--overwrite: only for fit ({sub} writes no run folder)")
-            trainer, given = self.config[sub].get("trainer"), ckpt
-            ckpt, note = runs.resolve_ckpt_path(given, trainer)
-            self.config[sub]["ckpt_path"] = ckpt
-            notes = [note]
-            if sub == "fit":
-                keep = runs.config_files(self.argv)
-                notes.append(
-                    runs.check_new_run(trainer, ckpt, bool(overwrite), given == "auto", keep)
-                )
-            for line in filter(None, notes):
-                print(f"[longred] {line}", file=sys.stderr)
-            if not ckpt:
-                return
-            if ckpt in ("best", "hpc", "registry"):  # Lightning resolves these later
-                print(
-                    f"[longred] resume: ckpt_path={ckpt!r} is resolved by Lightning after the "
-                    f"models load; model settings are not compared with it (pass a path to "
-                    f"have them checked)",
-                    file=sys.stderr,
-                )
-                return
-            if not os.path.exists(ckpt):
-                raise UserError(
-                    f"ckpt_path: {ckpt!r} does not exist; pass a .ckpt file or a "
-                    f"sharded checkpoint directory of the run"
-                )
-            from longred_pl.module import LongReDModule
-
-            given = self.config[sub]["model"]
-            saved = resume.read_checkpoint_hparams(ckpt)
-            use, notes = resume.reconcile(
-                saved, dict(given), resume.init_defaults(LongReDModule), ckpt
-            )
-            for key, value in use.items():
-                given[key] = value
-            for note in notes:
-                print(f"[longred] resume: {note}", file=sys.stderr)
-
+    _lightning_private.check_version()
+    LongReDCLI = _lightning_private.replace_ckpt_path_parsing(LongReDCLI, reconcile_ckpt_path)
     return LongReDCLI, LogConfig
+
+
+def reconcile_ckpt_path(self: Any) -> None:
+    """``--ckpt_path`` under the run-folder and resume rules (replaces Lightning's, which
+    puts the checkpoint's hyperparameters over the config without a word)."""
+    from longred_pl import resume, runs
+
+    sub = self.config.get("subcommand")
+    if not sub:
+        return
+    ckpt, overwrite = self.config[sub].get("ckpt_path"), self.config[sub].get("overwrite")
+    if overwrite and sub != "fit":
+        raise UserError(f"--overwrite: only for fit ({sub} writes no run folder)")
+    trainer, given = self.config[sub].get("trainer"), ckpt
+    ckpt, note = runs.resolve_ckpt_path(given, trainer)
+    self.config[sub]["ckpt_path"] = ckpt
+    notes = [note]
+    if sub == "fit":
+        keep = runs.config_files(self.argv)
+        notes.append(runs.check_new_run(trainer, ckpt, bool(overwrite), given == "auto", keep))
+    for line in filter(None, notes):
+        print(f"[longred] {line}", file=sys.stderr)
+    if not ckpt:
+        return
+    if ckpt in ("best", "hpc", "registry"):  # Lightning resolves these later
+        print(
+            f"[longred] resume: ckpt_path={ckpt!r} is resolved by Lightning after the "
+            f"models load; model settings are not compared with it (pass a path to "
+            f"have them checked)",
+            file=sys.stderr,
+        )
+        return
+    if not os.path.exists(ckpt):
+        raise UserError(
+            f"ckpt_path: {ckpt!r} does not exist; pass a .ckpt file or a "
+            f"sharded checkpoint directory of the run"
+        )
+    from longred_pl.module import LongReDModule
+
+    given = self.config[sub]["model"]
+    saved = resume.read_checkpoint_hparams(ckpt)
+    use, notes = resume.reconcile(saved, dict(given), resume.init_defaults(LongReDModule), ckpt)
+    for key, value in use.items():
+        given[key] = value
+    for note in notes:
+        print(f"[longred] resume: {note}", file=sys.stderr)
 
 
 def lightning_cli(args: Sequence[str], run: bool = True) -> Any:

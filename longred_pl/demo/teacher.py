@@ -311,7 +311,7 @@ def learning_curve(
 def _train_into(
     staging: Path, recipe: TeacherRecipe, progress: bool, curve_every: int = 0
 ) -> dict[str, Any]:
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from longred_pl.data.tokenizer import train_tokenizer
 
@@ -323,7 +323,7 @@ def _train_into(
     val_rows = _pack(val_docs, tokenizer, recipe.window, progress)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching global state
         torch.manual_seed(recipe.seed)
-        model = LlamaForCausalLM._from_config(
+        model = AutoModelForCausalLM.from_config(
             teacher_config(recipe, tokenizer), attn_implementation="sdpa", dtype=torch.float32
         )
     curve, after_step = learning_curve(model, val_rows, recipe, curve_every)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from longred_pl import _lightning_private
 from longred_pl.losses import shift_labels
 from longred_pl.parallel.ring_attention import context_parallel_group
 from longred_pl.parallel.sharding import cp_token_mean, label_count, shard_batch
@@ -40,7 +41,7 @@ class Layout:
 
 def layout_of(trainer: Any) -> Any:
     """The Trainer's layout: every rank data-parallel unless the mesh has a CP dimension."""
-    mesh = getattr(getattr(trainer, "strategy", None), "_device_mesh", None)
+    mesh = _lightning_private.device_mesh(getattr(trainer, "strategy", None))
     if mesh is not None and "context_parallel" in (mesh.mesh_dim_names or ()):
         return parallel_layout(trainer)
     return Layout(int(getattr(trainer, "global_rank", 0)), int(getattr(trainer, "world_size", 1)))

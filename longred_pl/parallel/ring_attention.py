@@ -44,12 +44,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from longred_pl import _torch_private
 from longred_pl.errors import UserError
-from longred_pl.parallel import _torch_private
 
 RING_ATTENTION = "longred_ring"
 
-aten = torch.ops.aten
 
 # The context-parallel group, process-wide. It is process-wide (not scoped to one forward)
 # on purpose: gradient checkpointing recomputes attention during backward, outside any
@@ -110,12 +109,12 @@ class _Kernel:
 
 def _cpu_flash(groups: int) -> _Kernel:
     def forward(q, k, v, *, is_causal, scale):
-        return aten._scaled_dot_product_flash_attention_for_cpu(
+        return _torch_private.sdpa_op("_scaled_dot_product_flash_attention_for_cpu")(
             q, _repeat_kv(k, groups), _repeat_kv(v, groups), 0.0, is_causal, scale=scale
         )
 
     def backward(*, grad_out, query, key, value, out, logsumexp, is_causal, scale):
-        dq, dk, dv = aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        dq, dk, dv = _torch_private.sdpa_op("_scaled_dot_product_flash_attention_for_cpu_backward")(
             grad_out.contiguous(),
             query,
             _repeat_kv(key, groups),
@@ -134,10 +133,12 @@ def _cpu_flash(groups: int) -> _Kernel:
 def _cuda_flash(groups: int) -> _Kernel:
     def forward(q, k, v, *, is_causal, scale):
         k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
-        return aten._scaled_dot_product_flash_attention(q, k, v, 0.0, is_causal, False, scale=scale)
+        return _torch_private.sdpa_op("_scaled_dot_product_flash_attention")(
+            q, k, v, 0.0, is_causal, False, scale=scale
+        )
 
     def backward(*, grad_out, query, key, value, out, logsumexp, is_causal, scale, **rest):
-        dq, dk, dv = aten._scaled_dot_product_flash_attention_backward(
+        dq, dk, dv = _torch_private.sdpa_op("_scaled_dot_product_flash_attention_backward")(
             grad_out,
             query,
             _repeat_kv(key, groups),
@@ -167,12 +168,12 @@ def _cuda_flash(groups: int) -> _Kernel:
 def _cuda_efficient(groups: int) -> _Kernel:
     def forward(q, k, v, *, is_causal, scale):
         k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
-        return aten._scaled_dot_product_efficient_attention(
+        return _torch_private.sdpa_op("_scaled_dot_product_efficient_attention")(
             q, k, v, None, True, 0.0, is_causal, scale=scale
         )
 
     def backward(*, grad_out_, query, key, value, out, logsumexp, is_causal, scale, **rest):
-        dq, dk, dv, _ = aten._scaled_dot_product_efficient_attention_backward(
+        dq, dk, dv, _ = _torch_private.sdpa_op("_scaled_dot_product_efficient_attention_backward")(
             grad_out_,
             query,
             _repeat_kv(key, groups),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from longred_pl.parallel import _torch_private
+from longred_pl import _torch_private
 from longred_pl.parallel.ring_attention import _kernel_for
 from longred_pl.parallel.sharding import shard_sequence, unshard_sequence
 

@@ -29,8 +29,8 @@ import torch.distributed as dist
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from longred_pl import _lightning_private, _torch_private
 from longred_pl.errors import UserError
-from longred_pl.parallel import _torch_private
 from longred_pl.parallel.ring_attention import set_cp_group
 
 DP, CP, DP_CP = "data_parallel", "context_parallel", "dp_cp"
@@ -94,24 +94,19 @@ class ContextParallelStrategy(ModelParallelStrategy):
 
     def setup_environment(self) -> None:
         """Start the process group, build the (dp, cp) mesh, set the process's CP group."""
-        # ModelParallelStrategy.setup_environment would build its (dp, tp) mesh; skip to
-        # its parent for device setup, then build ours.
-        super(ModelParallelStrategy, self).setup_environment()
-        self._setup_distributed()
+        # ModelParallelStrategy.setup_environment would build its (dp, tp) mesh: skip it
+        _lightning_private.setup_without_model_parallel_mesh(self)
         cp = self._context_parallel_size
         if self.world_size % cp:
             raise UserError(
                 f"trainer.strategy.context_parallel_size={cp} does not divide the "
                 f"{self.world_size} processes; use a divisor of trainer.devices x num_nodes"
             )
-        if self._data_parallel_size == "auto":
-            self._data_parallel_size = self.world_size // cp
-        self._device_mesh = build_dp_cp_mesh(
-            int(self._data_parallel_size), cp, self.root_device.type
-        )
-        assert self.lightning_module is not None
-        self.lightning_module._device_mesh = self._device_mesh
-        set_cp_group(cp_group_of(self._device_mesh))
+        dp = _lightning_private.data_parallel_size(self)
+        dp = self.world_size // cp if dp == "auto" else int(dp)
+        mesh = build_dp_cp_mesh(dp, cp, self.root_device.type)
+        _lightning_private.install_device_mesh(self, mesh, dp)
+        set_cp_group(cp_group_of(mesh))
 
     def teardown(self) -> None:
         set_cp_group(None)
@@ -154,7 +149,7 @@ def parallel_layout(trainer: Any) -> ParallelLayout:
     Use ``dp_rank`` / ``dp_size`` to split data and to seed per-sample randomness (skipped
     position ids): the ranks of one CP group share a sequence and must draw the same ids.
     """
-    mesh = getattr(trainer.strategy, "_device_mesh", None)
+    mesh = _lightning_private.device_mesh(trainer.strategy)
     if mesh is None:
         return ParallelLayout(int(trainer.global_rank), int(trainer.world_size))
     return layout_from_mesh(mesh)

@@ -4,7 +4,7 @@ import types
 
 import pytest
 
-from longred_pl.parallel import _torch_private as shim
+from longred_pl import _torch_private as shim
 
 
 def _module(first_parameter: str) -> types.ModuleType:

@@ -35,6 +35,7 @@ Uses:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
 import warnings
@@ -79,7 +80,12 @@ def locate_ring(import_module: Callable[[str], ModuleType] = importlib.import_mo
     )
 
 
-_cp = locate_ring()
+@functools.cache
+def _ring() -> ModuleType:
+    """torch's ring module, located (and the torch version checked) at the first use, so that
+    importing this file costs nothing on a torch without it: only a CP run needs the ring."""
+    _check_version()
+    return locate_ring()
 
 
 def _check_version() -> None:
@@ -88,24 +94,21 @@ def _check_version() -> None:
     low, high = (tuple(int(p) for p in v.split(".")) for v in CHECKED_TORCH)
     if not low <= as_tuple <= high:
         warnings.warn(
-            f"longred_pl.parallel uses private torch ring-attention APIs checked on torch "
+            f"longred_pl's context parallelism uses private torch ring-attention APIs checked on torch "
             f"{CHECKED_TORCH[0]}-{CHECKED_TORCH[1]}; found {torch.__version__}. Run "
             f"tests/integration/test_cp_attention.py before training.",
             stacklevel=2,
         )
 
 
-_check_version()
-
-
 @contextlib.contextmanager
 def _pinned_options() -> Iterator[None]:
     """Head-tail load balancing on, fp32 merge on, all-gather rotation, then restore."""
-    opts = _cp._cp_options
+    opts = _ring()._cp_options
     saved = (opts.enable_load_balance, opts.convert_to_f32, opts.rotate_method)
     opts.enable_load_balance = True
     opts.convert_to_f32 = True
-    opts.rotate_method = _cp._RotateMethod.ALL_GATHER
+    opts.rotate_method = _ring()._RotateMethod.ALL_GATHER
     try:
         yield
     finally:
@@ -126,7 +129,7 @@ def ring_forward(
     Every rank must hold its two head-tail chunks concatenated (``sharding.shard_sequence``).
     """
     with _pinned_options():
-        return _cp._templated_ring_attention(
+        return _ring()._templated_ring_attention(
             group, 2, op, query, key, value, is_causal=True, **kwargs
         )
 
@@ -145,7 +148,7 @@ def ring_backward(
 ) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`ring_forward`: ``(grad_q, grad_k, grad_v, *rest)``."""
     with _pinned_options():
-        return _cp._templated_ring_attention_backward(
+        return _ring()._templated_ring_attention_backward(
             group,
             2,
             op,
@@ -163,9 +166,46 @@ def ring_backward(
 
 def sdpa_merger(seq_dim: int = 2) -> Any:
     """torch's ring merger: ``step(out, lse, partial)`` per block, ``results()`` -> (out, lse)."""
-    return _cp._SDPAMerger(True, seq_dim=seq_dim)
+    return _ring()._SDPAMerger(True, seq_dim=seq_dim)
 
 
 def flatten_mesh(mesh: Any, name: str) -> Any:
     """``mesh._flatten(name)``: one mesh dimension spanning all of ``mesh``'s dimensions."""
     return mesh._flatten(name)
+
+
+# --- aten SDPA kernels --------------------------------------------------------------------
+# The ring calls these private aten ops directly (torch's own CUDA ring wrappers call the
+# same ones); their argument lists were read on CHECKED_TORCH (ring_attention's adapters).
+SDPA_OPS = (
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention_for_cpu_backward",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_backward",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_efficient_attention_backward",
+)
+
+
+def sdpa_op(name: str) -> Any:
+    """``torch.ops.aten.<name>`` for one of :data:`SDPA_OPS`.
+
+    Raises:
+        ImportError: this torch has no such op (naming the installed version).
+    """
+    if name not in SDPA_OPS:
+        raise ValueError(f"{name!r} is not one of the SDPA ops this file vouches for: {SDPA_OPS}")
+    try:
+        return getattr(torch.ops.aten, name)
+    except (AttributeError, RuntimeError) as err:
+        raise ImportError(
+            f"torch {torch.__version__} has no aten.{name}; the ring attention was checked on "
+            f"torch {CHECKED_TORCH[0]}-{CHECKED_TORCH[1]}"
+        ) from err
+
+
+# --- nn.Module internals ------------------------------------------------------------------
+# LongReDModule overrides ``nn.Module._apply(fn, recurse=True)`` (the one method behind
+# ``.to()``, ``.cuda()``, ``.half()``...) so that the teacher it holds without registering
+# it moves with it; tests/unit/test_private_guards.py checks the signature it overrides.
+MODULE_APPLY_PARAMETERS = ("self", "fn", "recurse")
