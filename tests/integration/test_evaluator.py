@@ -91,7 +91,7 @@ def test_eval_writes_results_tables_and_plots(tiny_llama, tiny_student, tiny_sha
     assert "| model | window |" in table and "(teacher)" in table
     assert "| 192-256 |" in table and "| 239 | - |" in table
     # chance is printed as 1/vocab, not rounded to 0.0000, and results at chance are marked
-    assert "chance = 1/vocab = 0.0078" in table and "`~` = within 2 s.d. of chance" in table
+    assert "chance = 1/vocab = 0.0078" in table and "one-sided exact binomial test" in table
     assert "| 0 | 0.000 ~ | 0.000 ~ |" in table  # a random model copies nothing
     for name in ("ppl_by_position.png", "copy_accuracy.png"):
         assert (out / name).read_bytes()[:8] == PNG

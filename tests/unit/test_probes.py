@@ -249,4 +249,5 @@ def test_default_copy_distances_are_capped_unless_asked():
     assert default_copy_distances(32768, 16) == [0, 4, 16, 64, 256, 1024, 4096]
     assert default_copy_distances(32768, 16, max_distance=0)[-1] == 32768 - 33
     assert default_copy_distances(256, 8)[-1] == 256 - 17  # a small window is probed whole
-    assert at_chance(0.0, 1 / 128, 14) and not at_chance(1 / 14, 1 / 128, 14)
+    assert at_chance(0.0, 1 / 128, 14) and not at_chance(3 / 14, 1 / 128, 14)
+    assert at_chance(1 / 14, 1 / 128, 14)  # 1 hit in 14: p = 0.10 (exact binomial test)
