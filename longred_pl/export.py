@@ -4,7 +4,10 @@ The directory holds the student's weights (safetensors), its config (with the ex
 ``rope_parameters`` and ``max_position_embeddings``), the tokenizer files (the teacher's, or
 ``--tokenizer DIR``'s) and ``README.md``, the model card (:mod:`longred_pl.eval.model_card`),
 so ``AutoModelForCausalLM.from_pretrained(out_dir)`` gives the long-context model and the
-Hub shows how it was made.
+Hub shows how it was made. Inference defaults are restored (:func:`finish_directory`):
+``use_cache: true`` in ``config.json`` (training turns the KV cache off), a
+``generation_config.json`` (the teacher's, else derived from the config's token ids), the
+tokenizer's ``model_max_length`` = the new window, and the teacher's license files.
 
 Nothing is silent: a teacher directory without tokenizer files gives a one-line warning
 naming it and the fix (the weights are still written: they are what the run paid for, and
@@ -19,7 +22,8 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,6 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "chat_template.jinja",
-    "generation_config.json",
 )
 # any one of these makes a tokenizer (the others only configure one)
 VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -75,6 +78,96 @@ def check_tokenizer_dir(directory: str, vocab_size: int) -> None:
         )
 
 
+def set_tokenizer_window(out: str | os.PathLike, window: int) -> bool:
+    """``model_max_length`` = ``window`` in ``out/tokenizer_config.json`` (created with that key
+    alone when the tokenizer has none); ``False`` when ``out`` holds no tokenizer."""
+    if not has_tokenizer(str(out)):
+        return False
+    path = Path(out) / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    config["model_max_length"] = int(window)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return True
+
+
+@contextmanager
+def inference_config(model: Any) -> Iterator[Any]:
+    """``model.config.use_cache = True`` while the model is saved (training turns it off)."""
+    before = getattr(model.config, "use_cache", None)
+    model.config.use_cache = True
+    try:
+        yield model
+    finally:
+        model.config.use_cache = before
+
+
+def write_generation_config(
+    out: str | os.PathLike,
+    config: Any,
+    sources: Sequence[str | None],
+    old_window: int | None = None,
+) -> str:
+    """``out/generation_config.json``: the first of ``sources`` that has one, else derived
+    from ``config`` (its bos/eos/pad token ids); returns where it came from, in words.
+
+    A copied ``max_length`` equal to ``old_window`` (the base model's window) becomes the new
+    one (``config.max_position_embeddings``); any other value is kept.
+    """
+    target = Path(out) / "generation_config.json"
+    for source in sources:
+        path = Path(source) / "generation_config.json" if source else None
+        if path is None or not path.is_file():
+            continue
+        settings = json.loads(path.read_text())
+        if old_window is not None and settings.get("max_length") == old_window:
+            settings["max_length"] = int(config.max_position_embeddings)
+        target.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        return f"copied from `{Path(source).name}`"
+    from transformers import GenerationConfig
+
+    GenerationConfig.from_model_config(config).save_pretrained(out)
+    ids = ", ".join(
+        f"{key} {getattr(config, key, None)}"
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id")
+    )
+    return f"derived from `config.json` ({ids})"
+
+
+def copy_license_files(source: str | os.PathLike | None, out: str | os.PathLike) -> list[str]:
+    """Copy ``source``'s license files (``LICENSE*``, ``NOTICE*``, ``USE_POLICY*``) to ``out``."""
+    from longred_pl.eval.model_card import license_files
+
+    names = license_files(source) if source else []
+    for name in names:
+        shutil.copy2(os.path.join(source, name), os.path.join(out, name))
+    return names
+
+
+def finish_directory(
+    out: Path,
+    config: Any,
+    tokenizer: dict[str, Any] | None,
+    generation_sources: Sequence[str | None],
+    old_window: int | None,
+    license_source: str | None,
+) -> dict[str, Any]:
+    """The inference defaults and license files of a written model directory (export, merge):
+    the tokenizer's window, ``generation_config.json``, the base model's license files.
+
+    Returns ``{"tokenizer", "generation", "license_files"}`` for the model card. (``use_cache``
+    is set in ``config.json`` by saving under :func:`inference_config`.)
+    """
+    window = int(config.max_position_embeddings)
+    if tokenizer is not None and set_tokenizer_window(out, window):
+        files = list(dict.fromkeys([*tokenizer["files"], "tokenizer_config.json"]))
+        tokenizer = {**tokenizer, "files": files, "max_length": window}
+    return {
+        "tokenizer": tokenizer,
+        "generation": write_generation_config(out, config, generation_sources, old_window),
+        "license_files": copy_license_files(license_source, out),
+    }
+
+
 def _write_tokenizer(source: str, out: Path) -> dict[str, Any] | None:
     if not has_tokenizer(source):
         print(
@@ -92,8 +185,11 @@ def save_student(
     out_dir: str | os.PathLike,
     state: dict[str, torch.Tensor] | None = None,
     tokenizer: str | None = None,
-) -> tuple[Path, dict[str, Any] | None]:
-    """Save the student with a tokenizer; returns the directory and where the tokenizer came from.
+) -> tuple[Path, dict[str, Any]]:
+    """Save the student with a tokenizer and inference defaults (:func:`finish_directory`).
+
+    Returns the directory and ``{"tokenizer": {"source", "files", "max_length"} | None,
+    "generation": where generation_config.json came from, "license_files": [...]}``.
 
     Args:
         module: a configured ``LongReDModule``.
@@ -112,8 +208,13 @@ def save_student(
             model = AutoModelForCausalLM.from_config(module.student.config)
         model.load_state_dict(state, strict=False, assign=True)
         model.tie_weights()
-    model.save_pretrained(out, safe_serialization=True)
-    return out, _write_tokenizer(tokenizer or module.hparams.teacher_path, out)
+    with inference_config(model):
+        model.save_pretrained(out, safe_serialization=True)
+    teacher = str(module.hparams.teacher_path)
+    written = _write_tokenizer(tokenizer or teacher, out)
+    old_window = int(module.teacher_config.max_position_embeddings)
+    sources = [teacher, tokenizer]
+    return out, finish_directory(out, model.config, written, sources, old_window, teacher)
 
 
 def student_state_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -183,6 +284,7 @@ def _load(path: str) -> dict[str, Any]:
 
 
 def _run_from_checkpoint(ckpt: dict[str, Any], path: str, run_config: str | None) -> dict:
+    from longred_pl.eval import model_card as mc
     from longred_pl.eval.model_card import find_run_config, streams_from
 
     teacher = ckpt["hyper_parameters"].get("teacher_path")
@@ -195,14 +297,22 @@ def _run_from_checkpoint(ckpt: dict[str, Any], path: str, run_config: str | None
     streams = streams_from(ckpt, config)
     where = "the checkpoint" if ckpt.get("datamodule_hyper_parameters") else config
     print(f"[longred export] model card: stream settings from {where or 'nowhere (not found)'}")
+    steps = ckpt.get("global_step")
+    validation = None
+    if config:
+        validation = mc.validation_from_csv(Path(config).parent / "metrics.csv", steps)
     return {
-        "steps": ckpt.get("global_step"),
+        "steps": steps,
         "micro_steps": data.get("consumed"),
         "world_size": data.get("world_size"),
         "schedule": data.get("schedule"),
         "streams": streams,
         "streams_from": where,
         "checkpoint": str(path),
+        "root": mc.run_root(path),
+        "config": config,
+        "optimization": mc.optimization_from_config(mc.read_run_config(config)),
+        "validation": validation or mc.validation_from_checkpoint(ckpt),
     }
 
 
@@ -210,25 +320,41 @@ def write_card(
     module: Any,
     out: Path,
     run: dict[str, Any],
-    tokenizer: dict[str, Any] | None,
+    written: dict[str, Any],
     eval_results: Sequence[str] | None = None,
     base_model: str | None = None,
 ) -> Path:
-    """``out/README.md``: the model card (:func:`longred_pl.eval.model_card.render_card`)."""
-    from longred_pl.eval.model_card import card_facts, eval_markdown, find_eval_results, render_card
+    """``out/README.md``: the model card (:func:`longred_pl.eval.model_card.render_card`).
 
-    paths = list(eval_results or []) or find_eval_results(str(out))
+    ``written``: what :func:`save_student` returns beside the directory.
+    """
+    from longred_pl.eval import model_card as mc
+
+    teacher = str(module.hparams.teacher_path)
+    base, where = mc.base_model_of(base_model, teacher)
+    print(
+        f"[longred export] model card: base_model {base} (from {where})"
+        if base
+        else "[longred export] model card: no base_model (the teacher's Hub id is not known: "
+        "export with --base-model owner/name to add it)"
+    )
+    paths = list(eval_results or []) or mc.find_eval_results(str(out))
     for path in paths:
         print(f"[longred export] model card: evaluation from {path}")
-    facts = card_facts(module, run)
+    facts = mc.card_facts(module, run)
+    facts.update(name=out.name, base_model=base)
+    names = {
+        str(out.resolve()): f"{out.name} (this model)",
+        str(Path(teacher).resolve()): f"{mc.base_name(facts)} (base model)",
+    }
     facts.update(
-        name=out.name,
-        base_model=base_model,
-        tokenizer=tokenizer,
-        evaluation=[(p, eval_markdown(p)) for p in paths],
+        license=mc.license_of(teacher),
+        evaluation=[(p, mc.eval_markdown(p, names)) for p in paths],
+        out=str(out),
+        **written,
     )
     card = out / "README.md"
-    card.write_text(render_card(facts))
+    card.write_text(mc.render_card(facts))
     return card
 
 
@@ -280,10 +406,11 @@ def export_checkpoint(
         base_model: Hub id of the base model for the card's ``base_model`` field.
         overwrite: replace a non-empty OUT that holds another export (or anything else).
     """
-    from longred_pl.eval.model_card import eval_markdown
+    from longred_pl.eval.model_card import check_base_model, eval_markdown
     from longred_pl.module import LongReDModule
     from longred_pl.outputs import check_output, replace_output
 
+    check_base_model(base_model)
     source = checkpoint_identity(ckpt_path)
     same = _recorded_source(out_dir) == source
     target = check_output(out_dir, overwrite or same, "OUT", {"the checkpoint": ckpt_path})
@@ -304,10 +431,10 @@ def export_checkpoint(
     module.student.load_state_dict(student_state_from_checkpoint(ckpt), strict=True)
     if not same:
         replace_output(target)
-    out, tokenizer_info = save_student(module, target, tokenizer=tokenizer)
+    out, written = save_student(module, target, tokenizer=tokenizer)
     (out / EXPORT_RECORD).write_text(json.dumps(source, indent=1) + "\n")
     module.hparams["method"] = method  # the card describes the run's recipe
-    write_card(module, out, run, tokenizer_info, eval_results, base_model)
+    write_card(module, out, run, written, eval_results, base_model)
     print(f"[longred] exported to {out} (model card: {out / 'README.md'})")
     return out
 
@@ -341,13 +468,19 @@ def full_student_state(module: Any) -> dict[str, torch.Tensor] | None:
     return get_model_state_dict(module.student, options=options)
 
 
-def _run_from_trainer(trainer: L.Trainer) -> dict[str, Any]:
-    """The card's run record from a live trainer and its data module."""
+def _run_from_trainer(trainer: L.Trainer, log_dir: str | None) -> dict[str, Any]:
+    """The card's run record from a live trainer, its data module and its log directory
+    (``trainer.log_dir``: a collective, so read on every rank by the caller)."""
+    from longred_pl.eval import model_card as mc
+
     data = getattr(trainer, "datamodule", None)
     streams = {
         k: {name: getattr(c, name) for name in ("urls", "seq_len", "batch_size")}
         for k, c in (getattr(data, "streams", None) or {}).items()
     }
+    logs = Path(log_dir) if log_dir else None
+    config = logs / "config.yaml" if logs and (logs / "config.yaml").is_file() else None
+    validation = mc.validation_from_csv(logs / "metrics.csv", None) if logs else None
     return {
         "steps": trainer.global_step,
         "micro_steps": getattr(data, "consumed", None),
@@ -355,6 +488,11 @@ def _run_from_trainer(trainer: L.Trainer) -> dict[str, Any]:
         "schedule": list(getattr(data, "schedule", [])),
         "streams": streams,
         "streams_from": "the run's data module" if streams else None,
+        "root": trainer.default_root_dir,
+        "config": str(config) if config else None,
+        "optimization": mc.optimization_from_config(mc.read_run_config(config))
+        or mc.optimization_from_trainer(trainer),
+        "validation": validation or mc.validation_from_metrics(trainer.callback_metrics),
     }
 
 
@@ -373,8 +511,9 @@ class ExportStudent(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         state = full_student_state(pl_module)
+        log_dir = trainer.log_dir  # a broadcast: every rank
         if trainer.is_global_zero:
-            out, tokenizer = save_student(pl_module, self.dirpath, state)
-            write_card(pl_module, out, _run_from_trainer(trainer), tokenizer)
+            out, written = save_student(pl_module, self.dirpath, state)
+            write_card(pl_module, out, _run_from_trainer(trainer, log_dir), written)
             print(f"[longred] student exported to {out}")
         trainer.strategy.barrier("export_student")

@@ -7,6 +7,12 @@ against the original's short-text quality. Integer buffers must be equal in both
 buffers (``inv_freq``) are derived from the config and taken from the student (in Hugging
 Face models they are non-persistent, so not in the state dict at all). The tokenizer is the
 student directory's if it has one, else the teacher's; ``merge.json`` records the inputs.
+Like ``longred export``, the output is ready for the Hub: ``use_cache: true``, a
+``generation_config.json`` (the student's, else the teacher's, else derived from the config),
+the tokenizer's ``model_max_length`` = the student's window, the base model's license files,
+and ``README.md``, a model card naming both parents and alpha, with ``base_model`` in its
+front matter when the teacher's Hub id can be known
+(:func:`longred_pl.eval.model_card.base_model_of`).
 
 Usage: ``longred merge STUDENT_DIR TEACHER_DIR OUT_DIR --alpha 0.5``
 """
@@ -131,7 +137,7 @@ def _student_dtype(config: Any, path: str) -> str:
     return name
 
 
-def _write_tokenizer(student: str, teacher: str, out: Path) -> str | None:
+def _write_tokenizer(student: str, teacher: str, out: Path) -> dict[str, Any] | None:
     from longred_pl.export import VOCABULARY_FILES, copy_tokenizer, has_tokenizer
 
     source = next((d for d in (student, teacher) if has_tokenizer(d)), None)
@@ -143,8 +149,51 @@ def _write_tokenizer(student: str, teacher: str, out: Path) -> str | None:
             file=sys.stderr,
         )
         return None
-    copy_tokenizer(source, str(out))
-    return source
+    return {"source": source, "files": copy_tokenizer(source, str(out))}
+
+
+def write_merge_card(
+    out: Path,
+    student: str,
+    teacher: str,
+    configs: tuple[Any, Any],
+    alpha: float,
+    dtype: str,
+    written: dict[str, Any],
+) -> Path:
+    """``OUT/README.md``, the model card (``model_card.render_merge_card``)."""
+    from longred_pl.eval import model_card as mc
+
+    base, where = mc.base_model_of(None, teacher, student)
+    print(
+        f"[longred merge] model card: base_model {base} (from {where})"
+        if base
+        else "[longred merge] model card: no base_model (the teacher's Hub id is not known: "
+        "neither TEACHER nor STUDENT's card names it)"
+    )
+    s_config, t_config = configs
+    facts = {
+        "name": out.name,
+        "student": {
+            "path": os.path.abspath(student),
+            "window": int(s_config.max_position_embeddings),
+            "rope": mc.rope_of(s_config),
+            "card": os.path.isfile(os.path.join(student, "README.md")),
+        },
+        "teacher": {
+            "path": os.path.abspath(teacher),
+            "window": int(t_config.max_position_embeddings),
+            "rope": mc.rope_of(t_config),
+        },
+        "alpha": alpha,
+        "dtype": dtype,
+        "base_model": base,
+        "license": mc.license_of(teacher, student),
+        **written,
+    }
+    card = out / "README.md"
+    card.write_text(mc.render_merge_card(facts))
+    return card
 
 
 def merge_models(
@@ -154,8 +203,8 @@ def merge_models(
 
     Each tensor is ``alpha * student + (1 - alpha) * teacher`` (in float32, saved in the
     student's dtype); the config, with its RoPE settings, is the student's; the tokenizer is
-    the student's, else the teacher's. ``OUT/merge.json`` records student, teacher and alpha.
-    Everything is checked before anything is written.
+    the student's, else the teacher's. ``OUT/merge.json`` records student, teacher and alpha;
+    ``OUT/README.md`` is the model card. Everything is checked before anything is written.
 
     Args:
         student: the trained student, a Hugging Face causal-LM directory (``longred export``).
@@ -165,6 +214,8 @@ def merge_models(
             under the student's config.
         overwrite: replace a non-empty OUT whole (refused without it).
     """
+    from longred_pl.eval.model_card import license_files
+    from longred_pl.export import finish_directory, inference_config
     from longred_pl.models import load_causal_lm, load_config
     from longred_pl.outputs import check_output, replace_output
 
@@ -184,15 +235,22 @@ def merge_models(
     del merged
 
     replace_output(out_dir)  # --overwrite: nothing of what OUT held stays
-    model.save_pretrained(out_dir, safe_serialization=True)
+    with inference_config(model):
+        model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer = _write_tokenizer(student, teacher, out_dir)
+    license_dir = next((d for d in (teacher, student) if license_files(d)), None)
+    old_window = int(t_config.max_position_embeddings)
+    written = finish_directory(
+        out_dir, model.config, tokenizer, [student, teacher], old_window, license_dir
+    )
     record = {
         "student": os.path.abspath(student),
         "teacher": os.path.abspath(teacher),
         "alpha": alpha,
         "dtype": dtype,
-        "tokenizer": os.path.abspath(tokenizer) if tokenizer else None,
+        "tokenizer": os.path.abspath(tokenizer["source"]) if tokenizer else None,
     }
     (out_dir / "merge.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_merge_card(out_dir, student, teacher, (s_config, t_config), alpha, dtype, written)
     print(f"[longred] merged (alpha={alpha}: student share) to {out_dir}")
     return out_dir

@@ -196,3 +196,35 @@ def test_shell_form(pair, tmp_path):
         cli.main(["merge", pair[0], pair[1], str(out), "--alpha=0.5"])
     cli.main(["merge", pair[0], pair[1], str(out), "--alpha=1", "--overwrite"])
     assert json.loads((out / "merge.json").read_text())["alpha"] == 1.0
+
+
+def test_the_merge_is_ready_for_the_hub_with_a_card_naming_both_parents(tmp_path):
+    import yaml
+
+    teacher = save_tiny_llama(tmp_path / "base", seed=0)
+    student = _with_rope(save_tiny_llama(tmp_path / "student", seed=1), STUDENT_ROPE)
+    config = _config(student)
+    config["use_cache"] = False  # as training left it (exports before this fix)
+    (tmp_path / "student" / "config.json").write_text(json.dumps(config))
+    card = {"base_model": "org/tiny", "license": "apache-2.0", "tags": ["longred", "rope-abf"]}
+    (tmp_path / "student" / "README.md").write_text("---\n" + yaml.safe_dump(card) + "---\n")
+    (tmp_path / "student" / "tokenizer.json").write_text('{"from": "student"}')
+    out = merge_models(student, teacher, str(tmp_path / "merged"), alpha=0.75)
+    assert _config(out)["use_cache"] is True
+    tokenizer = json.loads((out / "tokenizer_config.json").read_text())
+    assert tokenizer["model_max_length"] == 256  # the student's window, not the teacher's 64
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 2
+    text = (out / "README.md").read_text()
+    _, front, body = text.split("---\n", 2)
+    assert yaml.safe_load(front) == {
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "base_model": "org/tiny",  # the student's card names its base model
+        "license": "apache-2.0",
+        "tags": ["longred", "long-context", "merge"],
+    }
+    assert "**alpha = 0.75**" in body
+    assert "| student (share alpha = 0.75) | `student` | 256 |" in body
+    assert "| base model (share 1 - alpha = 0.25) | `base` (org/tiny) | 64 |" in body
+    assert "RoPE base frequency (rope_theta) 10000 -> 40000" in body
+    assert str(tmp_path) not in text
