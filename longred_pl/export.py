@@ -30,6 +30,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from longred_pl import _lightning_private
 from longred_pl.errors import UserError
 
 TOKENIZER_FILES = (
@@ -448,7 +449,7 @@ def full_student_state(module: Any) -> dict[str, torch.Tensor] | None:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.tensor import DTensor
 
-    trainer = getattr(module, "_trainer", None)
+    trainer = _lightning_private.attached_trainer(module)
     root = getattr(getattr(trainer, "strategy", None), "model", None)
     if isinstance(root, FSDP):  # FSDPStrategy: one root unit over the LightningModule
         from torch.distributed.fsdp import FullStateDictConfig, StateDictType

@@ -28,6 +28,8 @@ D head dim.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from longred_pl import _torch_private
@@ -73,6 +75,19 @@ def simulate_ring(
         [shard_sequence(x, r, cp, dim=2) for r in range(cp)]
         for x in (q_BHTD, k_BKTD, v_BKTD, grad_BHTD)
     )
+    outs, lses, rests = _forward(kernel, q, k, v, cp, scale)
+    dq, dk, dv = _backward(kernel, q, k, v, g, outs, lses, rests, cp, scale)
+    dtype = q_BHTD.dtype
+    return {
+        "out": unshard_sequence([o.to(dtype) for o in outs], dim=2),
+        "dq": unshard_sequence([x.to(dtype) for x in dq], dim=2),
+        "dk": unshard_sequence([x.to(dtype) for x in dk], dim=2),
+        "dv": unshard_sequence([x.to(dtype) for x in dv], dim=2),
+    }
+
+
+def _forward(kernel: Any, q: list, k: list, v: list, cp: int, scale: float | None) -> tuple:
+    """Each rank's output, log-sum-exp and kernel state after its ``cp`` ring steps."""
     outs, lses, rests = [], [], []
     for rank in range(cp):
         merger = _torch_private.sdpa_merger()
@@ -87,6 +102,22 @@ def simulate_ring(
         outs.append(out)
         lses.append(lse)
         rests.append(tuple(rest))
+    return outs, lses, rests
+
+
+def _backward(
+    kernel: Any,
+    q: list,
+    k: list,
+    v: list,
+    g: list,
+    outs: list,
+    lses: list,
+    rests: list,
+    cp: int,
+    scale: float | None,
+) -> tuple[list, list, list]:
+    """Each rank's ``dq`` and the ``dk``, ``dv`` its blocks send back, accumulated in fp32."""
     dq = [torch.zeros_like(x, dtype=torch.float32) for x in q]
     dk = [torch.zeros_like(x, dtype=torch.float32) for x in k]
     dv = [torch.zeros_like(x, dtype=torch.float32) for x in v]
@@ -108,19 +139,10 @@ def simulate_ring(
                 scale=scale,
                 **kwargs,
             )
-            if second:
-                _half(dq[rank], 1).add_(gq.float())
-            else:
-                dq[rank].add_(gq.float())
+            (_half(dq[rank], 1) if second else dq[rank]).add_(gq.float())
             for acc, grad in ((dk[j], gk), (dv[j], gv)):
                 (_half(acc, 0) if kind == "first_kv" else acc).add_(grad.float())
-    dtype = q_BHTD.dtype
-    return {
-        "out": unshard_sequence([o.to(dtype) for o in outs], dim=2),
-        "dq": unshard_sequence([x.to(dtype) for x in dq], dim=2),
-        "dk": unshard_sequence([x.to(dtype) for x in dk], dim=2),
-        "dv": unshard_sequence([x.to(dtype) for x in dv], dim=2),
-    }
+    return dq, dk, dv
 
 
 def unsharded_attention(
