@@ -32,9 +32,11 @@ from torch import nn
 
 from longred_pl import _transformers_private
 from longred_pl.arguments import ModelLoading, Output
+from longred_pl.data.shards import expand_urls
 from longred_pl.errors import UserError
 from longred_pl.eval.metrics import AttentionKL, HiddenStateCosine
-from longred_pl.models import freeze, load_causal_lm, load_config
+from longred_pl.models import freeze, load_causal_lm, load_config, resolve_device
+from longred_pl.outputs import check_output
 from longred_pl.plotting import pyplot
 
 __all__ = [
@@ -341,28 +343,19 @@ def select_layers(
         batch_size: samples per forward.
         loading: device, dtype, trust_remote_code (:class:`longred_pl.arguments.ModelLoading`).
     """
-    from longred_pl.data.shards import expand_urls
     from longred_pl.eval.evaluator import read_batches
-    from longred_pl.models import resolve_device
-    from longred_pl.outputs import check_output
 
     if k < 0 or num_samples < 1 or batch_size < 1:
         raise UserError("--k must be >= 0, --num-samples and --batch-size >= 1")
-    trust_remote_code, out = loading.trust_remote_code, output.out
+    trust_remote_code = loading.trust_remote_code
     teacher_config = load_config(teacher, trust_remote_code, field="--teacher")
     student_config, described = _student_config(
         teacher_config, student, rope_method, target_length, rope_kwargs, trust_remote_code
     )
-    if student is None and student_config.rope_parameters == teacher_config.rope_parameters:
-        print(
-            "note: the student's RoPE equals the teacher's (e.g. abf kept rope_theta), so no "
-            "drift will show; set --rope-kwargs to change it"
-        )
-    window = int(teacher_config.max_position_embeddings)
-    if not 2 <= seq_len <= window:
-        raise UserError(f"--seq-len must be in [2, {window}] (the teacher's window), got {seq_len}")
-    expand_urls(data, field="--data")
-    check_output(out, output.overwrite, "--out", {"--teacher": teacher, "--student": student})
+    _check_selection(teacher_config, student_config, student, data, seq_len)
+    check_output(
+        output.out, output.overwrite, "--out", {"--teacher": teacher, "--student": student}
+    )
     run_device = resolve_device(loading.device)
     models = [
         freeze(load_causal_lm(path, cfg, "eager", loading.dtype, trust_remote_code)).to(run_device)
@@ -372,7 +365,22 @@ def select_layers(
     batches = read_batches(data, seq_len, num_samples, batch_size, vocab, "--data")
     report = measure_drift(*models, batches, progress=output.progress)
     layers = recommend_layers(report, k)
-    return _write_selection(report, layers, out, k, teacher, described)
+    return _write_selection(report, layers, output.out, k, teacher, described)
+
+
+def _check_selection(
+    teacher_config: Any, student_config: Any, student: str | None, data: str, seq_len: int
+) -> None:
+    """The sample length fits the teacher and the shards exist; says when no drift can show."""
+    if student is None and student_config.rope_parameters == teacher_config.rope_parameters:
+        print(
+            "note: the student's RoPE equals the teacher's (e.g. abf kept rope_theta), so no "
+            "drift will show; set --rope-kwargs to change it"
+        )
+    window = int(teacher_config.max_position_embeddings)
+    if not 2 <= seq_len <= window:
+        raise UserError(f"--seq-len must be in [2, {window}] (the teacher's window), got {seq_len}")
+    expand_urls(data, field="--data")
 
 
 def _write_selection(

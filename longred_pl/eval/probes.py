@@ -188,23 +188,28 @@ def repeat_copy_probe(
         )
     if any(d < 0 for d in distances):
         raise UserError(f"--copy-distances must be >= 0, got {list(distances)}")
-    scores: dict[int, float] = {}
     tokens = sum((int(bos_token_id is not None) + 2 * span + int(d)) * trials for d in distances)
     bar = tqdm(total=tokens, desc="repeat-copy", unit="tok", unit_scale=True, disable=not progress)
+    scores: dict[int, float] = {}
     for distance in distances:
         bar.set_postfix(distance=int(distance))
         ids_BT = copy_task_ids(
             trials, span, int(distance), vocab_size, generator, low, bos_token_id
         )
-        correct = 0
-        for chunk_BT in ids_BT.split(batch_size or trials):
-            logits_BSV = forward_logits(model, chunk_BT, keep=span)
-            predicted_BS = logits_BSV[:, : span - 1].argmax(dim=-1).cpu()
-            correct += int((predicted_BS == chunk_BT[:, -(span - 1) :]).sum())
-            bar.update(chunk_BT.numel())
+        correct = sum(
+            _copied(model, chunk_BT, span, bar) for chunk_BT in ids_BT.split(batch_size or trials)
+        )
         scores[int(distance)] = correct / (trials * (span - 1))
     bar.close()
     return scores
+
+
+def _copied(model: nn.Module, ids_BT: torch.Tensor, span: int, bar: Any) -> int:
+    """How many of the second copy's tokens (its first excluded) the model predicts."""
+    logits_BSV = forward_logits(model, ids_BT, keep=span)
+    predicted_BS = logits_BSV[:, : span - 1].argmax(dim=-1).cpu()
+    bar.update(ids_BT.numel())
+    return int((predicted_BS == ids_BT[:, -(span - 1) :]).sum())
 
 
 # ---------------------------------------------------------------------------- passkey
