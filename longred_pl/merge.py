@@ -160,16 +160,17 @@ def write_merge_card(
     alpha: float,
     dtype: str,
     written: dict[str, Any],
+    base_model: str | None = None,
 ) -> Path:
     """``OUT/README.md``, the model card (``model_card.render_merge_card``)."""
     from longred_pl.eval import model_card as mc
 
-    base, where = mc.base_model_of(None, teacher, student)
+    base, where = mc.base_model_of(base_model, teacher, student)
     print(
         f"[longred merge] model card: base_model {base} (from {where})"
         if base
         else "[longred merge] model card: no base_model (the teacher's Hub id is not known: "
-        "neither TEACHER nor STUDENT's card names it)"
+        "neither TEACHER nor STUDENT's card names it: merge with --base-model owner/name to add it)"
     )
     s_config, t_config = configs
     facts = {
@@ -197,7 +198,12 @@ def write_merge_card(
 
 
 def merge_models(
-    student: str, teacher: str, out: str, alpha: float = 0.5, overwrite: bool = False
+    student: str,
+    teacher: str,
+    out: str,
+    alpha: float = 0.5,
+    overwrite: bool = False,
+    base_model: str | None = None,
 ) -> Path:
     """Interpolate a trained student's weights with the original model's, as a new HF directory.
 
@@ -213,13 +219,16 @@ def merge_models(
         alpha: the student's share in [0, 1]: 1 gives the student, 0 the teacher's weights
             under the student's config.
         overwrite: replace a non-empty OUT whole (refused without it).
+        base_model: Hub id of the base model for the card's ``base_model`` field (default:
+            the teacher's, where it can be known).
     """
-    from longred_pl.eval.model_card import license_files
+    from longred_pl.eval.model_card import check_base_model, license_files
     from longred_pl.export import finish_directory, inference_config
     from longred_pl.models import load_causal_lm, load_config
     from longred_pl.outputs import check_output, replace_output
 
     alpha = check_alpha(alpha)
+    check_base_model(base_model)
     s_config = load_config(student, field="STUDENT")
     t_config = load_config(teacher, field="TEACHER")
     check_same_architecture(s_config, t_config)
@@ -251,6 +260,7 @@ def merge_models(
         "tokenizer": os.path.abspath(tokenizer["source"]) if tokenizer else None,
     }
     (out_dir / "merge.json").write_text(json.dumps(record, indent=2) + "\n")
-    write_merge_card(out_dir, student, teacher, (s_config, t_config), alpha, dtype, written)
+    configs = (s_config, t_config)
+    write_merge_card(out_dir, student, teacher, configs, alpha, dtype, written, base_model)
     print(f"[longred] merged (alpha={alpha}: student share) to {out_dir}")
     return out_dir

@@ -228,3 +228,16 @@ def test_the_merge_is_ready_for_the_hub_with_a_card_naming_both_parents(tmp_path
     assert "| base model (share 1 - alpha = 0.25) | `base` (org/tiny) | 64 |" in body
     assert "RoPE base frequency (rope_theta) 10000 -> 40000" in body
     assert str(tmp_path) not in text
+
+
+def test_merge_base_model_flag_overrides_and_is_checked_before_anything_is_written(tmp_path):
+    import yaml
+
+    teacher = save_tiny_llama(tmp_path / "base", seed=0)
+    student = _with_rope(save_tiny_llama(tmp_path / "student", seed=1), STUDENT_ROPE)
+    with pytest.raises(UserError, match="--base-model: 'not an id' is not a Hugging Face Hub id"):
+        merge_models(student, teacher, str(tmp_path / "bad"), base_model="not an id")
+    assert not (tmp_path / "bad").exists()
+    out = merge_models(student, teacher, str(tmp_path / "m"), base_model="org/base-8b")
+    front = (out / "README.md").read_text().split("---\n", 2)[1]
+    assert yaml.safe_load(front)["base_model"] == "org/base-8b"
