@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -33,7 +34,11 @@ class StreamMetrics(L.Callback):
     """Per-stream timing and the step's ``train/`` metrics (reads ``pl_module.step_stats``)."""
 
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
-        pl_module.step_stats.begin(pl_module.device, batch["kind"])
+        # Callbacks run before the module's hook, which checks the batch (batches.py): a
+        # batch without a stream is left to it, to refuse in one line naming the key.
+        kind = batch.get("kind") if isinstance(batch, Mapping) else None
+        if isinstance(kind, str):
+            pl_module.step_stats.begin(pl_module.device, kind)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         pl_module.step_stats.end()

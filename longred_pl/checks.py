@@ -5,7 +5,9 @@
 the module with the data module and the trainer: the precision, stream lengths and vocabulary
 (the data module's ``check_model``), the streams the objective consumes, the accumulation against
 the schedule's period, and the skipped-position scheme against the s2l length. Every
-failure is a :class:`~longred_pl.errors.UserError` naming the field and the fix.
+failure is a :class:`~longred_pl.errors.UserError` naming the field and the fix. Without
+``MixedLengthDataModule`` (a user's own DataLoader) the checks that need its settings run
+from the batches instead (:mod:`longred_pl.batches`).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import lightning as L
 import torch
 
 from longred_pl import _lightning_private
+from longred_pl.batches import CHECKPOINT_KEY
 from longred_pl.errors import UserError
 
 TOKENIZER_FILES = (
@@ -297,7 +298,14 @@ def _run_from_checkpoint(ckpt: dict[str, Any], path: str, run_config: str | None
     )
     streams = streams_from(ckpt, config)
     where = "the checkpoint" if ckpt.get("datamodule_hyper_parameters") else config
-    print(f"[longred export] model card: stream settings from {where or 'nowhere (not found)'}")
+    seen = ckpt.get(CHECKPOINT_KEY)
+    if seen and not seen.get("library", True):
+        print(
+            f"[longred export] model card: data from {seen.get('source')} (not "
+            f"MixedLengthDataModule): streams and tokens as the module counted them"
+        )
+    else:
+        print(f"[longred export] model card: stream settings from {where or 'nowhere (not found)'}")
     steps = ckpt.get("global_step")
     validation = None
     if config:
@@ -309,6 +317,7 @@ def _run_from_checkpoint(ckpt: dict[str, Any], path: str, run_config: str | None
         "schedule": data.get("schedule"),
         "streams": streams,
         "streams_from": where,
+        "seen": seen,
         "checkpoint": str(path),
         "root": mc.run_root(path),
         "config": config,
@@ -482,6 +491,7 @@ def _run_from_trainer(trainer: L.Trainer, log_dir: str | None) -> dict[str, Any]
     logs = Path(log_dir) if log_dir else None
     config = logs / "config.yaml" if logs and (logs / "config.yaml").is_file() else None
     validation = mc.validation_from_csv(logs / "metrics.csv", None) if logs else None
+    contract = getattr(trainer.lightning_module, "batch_contract", None)
     return {
         "steps": trainer.global_step,
         "micro_steps": getattr(data, "consumed", None),
@@ -489,6 +499,7 @@ def _run_from_trainer(trainer: L.Trainer, log_dir: str | None) -> dict[str, Any]
         "schedule": list(getattr(data, "schedule", [])),
         "streams": streams,
         "streams_from": "the run's data module" if streams else None,
+        "seen": contract.record() if contract is not None and contract.started else None,
         "root": trainer.default_root_dir,
         "config": str(config) if config else None,
         "optimization": mc.optimization_from_config(mc.read_run_config(config))

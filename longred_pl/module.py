@@ -11,8 +11,9 @@ accumulates the micro-steps of an optimizer step. The three terms are the method
 :meth:`L_long`, :meth:`L_short` and :meth:`L_s2l`.
 
 Each concern has a room of its own: :mod:`teacher`, :mod:`forward` (the one forward
-path), :mod:`checks`, :mod:`callbacks` (metrics, NaN guard, bar), :mod:`sequence` (context
-parallelism), :mod:`validation`, :mod:`models` (loading, sharding).
+path), :mod:`checks`, :mod:`batches` (the batch contract of a user's own DataLoader, checked at
+every batch; the batches read, counted for the model card), :mod:`callbacks` (metrics, NaN guard,
+bar), :mod:`sequence` (context parallelism), :mod:`validation`, :mod:`models` (loading, sharding).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from longred_pl import _lightning_private, checks, positions, rope
+from longred_pl.batches import CHECKPOINT_KEY, BatchContract
 from longred_pl.forward import logit_head, run_model
 from longred_pl.fsdp import (
     clip_grad_norm,
@@ -136,6 +138,7 @@ class LongReDModule(L.LightningModule):
         self.heldout = HeldOutPerplexity()
         self.step_stats = StepStats()
         self.layout = Layout()  # set in setup: data/context-parallel coordinates
+        self.batch_contract = BatchContract()  # the batches read: checks and counts
 
     # ------------------------------------------------------------------ models
     @property
@@ -157,6 +160,7 @@ class LongReDModule(L.LightningModule):
         """Cross-check data, schedule and trainer against the models before loading them."""
         self.layout = layout_of(self.trainer)
         checks.check_run(self, getattr(self.trainer, "datamodule", None), self.trainer)
+        self.batch_contract.start(self, self.trainer, stage)
         prepare_strategy(self.trainer.strategy)
 
     def configure_model(self) -> None:
@@ -274,10 +278,41 @@ class LongReDModule(L.LightningModule):
         term = getattr(self, term_name)(batch)  # L_long | L_short | L_s2l
         return self.weights[kind] * term, term
 
+    def check_batch(self, batch: Any, split: str = "train") -> str:
+        """The batch contract (``batches.BatchContract``): its kind, else a one-line UserError."""
+        if not self.batch_contract.started:  # a hook called outside a Trainer's setup
+            trainer = _lightning_private.attached_trainer(self)
+            self.batch_contract.start(self, trainer, "")
+        return self.batch_contract.check(batch, split)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Check the batch before ``training_step`` (``StreamMetrics`` leaves a bad one to it)."""
+        self.check_batch(batch, "train")
+
+    def on_validation_batch_start(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self.check_batch(batch, "validation")
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.check_batch(batch, "test")
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, term = self.compute_loss(batch)
         self.step_stats.add(batch["kind"], loss.detach(), term.detach(), batch["input_ids"].numel())
+        self.batch_contract.add(batch["kind"], batch["input_ids"])
         return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Without ``MixedLengthDataModule``: the step's mix of streams, checked (warnings)."""
+        self.batch_contract.step_done(int(self.trainer.global_step))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The batches trained, per stream, and where they came from (the model card reads it)."""
+        checkpoint[CHECKPOINT_KEY] = self.batch_contract.record()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.batch_contract.restore(checkpoint.get(CHECKPOINT_KEY))
 
     def configure_callbacks(self) -> list[L.Callback]:
         """Per-stream metrics, the non-finite-step guard and (if a bar is shown) the step bar."""

@@ -10,7 +10,9 @@ card written by ``longred export`` (and by ``ExportStudent`` at the end of ``fit
 * the recipe: ``longred`` / ``long_cpt`` / ``mix_cpt``, the loss weights, the distilled
   hidden states, the s2l position scheme (docs/method.md, "The recipe");
 * the data: each stream's shards, length and batch, with the ``index.json`` that
-  ``longred prepare`` wrote beside them (source, tokenizer, sample count);
+  ``longred prepare`` wrote beside them (source, tokenizer, sample count); for a run fed
+  by the user's own DataLoader, that, and the micro-batches, samples, lengths and tokens
+  the module read per stream (``batches.BatchContract.record``, kept in the checkpoint);
 * the optimizer and learning-rate schedule (the run's ``config.yaml``), optimizer steps,
   micro-steps and tokens trained per stream;
 * the last validation the run logged before the checkpoint (its ``metrics.csv``, else the
@@ -444,13 +446,32 @@ def card_facts(module: Any, run: dict[str, Any]) -> dict[str, Any]:
     (:func:`streams_from`), ``streams_from`` (where they were read), ``checkpoint``,
     ``root`` (the run's directory: paths inside it are shown relative to it),
     ``optimization`` (:func:`optimization_from_config`), ``validation``
-    (:func:`validation_from_csv`), ``config`` (the run config's path).
+    (:func:`validation_from_csv`), ``config`` (the run config's path), ``seen`` (the
+    module's record of the batches it trained on, ``batches.BatchContract.record``: with a
+    user's DataLoader the data section and the tokens come from it).
     """
     hp = dict(module.hparams)
     teacher, student = module.teacher_config, module.student_config
     method = hp.get("method", "longred")
-    streams = run.get("streams") or {}
+    seen = run.get("seen") or {}
+    user_data = bool(seen) and not seen.get("library", True)
+    streams = {} if user_data else run.get("streams") or {}
     data = {k: {**v, "index": read_index(v.get("urls"))} for k, v in streams.items()}
+    tokens = tokens_trained(
+        streams,
+        run.get("schedule") or [],
+        run.get("micro_steps") or 0,
+        run.get("world_size") or 1,
+    )
+    micro_steps, world = run.get("micro_steps"), run.get("world_size")
+    if user_data or (tokens is None and seen.get("streams")):
+        from longred_pl.batches import tokens_of  # as the module counted them while training
+
+        tokens = tokens_of(seen) if seen.get("streams") else None
+    if user_data:
+        per_rank = (seen.get("streams") or {}).values()
+        micro_steps = micro_steps or sum(int(s["micro_batches"]) for s in per_rank)
+        world = world or seen.get("world_size")
     return {
         "teacher_path": str(hp["teacher_path"]),
         "n_layers": int(teacher.num_hidden_layers),
@@ -466,15 +487,11 @@ def card_facts(module: Any, run: dict[str, Any]) -> dict[str, Any]:
         "position_kwargs": hp.get("position_kwargs") or {},
         "data": data,
         "streams_from": run.get("streams_from"),
+        "user_data": seen if user_data else None,
         "steps": run.get("steps"),
-        "micro_steps": run.get("micro_steps"),
-        "world_size": run.get("world_size"),
-        "tokens": tokens_trained(
-            streams,
-            run.get("schedule") or [],
-            run.get("micro_steps") or 0,
-            run.get("world_size") or 1,
-        ),
+        "micro_steps": micro_steps,
+        "world_size": world,
+        "tokens": tokens,
         "checkpoint": run.get("checkpoint"),
         "root": run.get("root"),
         "config": run.get("config"),
@@ -743,8 +760,36 @@ def _strip_paths(value: Any) -> Any:
     return shown(value) if isinstance(value, str) else value
 
 
+def _user_data(seen: Mapping[str, Any]) -> list[str]:
+    """The data section of a run fed by the user's own DataLoader (no stream settings)."""
+    streams = seen.get("streams") or {}
+    dp = int(seen.get("data_parallel") or 1)
+    lines = [
+        f"From {seen.get('source') or 'a user DataLoader'} (not `MixedLengthDataModule`): no "
+        "shards or sources were recorded; the streams below are what the training module read"
+        + (f" (counts of one rank x {dp} data-parallel ranks)." if dp > 1 else ".")
+    ]
+    if not streams:
+        return lines + ["", "No training batch was read."]
+    lines += [
+        "",
+        "| stream | micro-batches | samples | seq_len | tokens |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for kind, s in streams.items():
+        low, high = s.get("min_len"), s.get("max_len")
+        length = f"{low}" if low == high else f"{low}-{high}"
+        lines.append(
+            f"| {kind} | {int(s['micro_batches']) * dp:,} | {int(s['samples']) * dp:,} | "
+            f"{length} | {int(s['tokens']) * dp:,} |"
+        )
+    return lines
+
+
 def _data(f: dict[str, Any]) -> list[str]:
     lines = ["", "## Training data", ""]
+    if f.get("user_data"):
+        return lines + _user_data(f["user_data"])
     if not f["data"]:
         return lines + [
             "Unknown: the checkpoint holds no stream settings and no run `config.yaml` was "
@@ -810,6 +855,8 @@ def _training(f: dict[str, Any]) -> list[str]:
     if tokens:
         per = ", ".join(f"{k} {v:,}" for k, v in tokens.items() if k != "total")
         lines.append(f"- Tokens trained: {tokens['total']:,} ({per}).")
+    elif f.get("user_data"):
+        lines.append("- Tokens trained: 0 (no training batch was read).")
     else:
         lines.append("- Tokens trained: unknown (stream settings not found).")
     return lines + _optimization(f)
