@@ -15,6 +15,12 @@ it had served (a seek when ``index.json`` gives the shards' counts, see ``shards
 so the run continues with the samples it would have seen. This does not depend on
 Lightning's own loader-state restore (see Lightning issue #20550).
 
+Document masks (``StreamConfig.document_mask``, resolved by ``document_mask``): a stream
+whose masks are on reads each sample with its document starts (``longred prepare --pack``
+records them) and its batches carry ``document_ids`` [B, L] (LongTensor): the 0-based
+index of each token's document within its sample, non-decreasing along each row. The
+key is absent when masks are off. The s2l stream never has them.
+
 Bad shards: faults are met inside the loader workers, each rank reading its own shards.
 Each batch carries the fault records made while it was assembled (``faults``); the data
 module keeps those of the batches the trainer used, gathers every rank's at checkpoint
@@ -24,6 +30,7 @@ time (``state_dict``, called on all ranks) and hands them back to the streams on
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -33,9 +40,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from longred_pl.data.index import stream_index
+from longred_pl.data.index import StreamIndex, stream_index
 from longred_pl.data.schedule import KINDS, build_schedule, count_before, kind_at
 from longred_pl.data.shards import (
+    Item,
     ShardFaults,
     StreamConfig,
     consumer_stream,
@@ -44,9 +52,67 @@ from longred_pl.data.shards import (
 from longred_pl.errors import UserError
 from longred_pl.preemption import ignore_stop_signals
 
+S2L_READING = "the published recipe reads an s2l sample at skipped positions as one text"
+
+
+def document_mask(name: str, cfg: StreamConfig, index: StreamIndex) -> tuple[bool, str]:
+    """Whether stream ``name`` (``long``, ``val_short``, ...) reads document masks, and why.
+
+    Returns ``(on, line)``, the line said at setup (``data.long: document masks on (...)``).
+    ``cfg.document_mask`` None follows the shards (``index.json``'s ``document_boundaries``);
+    True for shards without boundaries, or for s2l, is a ``UserError``.
+    """
+    field, setting = f"data.{name}.document_mask", cfg.document_mask
+    if name == "s2l":
+        if setting:
+            raise UserError(
+                f"{field}: true is not supported: document masks are not applied to the s2l "
+                f"stream ({S2L_READING}); set {field} to false or leave it unset"
+            )
+        return False, f"data.{name}: document masks off for s2l ({S2L_READING})"
+    if setting is False:
+        return False, f"data.{name}: document masks off ({field}: false)"
+    if index.document_boundaries:
+        why = f"{field}: true" if setting else "shards record document boundaries"
+        return True, f"data.{name}: document masks on ({why})"
+    why = (
+        "written with --no-pack: one document per sample"
+        if index.unpacked
+        else "written before format_version 2, or without an index.json"
+    )
+    if setting:
+        raise UserError(
+            f"{field}: true, but the shards of data.{name}.urls record no document "
+            f"boundaries ({why}); re-run `longred prepare --pack` for this stream, or set "
+            f"{field} to false"
+        )
+    return False, f"data.{name}: document masks off (shards record no document boundaries: {why})"
+
+
+def document_ids(starts: Sequence[np.ndarray], seq_len: int) -> torch.Tensor:
+    """``[B, seq_len]`` LongTensor: each token's 0-based document index in its sample."""
+    out = np.zeros((len(starts), seq_len), dtype=np.int64)
+    for row, first in zip(out, starts, strict=True):
+        row[first[1:]] = 1  # the first start is 0: document 0
+    return torch.from_numpy(np.cumsum(out, axis=1))
+
+
+def collate(rows: Sequence[Item], masked: bool) -> dict[str, torch.Tensor]:
+    """``input_ids`` [B, L] of the samples, and ``document_ids`` when ``masked``."""
+    if not masked:
+        return {"input_ids": torch.from_numpy(np.stack(rows).astype(np.int64))}
+    ids = np.stack([row[0] for row in rows]).astype(np.int64)
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "document_ids": document_ids([row[1] for row in rows], ids.shape[1]),
+    }
+
 
 class MixedLengthStream(IterableDataset):
-    """Endless micro-batches ``{"kind", "input_ids", "index", "bad_shards", "faults"}`` for one rank."""
+    """Endless micro-batches ``{"kind", "input_ids", "index", "bad_shards", "faults"}`` for one rank.
+
+    A stream with document masks (``document_mask``) adds ``document_ids``.
+    """
 
     def __init__(
         self,
@@ -70,6 +136,7 @@ class MixedLengthStream(IterableDataset):
         self.start = start
         self.vocab_size = vocab_size
         self.faults = list(faults)  # fault records from the checkpoint (all ranks)
+        self.masked = {k: document_mask(k, c, self.index[k])[0] for k, c in streams.items()}
         replay = [k for k, index in self.index.items() if not index.complete]
         if start and replay:
             warnings.warn(
@@ -80,7 +147,7 @@ class MixedLengthStream(IterableDataset):
                 stacklevel=2,
             )
 
-    def _stream(self, kind: str, residue: int, faults: ShardFaults) -> Iterator[np.ndarray]:
+    def _stream(self, kind: str, residue: int, faults: ShardFaults) -> Iterator[Item]:
         cfg = self.streams[kind]
         served = count_before(self.schedule, kind, self.start, residue, self.num_workers)
         return consumer_stream(
@@ -93,6 +160,7 @@ class MixedLengthStream(IterableDataset):
             shuffle_buffer=self.shuffle_buffer,
             skip=served * cfg.batch_size,
             faults=faults,
+            doc_starts=self.masked[kind],
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -112,11 +180,12 @@ class MixedLengthStream(IterableDataset):
         while True:
             kind = kind_at(self.schedule, n)
             rows = [next(iters[kind]) for _ in range(self.streams[kind].batch_size)]
+            batch = collate(rows, self.masked[kind])
             if self.vocab_size is not None:
-                check_vocab(rows, self.vocab_size, kind)
+                check_vocab(batch["input_ids"], self.vocab_size, kind)
             yield {
                 "kind": kind,
-                "input_ids": torch.from_numpy(np.stack(rows).astype(np.int64)),
+                **batch,
                 "index": n,
                 "bad_shards": sum(len(f.bad) for f in faults.values()),
                 "faults": [r for f in faults.values() for r in f.take_new()],
@@ -124,9 +193,9 @@ class MixedLengthStream(IterableDataset):
             n += self.num_workers
 
 
-def check_vocab(rows: list[np.ndarray], vocab_size: int, kind: str) -> None:
+def check_vocab(input_ids: torch.Tensor, vocab_size: int, kind: str) -> None:
     """Token ids must index the model's embedding table."""
-    top = max(int(r.max()) for r in rows)
+    top = int(input_ids.max())
     if top >= vocab_size:
         raise UserError(
             f"data.{kind}: token id {top} is >= the model's vocabulary size {vocab_size}; the "
@@ -136,7 +205,8 @@ def check_vocab(rows: list[np.ndarray], vocab_size: int, kind: str) -> None:
 
 
 class FixedStream(IterableDataset):
-    """A finite, ordered pass over validation shards: ``{"kind", "input_ids"}`` batches.
+    """A finite, ordered pass over validation shards: ``{"kind", "input_ids"}`` batches
+    (and ``document_ids`` with document masks, see ``document_mask``).
 
     Every rank runs the same number of batches (under FSDP each forward is a collective,
     so one batch more on one rank hangs the others): sample ``i`` goes to rank
@@ -155,25 +225,24 @@ class FixedStream(IterableDataset):
         self.kind, self.cfg, self.field = kind, cfg, f"data.val_{kind}"
         index = stream_index(cfg.urls, f"{self.field}.urls")
         self.shards = index.shards
+        self.masked = document_mask(f"val_{kind}", cfg, index)[0]
         self.rank, self.world_size, self.max_batches = rank, world_size, max_batches
         total = sum(index.counts.values()) if index.complete else None
         wanted = None if max_batches is None else max_batches * cfg.batch_size * world_size
         self.stride = max(1, total // wanted) if total and wanted else 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        rows: list[np.ndarray] = []
+        rows: list[Item] = []
         emitted, seen = 0, 0
         step = self.cfg.batch_size * self.world_size  # samples per batch over all ranks
-        samples = (s for url in self.shards for s in read_shard(url, self.cfg.seq_len))
+        length, masked = self.cfg.seq_len, self.masked
+        samples = (s for url in self.shards for s in read_shard(url, length, masked))
         picked = (s for i, s in enumerate(samples) if i % self.stride == 0)
         for seen, sample in enumerate(picked, start=1):
             if (seen - 1) % self.world_size == self.rank:
                 rows.append(sample)
             if seen % step == 0:  # every rank now holds a full batch
-                yield {
-                    "kind": self.kind,
-                    "input_ids": torch.from_numpy(np.stack(rows).astype(np.int64)),
-                }
+                yield {"kind": self.kind, **collate(rows, masked)}
                 rows, emitted = [], emitted + 1
                 if self.max_batches is not None and emitted >= self.max_batches:
                     return
@@ -265,6 +334,17 @@ class MixedLengthDataModule(L.LightningDataModule):
         self.vocab_size: int | None = None  # set by check_model; ids are checked against it
         # fail now, not after loading models: URLs that match nothing, shards gone or unlisted
         self.index = {n: stream_index(c.urls, f"data.{n}.urls") for n, c in self._all_streams()}
+        masks = {n: document_mask(n, c, self.index[n]) for n, c in self._all_streams()}
+        # stream name (long, short, s2l, val_short, val_long) -> batches carry document_ids
+        self.document_masks = {n: on for n, (on, _) in masks.items()}
+        self.document_mask_lines = [line for _, line in masks.values()]
+
+    def setup(self, stage: str) -> None:
+        """Says, one line per stream, whether its batches carry document masks and why."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.is_global_zero:
+            for line in self.document_mask_lines:
+                print(f"[longred] {line}", file=sys.stderr)
 
     def _all_streams(self) -> list[tuple[str, StreamConfig]]:
         vals = [("val_" + k, c) for k, c in self.val_streams.items()]

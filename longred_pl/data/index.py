@@ -28,6 +28,10 @@ class StreamIndex:
     vocab_size: int | None
     tokenizer: str | None
     seq_len: int | None = None  # tokens per sample, when every index read records one
+    # every shard's index.json says its packed samples record their document starts
+    # (format_version 2, `longred prepare --pack`); False for older shards and unknown ones
+    document_boundaries: bool = False
+    unpacked: bool = False  # every shard's index.json says `"pack": false` (one document each)
 
     @property
     def total(self) -> int | None:
@@ -96,8 +100,10 @@ def stream_index(urls: str | list[str], field: str) -> StreamIndex:
             groups.setdefault(where, []).append(url)
     counts: dict[str, int] = {}
     vocab, tokenizer, lengths = None, None, {}
+    read = []  # the index of each group, None where there is none
     for where, group in groups.items():
         index = _load_index(where)
+        read.append(index)
         if index is None:
             continue
         listed = {s["name"]: int(s["num_samples"]) for s in index.get("shards", [])}
@@ -112,4 +118,7 @@ def stream_index(urls: str | list[str], field: str) -> StreamIndex:
         found = ", ".join(f"{n} ({w})" for w, n in lengths.items())
         raise UserError(f"{field}: the shards mix sample lengths {found}; give one length")
     seq_len = next(iter(lengths.values())) if len(lengths) == len(groups) and groups else None
-    return StreamIndex(shards, counts, vocab, tokenizer, seq_len)
+    every = bool(read) and all(index_url(u) is not None for u in shards)
+    boundaries = every and all(i is not None and i.get("document_boundaries") for i in read)
+    unpacked = every and all(i is not None and i.get("pack") is False for i in read)
+    return StreamIndex(shards, counts, vocab, tokenizer, seq_len, boundaries, unpacked)

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -60,6 +60,19 @@ def check_ids(document: TokenizedDocument, vocab_size: int) -> np.ndarray:
             "was it tokenised with another tokenizer (pass that one as --tokenizer)?"
         )
     return ids
+
+
+class Sample(NamedTuple):
+    """One `seq_len` window: its uint32 ids, and with packing where its documents start.
+
+    `doc_starts` (uint32, packing only, else None) are the offsets in the window of the
+    first token of each document piece it holds: strictly increasing, the first always 0
+    (a document cut by the previous window continues as this window's first piece). A
+    document is its tokens as read, its trailing EOS included.
+    """
+
+    input_ids: np.ndarray
+    doc_starts: np.ndarray | None = None
 
 
 @dataclass
@@ -130,8 +143,10 @@ def filter_documents(
 class Packer:
     """Concatenates token runs and cuts `seq_len` windows, crediting tokens to their inputs.
 
-    Each run is `[ids, stats, counted]`; `counted` records that the run's document already
-    counts as used, so a document split over several samples counts once.
+    Each run is `[ids, stats, counted]`, one document (or what is left of one);
+    `counted` records that the run's document already counts as used, so a document
+    split over several samples counts once. A window's document starts are where its runs
+    begin in it (`Sample.doc_starts`).
     """
 
     def __init__(self, seq_len: int) -> None:
@@ -143,12 +158,14 @@ class Packer:
             self.runs.append([ids, stats, counted])
             self.size += len(ids)
 
-    def take(self) -> np.ndarray | None:
-        """The next full window, or None when fewer than `seq_len` tokens are held."""
+    def take(self) -> Sample | None:
+        """The next full window and its document starts, or None when fewer than `seq_len`
+        tokens are held."""
         if self.size < self.seq_len:
             return None
-        pieces, need = [], self.seq_len
+        pieces, starts, need = [], [], self.seq_len
         while need:
+            starts.append(self.seq_len - need)
             run = self.runs[0]
             ids, stats = run[0], run[1]
             n = min(need, len(ids))
@@ -162,7 +179,7 @@ class Packer:
                 run[0] = ids[n:]
             need -= n
         self.size -= self.seq_len
-        return np.concatenate(pieces).astype(np.uint32)
+        return Sample(np.concatenate(pieces).astype(np.uint32), np.array(starts, np.uint32))
 
     def move_to(self, other: Packer | None) -> None:
         """Hand the held runs to `other` (None: drop them)."""
@@ -179,14 +196,17 @@ def input_samples(
     seq_len: int,
     pack: bool,
     leftovers: Packer | None,
-) -> Iterator[np.ndarray]:
-    """One input's samples; at its end its leftover tokens go to `leftovers` (pack only)."""
+) -> Iterator[Sample]:
+    """One input's samples; at its end its leftover tokens go to `leftovers` (pack only).
+
+    Packed samples carry their document starts; unpacked ones none (one document each).
+    """
     packer = Packer(seq_len)
     for ids in token_ids:
         packer.add(ids, stats)
         while (sample := packer.take()) is not None:
             stats.samples += 1
-            yield sample
+            yield sample if pack else Sample(sample.input_ids)
         if not pack:
             packer.move_to(None)
     stats.exhausted = True
@@ -198,7 +218,7 @@ class Mix:
 
     def __init__(
         self,
-        streams: list[Iterator[np.ndarray]],
+        streams: list[Iterator[Sample]],
         weights: Sequence[float] | None,
         leftovers: Packer | None,
         labels: Sequence[str] | None = None,
@@ -211,7 +231,7 @@ class Mix:
         self.pooled = 0
         self.stopped = "all inputs read"
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[Sample]:
         active = list(range(len(self.streams)))
         while active:
             k = min(active, key=lambda i: ((self.counts[i] + 1) / self.weights[i], i))

@@ -1,9 +1,10 @@
 """Tokenise documents and write fixed-length samples as webdataset tar shards.
 
-The shard format is the contract of NOTES.md ("longred-shards-v1"): each sample is one
-tar member `<key>.input_ids.u32` holding exactly `seq_len` raw little-endian uint32 token
-ids, `<key>` is the zero-padded global sample number, and `index.json` beside the shards
-records `format, seq_len, vocab_size, num_samples, tokenizer, shards, source` and `pack`.
+The shard format is the contract of NOTES.md ("longred-shards-v1", `format_version` 2):
+each sample is a tar member `<key>.input_ids.u32` holding exactly `seq_len` raw
+little-endian uint32 token ids, `<key>` is the zero-padded global sample number, and
+`index.json` beside the shards records `format, format_version, seq_len, vocab_size,
+num_samples, tokenizer, shards, source, pack` and `document_boundaries`.
 `prepare_shards` fills `source` with the provenance: the inputs as given and as resolved
 (files, splits, columns), the filters, the weights, why the mix stopped, and each input's
 counts.
@@ -13,6 +14,20 @@ Two ways to cut samples (docs/method.md, "Three data streams"):
   with EOS) and the stream is cut into consecutive `seq_len` windows.
 - `pack=False` (long stream): each document is cut on its own, so a sample never spans
   two documents; a document shorter than `seq_len`, and every remainder, is dropped.
+
+Document boundaries (format_version 2): with `pack=True` each sample also has a member
+`<key>.doc_starts.u32`, written just before its `<key>.input_ids.u32` (webdataset's sorted
+member order): raw little-endian uint32 offsets in the sample of the first token of each
+document piece it holds, strictly increasing, the first always 0 (a document cut by the
+previous sample's end continues as this sample's first piece; one that ended exactly
+there leaves a new one starting at 0). A document is its tokens as read plus the EOS that
+ends it (`tokenize_documents` appends it; token-id columns are used as given): the EOS is
+the last token of its document, and the next document starts right after it. Documents
+truncated by `--max-doc-tokens` stay one document; the leftovers of several inputs packed
+together keep their own starts. `index.json` then says `"document_boundaries": true`.
+Unpacked samples hold one document each and have no such member (`false`). Shards
+written before version 2 have neither key in `index.json` nor any `doc_starts` member:
+they still read, as shards without boundaries.
 
 `prepare_shards` (`longred prepare`) streams its inputs (`sources.py`) through the
 tokenizer (`tokenizer.py`), the filters and the weighted mix (`mixing.py`) into the
@@ -40,6 +55,7 @@ from longred_pl.data.mixing import (
     InputStats,
     Mix,
     Packer,
+    Sample,
     check_ids,
     empty_input,
     empty_input_error,
@@ -69,8 +85,10 @@ __all__ = [
     "write_shards",
 ]
 
-SHARD_FORMAT = "longred-shards-v1"
+SHARD_FORMAT = "longred-shards-v1"  # the family's name; its version is FORMAT_VERSION
+FORMAT_VERSION = 2  # 2: packed samples record their document starts (absent: 1)
 SAMPLE_SUFFIX = "input_ids.u32"
+STARTS_SUFFIX = "doc_starts.u32"
 KEY_DIGITS = 9
 
 
@@ -114,7 +132,7 @@ class _ShardWriter:
         self._file: Any = None
         self._tar: Any = None
 
-    def write(self, sample: np.ndarray) -> None:
+    def write(self, sample: Sample) -> None:
         from webdataset import TarWriter
 
         if self._tar is None:
@@ -122,10 +140,15 @@ class _ShardWriter:
             # written under a temporary name and renamed when complete: a killed prepare
             # never leaves a truncated `*.tar` for a reader to pick up
             self._file = (self.out_dir / (name + ".partial")).open("wb")
-            self._tar = TarWriter(self._file, mtime=0.0)  # fixed mtime: reproducible bytes
+            # a fixed integer mtime: reproducible bytes, and no pax header per member (a float
+            # mtime adds one: 1 KiB and a second header to parse for every member)
+            self._tar = TarWriter(self._file, mtime=0)
             self.shards.append({"name": name, "num_samples": 0})
         key = f"{self.num_samples:0{KEY_DIGITS}d}"
-        self._tar.write({"__key__": key, SAMPLE_SUFFIX: sample.astype("<u4").tobytes()})
+        members = {"__key__": key, SAMPLE_SUFFIX: sample.input_ids.astype("<u4").tobytes()}
+        if sample.doc_starts is not None:  # written first: TarWriter sorts the suffixes
+            members[STARTS_SUFFIX] = sample.doc_starts.astype("<u4").tobytes()
+        self._tar.write(members)
         self.shards[-1]["num_samples"] += 1
         self.num_samples += 1
         if self.shards[-1]["num_samples"] == self.samples_per_shard:
@@ -183,6 +206,7 @@ def _index(
 ) -> dict[str, Any]:
     return {
         "format": SHARD_FORMAT,
+        "format_version": FORMAT_VERSION,
         "seq_len": seq_len,
         "vocab_size": vocab_size,
         "num_samples": writer.num_samples,
@@ -190,6 +214,7 @@ def _index(
         "shards": writer.shards,
         "source": source,
         "pack": pack,
+        "document_boundaries": pack,  # packed samples carry `<key>.doc_starts.u32`
     }
 
 
@@ -217,7 +242,7 @@ def write_shards(
     Args:
         token_docs: tokenised documents (`TokenizedDocument` or 1-D id sequences); with
             `pack=True` they are concatenated as given (`tokenize_documents` ends each
-            with EOS).
+            with EOS), and each item is one document of the recorded boundaries.
         out_dir: output directory, created if needed.
         seq_len: tokens per sample.
         samples_per_shard: samples per tar file.
@@ -437,7 +462,7 @@ def prepare_shards(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Tokenise corpora and files into fixed-length webdataset shards (longred-shards-v1).
+    """Tokenise corpora and files into fixed-length webdataset shards (longred-shards-v1, v2).
 
     Args:
         tokenizer: Hugging Face tokenizer (or model) directory; its vocabulary bounds the ids.
@@ -454,8 +479,9 @@ def prepare_shards(
         format: read every --files file as this format (auto: by suffix).
         encoding: text encoding of .txt/.jsonl files (and of binary columns).
         errors: undecodable bytes: strict (fail, naming file and byte), replace, ignore.
-        pack: concatenate the documents of an input (short, s2l streams); --no-pack cuts
-            each document on its own (long stream).
+        pack: concatenate the documents of an input (short, s2l streams; each sample then
+            records where its documents start, for document masks); --no-pack cuts each
+            document on its own (long stream).
         min_doc_tokens: drop documents of fewer tokens (EOS included); for the long stream.
         max_doc_tokens: truncate longer documents to this many tokens (ending with EOS).
         weights: share of the samples of each input (the --corpus names, then the --files

@@ -2,8 +2,11 @@
 
 Shards are webdataset tar files (format in NOTES.md), opened with webdataset's ``gopen``
 (local paths, ``file:``, ``pipe:`` commands): local files seekably, pipes as a stream.
-Nothing here unpickles: only ``input_ids.u32`` members are decoded, any other is refused
-by name (webdataset's ``.decode()`` is not used: its defaults unpickle ``.pkl``).
+Nothing here unpickles: only ``input_ids.u32`` members, and the ``doc_starts.u32`` member
+that precedes a packed sample's ids (format_version 2), are decoded; any other is refused
+by name (webdataset's ``.decode()`` is not used: its defaults unpickle ``.pkl``). A
+reader asks for the document starts (``doc_starts=True``: it then gets ``(ids, starts)``
+pairs) or not (plain id arrays; the ``doc_starts`` members are skipped unread).
 
 Each reader ("consumer": one data-loader worker of one rank, see ``datamodule.py``) gets
 a disjoint, balanced share of a stream: with ``S`` shards and ``C`` consumers, the first
@@ -38,13 +41,17 @@ import numpy as np
 from longred_pl.errors import UserError
 
 SAMPLE_SUFFIX = "input_ids.u32"
+STARTS_SUFFIX = "doc_starts.u32"  # a packed sample's document starts, before its ids
+BLOCK = tarfile.BLOCKSIZE
 READ_ATTEMPTS = 3  # reads of a shard before a transient error makes it a bad shard
 RETRY_BACKOFF_S = 0.5  # wait before the first retry, doubled before each further one
 CORRUPT_ERRORS = (tarfile.TarError, EOFError, zlib.error)  # the bytes are wrong: no retry
 TRANSIENT_ERRORS = (OSError,)  # I/O, network, a pipe's exit status: worth another read
 EVERY = range(sys.maxsize)  # pick every sample of a shard
 
-Samples = Generator[np.ndarray, None, int]  # yields samples, returns the shard's count
+# a sample: its ids, or with ``doc_starts=True`` its ids and its document starts
+Item = np.ndarray | tuple[np.ndarray, np.ndarray]
+Samples = Generator[Item, None, int]  # yields samples, returns the shard's count
 
 
 @dataclass(frozen=True)
@@ -56,11 +63,16 @@ class StreamConfig:
             (``data/long-{00000..00063}.tar``), ``pipe:`` commands, or a list of these.
         seq_len: tokens per sample; every sample in the shards must have this length.
         batch_size: samples per micro-batch on each rank.
+        document_mask: confine attention to each document of a packed sample (batches
+            then carry ``document_ids``). None: on when the shards record document
+            boundaries (``longred prepare --pack``), else off; True: on, refused for
+            shards without boundaries; False: off. Never applied to the s2l stream.
     """
 
     urls: str | list[str]
     seq_len: int
     batch_size: int
+    document_mask: bool | None = None
 
 
 def is_remote(url: str) -> bool:
@@ -107,15 +119,19 @@ def index_url(url: str) -> str | None:
     return head + "index.json" + tail if found and name != url else None
 
 
+def _split(name: str) -> tuple[str, str]:
+    """A member's ``(key, suffix)``: ``000000012.input_ids.u32`` -> ``000000012``, ``input_ids.u32``."""
+    key, _, suffix = os.path.basename(name).partition(".")
+    return key, suffix
+
+
 def decode_member(url: str, name: str, payload: bytes, seq_len: int) -> np.ndarray:
     """Decode one tar member into int32 token ids, refusing anything but ``input_ids.u32``."""
-    base = os.path.basename(name)
-    suffix = base.split(".", 1)[1] if "." in base else ""
-    if suffix != SAMPLE_SUFFIX:
+    if _split(name)[1] != SAMPLE_SUFFIX:
         raise UserError(
             f"shard {url}: member {name!r} is not a token sample; only '*.{SAMPLE_SUFFIX}' "
-            f"members are decoded (no pickles or other formats). Re-write the shard with "
-            f"`longred prepare`."
+            f"(and '*.{STARTS_SUFFIX}') members are decoded (no pickles or other formats). "
+            f"Re-write the shard with `longred prepare`."
         )
     if len(payload) % 4:
         raise UserError(f"shard {url}: member {name!r} has {len(payload)} bytes, not uint32s")
@@ -129,43 +145,100 @@ def decode_member(url: str, name: str, payload: bytes, seq_len: int) -> np.ndarr
     return ids
 
 
+def decode_starts(
+    url: str, sample: str, head: tuple[str, bytes] | None, seq_len: int
+) -> np.ndarray:
+    """The document starts of sample member ``sample`` from the member before it, ``head``.
+
+    ``head`` is ``(name, payload)`` of the ``doc_starts.u32`` member that preceded the
+    sample's ids, or None. Checked: same key, whole uint32s, first 0, strictly
+    increasing, inside the sample.
+    """
+    if head is None or _split(head[0])[0] != _split(sample)[0]:
+        raise UserError(
+            f"shard {url}: sample {sample!r} has no '{_split(sample)[0]}.{STARTS_SUFFIX}' member "
+            f"before it, so its document boundaries are unknown; re-run `longred prepare "
+            f"--pack` for this stream, or set its document_mask to false"
+        )
+    name, payload = head
+    starts = np.frombuffer(payload, dtype="<u4").astype(np.int64)
+    if len(payload) % 4 or not len(starts) or starts[0] != 0:
+        why = "not uint32s" if len(payload) % 4 else "empty" if not len(starts) else "not from 0"
+    elif np.any(np.diff(starts) <= 0) or starts[-1] >= seq_len:
+        why = f"not strictly increasing below seq_len {seq_len}"
+    else:
+        return starts
+    raise UserError(
+        f"shard {url}: member {name!r} does not hold document starts ({why}); re-write the "
+        f"shard with `longred prepare --pack`"
+    )
+
+
 def _payload(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     handle = tar.extractfile(member)
     return handle.read() if handle is not None else b""
 
 
-def _jump(tar: tarfile.TarFile, wanted: list[int], seq_len: int) -> list[tarfile.TarInfo] | None:
-    """Headers of members ``wanted`` (sorted) found by offset, or None: walk the shard.
+def _header(tar: tarfile.TarFile, offset: int) -> tarfile.TarInfo | None:
+    tar.fileobj.seek(offset)  # type: ignore[union-attr]
+    try:
+        return tarfile.TarInfo.fromtarfile(tar)
+    except tarfile.HeaderError:
+        return None
 
-    ``longred prepare`` writes same-size members under consecutive keys: member ``i`` is at
-    ``first + i * stride``, checked by its size and key. Parsing only these headers keeps
-    rebuilding a shuffle buffer as cheap as filling one.
+
+Found = list[tuple[tarfile.TarInfo | None, tarfile.TarInfo]]  # (doc_starts, ids) headers
+
+
+def _jump(tar: tarfile.TarFile, wanted: list[int], seq_len: int) -> Found | None:
+    """Headers of samples ``wanted`` (sorted) found by offset, or None: walk the shard.
+
+    ``longred prepare`` writes each sample as same-size members under consecutive keys
+    (``doc_starts`` then ``input_ids`` when packed), so sample ``i`` starts at ``first + i
+    * stride``, checked by the key, suffix and size of its headers. A packed sample's
+    ``doc_starts`` fills one 512-byte block up to 128 documents, so the stride holds
+    while no sample has more; one that does makes a check fail, and the shard is walked.
+    Parsing only these headers keeps rebuilding a shuffle buffer as cheap as filling one.
     """
     first, second = tar.next(), tar.next()
-    key = first.name.split(".")[0] if first is not None else ""
+    key = _split(first.name)[0] if first is not None else ""
     if first is None or second is None or not key.isdigit():
         return None
-    stride, found = second.offset - first.offset, []
+    paired = _split(first.name)[1] == STARTS_SUFFIX  # format_version 2, packed
+    after = tar.next() if paired else second
+    if after is None:
+        return None
+    stride, found = after.offset - first.offset, []
     for i in wanted:
-        tar.fileobj.seek(first.offset + i * stride)  # type: ignore[union-attr]
-        try:
-            info = tarfile.TarInfo.fromtarfile(tar)
-        except tarfile.HeaderError:
+        expected = f"{int(key) + i:0{len(key)}d}"
+        head, info = None, _header(tar, first.offset + i * stride)
+        if paired and info is not None and _split(info.name) == (expected, STARTS_SUFFIX):
+            head, info = info, _header(tar, info.offset_data + -(-info.size // BLOCK) * BLOCK)
+        if (
+            info is None
+            or (paired and head is None)
+            or info.size != 4 * seq_len
+            or _split(info.name) != (expected, SAMPLE_SUFFIX)
+        ):
             return None
-        if info.size != 4 * seq_len or info.name.split(".")[0] != f"{int(key) + i:0{len(key)}d}":
-            return None
-        found.append(info)
+        found.append((head, info))
     return found
 
 
 def _members(
-    url: str, seq_len: int, pick: Container[int], stop: int | None, progress: list[int]
+    url: str,
+    seq_len: int,
+    pick: Container[int],
+    stop: int | None,
+    progress: list[int],
+    doc_starts: bool = False,
 ) -> Samples:
     """Samples number ``i in pick, i >= progress[0]`` of one shard, reading at most ``stop``.
 
     Returns the number of samples walked (``stop + 1`` when more follow ``stop``).
     ``progress[0]`` is kept at the samples fully read, so a retry can restart there. A
     few samples (``pick`` a mapping) of a local file are found by offset (``_jump``).
+    With ``doc_starts`` each sample comes with its document starts (``decode_starts``).
     """
     from webdataset.gopen import gopen
 
@@ -177,20 +250,34 @@ def _members(
             with tarfile.open(fileobj=stream, mode="r:*") as tar:
                 wanted = sorted(i for i in pick if i >= start)
                 found = _jump(tar, wanted, seq_len)
-                for i, info in zip(wanted, found or (), strict=False):
-                    yield decode_member(url, info.name, _payload(tar, info), seq_len)
+                for i, (head, info) in zip(wanted, found or (), strict=False):
+                    ids = decode_member(url, info.name, _payload(tar, info), seq_len)
+                    if doc_starts:
+                        named = None if head is None else (head.name, _payload(tar, head))
+                        yield ids, decode_starts(url, info.name, named, seq_len)
+                    else:
+                        yield ids
                     progress[0] = i + 1
             if found is not None:
                 return stop
             stream.seek(0)  # not the regular layout: walk it
         with tarfile.open(fileobj=stream, mode="r:*" if seekable else "r|*") as tar:
+            head = None  # (name, payload) of the doc_starts member of the next sample
             for member in tar:
                 if not member.isfile():
                     continue
                 if count == stop:
                     return count + 1  # closed early: a pipe's exit status means nothing
-                if count >= start and count in pick:
-                    yield decode_member(url, member.name, _payload(tar, member), seq_len)
+                picked = count >= start and count in pick
+                if _split(member.name)[1] == STARTS_SUFFIX:  # belongs to sample `count`
+                    head = (member.name, _payload(tar, member) if picked and doc_starts else b"")
+                    continue
+                if picked:
+                    ids = decode_member(url, member.name, _payload(tar, member), seq_len)
+                    yield (
+                        (ids, decode_starts(url, member.name, head, seq_len)) if doc_starts else ids
+                    )
+                head = None
                 count += 1
                 progress[0] = max(progress[0], count)
         complete = True
@@ -203,9 +290,9 @@ def _members(
                 raise
 
 
-def read_shard(url: str, seq_len: int) -> Iterator[np.ndarray]:
-    """Yield the samples of one shard in file order."""
-    return _members(url, seq_len, EVERY, None, [0])
+def read_shard(url: str, seq_len: int, doc_starts: bool = False) -> Iterator[Item]:
+    """Yield the samples of one shard in file order (with ``doc_starts``: ``(ids, starts)``)."""
+    return _members(url, seq_len, EVERY, None, [0], doc_starts)
 
 
 def stable_seed(*parts: object) -> int:
@@ -250,6 +337,7 @@ class ShardFaults:
         epoch: int,
         pick: Container[int] = EVERY,
         stop: int | None = None,
+        doc_starts: bool = False,
     ) -> Samples:
         """Samples ``i in pick`` of ``url`` (up to ``stop``); returns the samples the shard has.
 
@@ -263,7 +351,7 @@ class ShardFaults:
         progress, attempt = [0], 1
         while True:
             try:
-                count = yield from _members(url, seq_len, pick, bound, progress)
+                count = yield from _members(url, seq_len, pick, bound, progress, doc_starts)
                 break
             except CORRUPT_ERRORS as err:
                 return self._record(url, epoch, progress[0], f"{type(err).__name__}: {err}")
@@ -328,8 +416,9 @@ class _Epoch:
     consumers: int
     seq_len: int
     faults: ShardFaults
+    doc_starts: bool = False  # samples are (ids, document starts)
 
-    def inputs(self, start: int = 0) -> Iterator[np.ndarray]:
+    def inputs(self, start: int = 0) -> Iterator[Item]:
         """The samples before the shuffle, from input number ``start`` on.
 
         Shards the counts place wholly before ``start`` are not opened.
@@ -340,7 +429,9 @@ class _Epoch:
             if start and n is not None and n <= start:
                 start -= n
                 continue
-            yield from f.read(url, self.seq_len, e, range(start, sys.maxsize))
+            yield from f.read(
+                url, self.seq_len, e, range(start, sys.maxsize), None, self.doc_starts
+            )
             start = 0
         seen = 0  # samples of the remainder shards so far; this consumer takes every c-th
         for url in self.rest:
@@ -349,7 +440,12 @@ class _Epoch:
                 start, seen = start - len(range(first, n, c)), seen + n
                 continue
             seen += yield from f.read(
-                url, self.seq_len, e, range(first + start * c, sys.maxsize, c)
+                url,
+                self.seq_len,
+                e,
+                range(first + start * c, sys.maxsize, c),
+                None,
+                self.doc_starts,
             )
             start = 0
 
@@ -363,13 +459,14 @@ class _Epoch:
         seed: int,
         seq_len: int,
         faults: ShardFaults,
+        doc_starts: bool = False,
     ) -> _Epoch:
         """The epoch's order of shards; whole ones dealt out in turn, the rest shared."""
         rng = np.random.default_rng(stable_seed(seed, faults.name, epoch))
         order = [shards[i] for i in rng.permutation(len(shards))]
         whole = len(order) // consumers * consumers
         mine, rest = order[consumer:whole:consumers], order[whole:]
-        return cls(mine, rest, epoch, consumer, consumers, seq_len, faults)
+        return cls(mine, rest, epoch, consumer, consumers, seq_len, faults, doc_starts)
 
     def layout(self) -> tuple[list[tuple[str, int, int, int]], int]:
         """``(url, first input number, first sample, step)`` per shard, and the input count."""
@@ -384,7 +481,7 @@ class _Epoch:
             pos, seen = pos + len(range(first, n, self.consumers)), seen + n
         return rows, pos
 
-    def fetch(self, numbers: Iterable[int]) -> dict[int, np.ndarray]:
+    def fetch(self, numbers: Iterable[int]) -> dict[int, Item]:
         """The input samples with these numbers, opening only the shards that hold them."""
         rows, _ = self.layout()
         bases = [row[1] for row in rows]
@@ -392,10 +489,13 @@ class _Epoch:
         for i in numbers:
             r = bisect.bisect_right(bases, i) - 1
             wanted.setdefault(r, {})[rows[r][2] + (i - rows[r][1]) * rows[r][3]] = i
-        out: dict[int, np.ndarray] = {}
+        out: dict[int, Item] = {}
         for r, local in wanted.items():
             url = rows[r][0]
-            got = list(self.faults.read(url, self.seq_len, self.epoch, local, max(local) + 1))
+            read = self.faults.read(
+                url, self.seq_len, self.epoch, local, max(local) + 1, self.doc_starts
+            )
+            got = list(read)
             if len(got) < len(local):
                 raise UserError(
                     f"stream {self.faults.name!r}: cannot rebuild the shuffle buffer at resume: "
@@ -406,11 +506,11 @@ class _Epoch:
 
 
 def _shuffled(
-    items: Iterator[np.ndarray],
+    items: Iterator[Item],
     buffer: int,
     rng: np.random.Generator,
-    pool: list[np.ndarray] | None = None,
-) -> Iterator[np.ndarray]:
+    pool: list[Item] | None = None,
+) -> Iterator[Item]:
     """Buffer shuffle: each new item takes a random slot and pushes its holder out."""
     pool = [] if pool is None else pool
     for item in items:
@@ -459,10 +559,11 @@ def consumer_epoch(
     shuffle_buffer: int,
     faults: ShardFaults | None = None,
     start: int = 0,
-) -> Iterator[np.ndarray]:
+    doc_starts: bool = False,
+) -> Iterator[Item]:
     """One consumer's samples of one epoch in final order, from number ``start`` on (seek)."""
     faults = faults or ShardFaults(name, shards)
-    plan = _Epoch.plan(shards, epoch, consumer, num_consumers, seed, seq_len, faults)
+    plan = _Epoch.plan(shards, epoch, consumer, num_consumers, seed, seq_len, faults, doc_starts)
     if shuffle_buffer <= 1:
         return plan.inputs(start)
     rng = np.random.default_rng(stable_seed(seed, name, epoch, consumer))
@@ -520,10 +621,12 @@ def consumer_stream(
     shuffle_buffer: int = 1000,
     skip: int = 0,
     faults: ShardFaults | None = None,
-) -> Iterator[np.ndarray]:
+    doc_starts: bool = False,
+) -> Iterator[Item]:
     """Endless samples of one consumer, epoch after epoch, after ``skip`` of them.
 
     A seek when every shard's count is known; else the skipped samples are read and dropped.
+    With ``doc_starts`` each sample is ``(ids, document starts)``.
     """
     faults = faults or ShardFaults(name, shards)
     epoch, start = 0, 0
@@ -543,6 +646,7 @@ def consumer_stream(
             shuffle_buffer,
             faults,
             start,
+            doc_starts,
         ):
             produced += 1
             if skip:

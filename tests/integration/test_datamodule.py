@@ -1,17 +1,23 @@
-"""MixedLengthDataModule over tiny shards: schedule, splitting, exact resume, safety."""
+"""MixedLengthDataModule over tiny shards: schedule, splitting, exact resume, safety,
+document masks."""
 
+import dataclasses
 import io
 import itertools
+import json
 import pickle
 import tarfile
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from longred_pl.data.datamodule import MixedLengthDataModule, MixedLengthStream
+from longred_pl.data.prepare import write_shards
 from longred_pl.data.schedule import PUBLISHED_SCHEDULE
 from longred_pl.data.shards import StreamConfig, expand_urls, read_shard
+from longred_pl.errors import UserError
 
 
 def streams(shards, b_long=1, b_short=2, b_s2l=1):
@@ -176,3 +182,168 @@ def test_validation_ranks_run_equal_batches(tmp_path, count, indexed):
         assert [len(b) for b in per_rank] == [want] * world, (world, batch, cap)
         rows = [tuple(r.tolist()) for b in per_rank for x in b for r in x["input_ids"]]
         assert len(rows) == len(set(rows)) == want * world * batch
+
+
+# --- document masks (issue 22) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """Packed shards (short 16, s2l 64, val 64 tokens) of random documents of 1-11 tokens,
+    the short ones again as written before format_version 2, and every sample's starts."""
+    root = tmp_path_factory.mktemp("packed")
+    out = {}
+    for name, seq_len, docs, seed in (
+        ("short", 16, 300, 1),
+        ("s2l", 64, 300, 2),
+        ("val", 64, 200, 3),
+    ):
+        rng = np.random.default_rng(seed)
+        write_shards(
+            [rng.integers(0, 1000, size=n) for n in rng.integers(1, 12, size=docs)],
+            root / name,
+            seq_len,
+            samples_per_shard=8,
+            pack=True,
+            vocab_size=1000,
+            tokenizer_name="random",
+            source="tests",
+        )
+        out[name] = str(root / name)
+    old = root / "old"
+    old.mkdir()
+    index = json.loads((root / "short" / "index.json").read_text())
+    del index["format_version"], index["document_boundaries"]
+    (old / "index.json").write_text(json.dumps(index))
+    for shard in index["shards"]:
+        src, dst = root / "short" / shard["name"], old / shard["name"]
+        with tarfile.open(src) as src, tarfile.open(dst, "w") as dst:
+            for member in src.getmembers():
+                if member.name.endswith(".input_ids.u32"):
+                    dst.addfile(member, src.extractfile(member))
+    out["old"] = str(old)
+    out["starts"] = {
+        tuple(ids.tolist()): starts.tolist()
+        for name, seq_len in (("short", 16), ("val", 64))
+        for url in expand_urls(out[name])
+        for ids, starts in read_shard(url, seq_len, doc_starts=True)
+    }
+    return out
+
+
+def check_document_ids(batch, starts):
+    """`document_ids`: LongTensor like `input_ids`, each row counting documents from 0 at
+    its starts, so non-decreasing."""
+    ids, docs = batch["input_ids"], batch["document_ids"]
+    assert docs.dtype == torch.long and docs.shape == ids.shape
+    for row, doc in zip(ids, docs, strict=True):
+        first = starts[tuple(row.tolist())]
+        assert doc[0] == 0 and bool((doc.diff() >= 0).all())
+        assert [0, *(torch.nonzero(doc.diff()).flatten() + 1).tolist()] == first
+        assert doc[-1] == len(first) - 1
+
+
+def mixed(tiny_shards, packed, **masks):
+    cfg = {
+        "long": StreamConfig(tiny_shards["long"], 256, 1),
+        "short": StreamConfig(packed["short"], 16, 2),
+        "s2l": StreamConfig(packed["s2l"], 64, 1),
+    }
+    return {k: dataclasses.replace(c, document_mask=masks.get(k)) for k, c in cfg.items()}
+
+
+def test_packed_batches_carry_document_ids(tiny_shards, packed):
+    ds = MixedLengthStream(mixed(tiny_shards, packed), list(PUBLISHED_SCHEDULE), 0, 1, 1, 0, 4)
+    batches = take(ds, 32)
+    plain = {"kind", "input_ids", "index", "bad_shards", "faults"}
+    for batch in batches:
+        if batch["kind"] == "short":  # packed: on by default
+            assert set(batch) == plain | {"document_ids"}
+            check_document_ids(batch, packed["starts"])
+        else:  # long: unpacked shards; s2l: packed, never masked
+            assert set(batch) == plain
+    assert any(int(b["document_ids"].max()) > 0 for b in batches if b["kind"] == "short")
+    off = MixedLengthStream(mixed(tiny_shards, packed, short=False), ["short"], 0, 1, 1, 0, 4)
+    assert all("document_ids" not in b for b in take(off, 4))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_exactly_with_document_ids(tiny_shards, packed, workers):
+    cfg, schedule = mixed(tiny_shards, packed), list(PUBLISHED_SCHEDULE)
+    full = take(MixedLengthStream(cfg, schedule, 0, 1, workers, 7, 4), 90, workers)
+    for cut in (5, 41):
+        ds = MixedLengthStream(cfg, schedule, 0, 1, workers, 7, 4, start=cut)
+        for a, b in zip(full[cut:], take(ds, 90 - cut, workers), strict=True):
+            assert a.keys() == b.keys() and torch.equal(a["input_ids"], b["input_ids"])
+            if "document_ids" in a:
+                assert torch.equal(a["document_ids"], b["document_ids"])
+
+
+def test_document_mask_settings_are_said_and_checked(tiny_shards, packed, capsys):
+    cfg = mixed(tiny_shards, packed)
+    dm = MixedLengthDataModule(
+        **cfg,
+        val_short=StreamConfig(packed["val"], 64, 2),
+        val_long=StreamConfig(tiny_shards["long"], 256, 1, document_mask=False),
+    )
+    assert dm.document_masks == {
+        "long": False,
+        "short": True,
+        "s2l": False,
+        "val_short": True,
+        "val_long": False,
+    }
+    dm.setup("fit")
+    assert capsys.readouterr().err.splitlines() == [
+        "[longred] data.long: document masks off (shards record no document boundaries: "
+        "written with --no-pack: one document per sample)",
+        "[longred] data.short: document masks on (shards record document boundaries)",
+        "[longred] data.s2l: document masks off for s2l (the published recipe reads an s2l "
+        "sample at skipped positions as one text)",
+        "[longred] data.val_short: document masks on (shards record document boundaries)",
+        "[longred] data.val_long: document masks off (data.val_long.document_mask: false)",
+    ]
+    old = StreamConfig(packed["old"], 16, 2)
+    dm = MixedLengthDataModule(short=old, schedule=["short"])
+    assert dm.document_masks == {"short": False}
+    assert "written before format_version 2" in dm.document_mask_lines[0]
+    refusals = {
+        "short": (
+            dataclasses.replace(old, document_mask=True),
+            r"^data\.short\.document_mask: true, but the shards of data\.short\.urls record no "
+            r"document boundaries \(written before format_version 2.*\); re-run `longred "
+            r"prepare --pack` for this stream, or set data\.short\.document_mask to false$",
+        ),
+        "long": (
+            dataclasses.replace(cfg["long"], document_mask=True),
+            r"^data\.long\.document_mask: true, .*\(written with --no-pack: one document per "
+            r"sample\); re-run `longred prepare --pack`",
+        ),
+        "s2l": (
+            dataclasses.replace(cfg["s2l"], document_mask=True),
+            r"^data\.s2l\.document_mask: true is not supported: document masks are not applied "
+            r"to the s2l stream \(the published recipe .*\); set data\.s2l\.document_mask to false",
+        ),
+    }
+    for kind, (stream, message) in refusals.items():
+        with pytest.raises(UserError, match=message) as refused:
+            MixedLengthDataModule(**{kind: stream}, schedule=[kind])
+        assert "\n" not in str(refused.value)
+    with pytest.raises(UserError, match=r"^data\.val_short\.document_mask: true, but"):
+        MixedLengthDataModule(
+            **cfg, val_short=StreamConfig(packed["old"], 16, 2, document_mask=True)
+        )
+
+
+def test_validation_batches_carry_document_ids(packed):
+    from longred_pl.data.datamodule import FixedStream
+
+    masked = list(FixedStream("short", StreamConfig(packed["val"], 64, 2), 0, 1, None))
+    assert len(masked) > 2
+    for batch in masked:
+        assert set(batch) == {"kind", "input_ids", "document_ids"}
+        check_document_ids(batch, packed["starts"])
+    cfg = StreamConfig(packed["val"], 64, 2, document_mask=False)
+    plain = list(FixedStream("short", cfg, 0, 1, None))
+    assert [set(b) for b in plain] == [{"kind", "input_ids"}] * len(masked)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(masked, plain))

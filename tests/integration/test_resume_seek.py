@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 
 from longred_pl.data import shards as shards_mod
 from longred_pl.data.datamodule import MixedLengthStream, stream_index
+from longred_pl.data.prepare import write_shards
 from longred_pl.data.schedule import PUBLISHED_SCHEDULE
-from longred_pl.data.shards import ShardFaults, StreamConfig, consumer_stream
+from longred_pl.data.shards import ShardFaults, StreamConfig, consumer_stream, read_shard
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,55 @@ def test_without_index_resume_replays_and_says_so(tiny_shards, tmp_path, monkeyp
     assert count.samples >= 45 * 2  # replayed: every skipped sample was decoded again
     for a, b in zip(full[45:], resumed, strict=True):
         assert torch.equal(a["input_ids"], b["input_ids"])
+
+
+def write_packed(path, seq_len, lengths, samples_per_shard, seed=0):
+    rng = np.random.default_rng(seed)
+    docs = [rng.integers(0, 1000, size=n) for n in lengths]
+    write_shards(
+        docs,
+        path,
+        seq_len,
+        samples_per_shard=samples_per_shard,
+        pack=True,
+        vocab_size=1000,
+        tokenizer_name="random",
+        source="tests",
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize("many", [False, True])
+@pytest.mark.parametrize("consumers, buffer", [(1, 7), (3, 2), (2, 40)])
+def test_seek_with_document_starts_is_exact(tmp_path, monkeypatch, many, consumers, buffer):
+    """Packed shards (a doc_starts member before each sample): ids and starts resume
+    bit-identical; with over 128 documents in some samples the shards are walked."""
+    lengths = np.random.default_rng(3).integers(1, 20, size=300).tolist()
+    if many:
+        lengths[100:100] = [1] * 300  # one-token documents: over 128 in a sample
+    url = write_packed(tmp_path / "p", 256 if many else 16, lengths, 5)
+    index = stream_index(url, "data.short.urls")
+    seq_len = index.seq_len
+
+    def stream(consumer, skip=0):
+        faults = ShardFaults("short", index.shards, consumer, index.counts)
+        return consumer_stream(
+            index.shards, seq_len, consumer, consumers, 11, "short", buffer, skip, faults, True
+        )
+
+    every = [s for u in index.shards for s in read_shard(u, seq_len, doc_starts=True)]
+    assert many == any(len(starts) > 128 for _, starts in every)
+    total = index.total // consumers
+    for consumer in range(consumers):
+        full = list(itertools.islice(stream(consumer), 3 * total))
+        assert all(s[1][0] == 0 for s in full)
+        for skip in (1, total - 1, total + 3, 2 * total + 1):
+            count = Decodes(monkeypatch)
+            resumed = stream(consumer, skip)
+            first = next(resumed)
+            if not many:
+                assert count.samples <= max(buffer, 1) + 1, (skip, count.samples)
+            rest = [first, *itertools.islice(resumed, 3 * total - skip - 1)]
+            for (a, sa), (b, sb) in zip(full[skip:], rest, strict=True):
+                assert np.array_equal(a, b) and np.array_equal(sa, sb)
+            monkeypatch.undo()

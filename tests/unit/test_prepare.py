@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
@@ -40,17 +41,34 @@ def tokenizer(tmp_path_factory):
     return train_tokenizer(_docs(), 300, tmp_path_factory.mktemp("tok"))
 
 
-def _read_shards(out_dir) -> tuple[dict, list[tuple[str, np.ndarray]]]:
+def _read_shards(out_dir, suffix="input_ids.u32") -> tuple[dict, list[tuple[str, np.ndarray]]]:
+    """The index and the ``suffix`` members (name, uint32s) in file order, read with tarfile."""
     index = json.loads((out_dir / "index.json").read_text())
+    per_sample = 2 if index.get("document_boundaries") else 1
     samples = []
     for shard in index["shards"]:
         with tarfile.open(out_dir / shard["name"]) as tar:
             members = tar.getmembers()
-            assert len(members) == shard["num_samples"]
+            assert len(members) == per_sample * shard["num_samples"]
             for member in members:
-                data = tar.extractfile(member).read()
-                samples.append((member.name, np.frombuffer(data, dtype="<u4")))
+                if member.name.endswith(suffix):
+                    data = tar.extractfile(member).read()
+                    samples.append((member.name, np.frombuffer(data, dtype="<u4")))
     return index, samples
+
+
+def _starts(out_dir) -> list[list[int]]:
+    return [s.tolist() for _, s in _read_shards(out_dir, "doc_starts.u32")[1]]
+
+
+def _expected_starts(lengths, seq_len) -> list[list[int]]:
+    """Each window's document starts, from the documents' token counts (packed as given)."""
+    firsts = np.cumsum([0, *lengths])[:-1]
+    windows = sum(lengths) // seq_len
+    return [
+        [0, *(int(f) - w * seq_len for f in firsts if w * seq_len < f < (w + 1) * seq_len)]
+        for w in range(windows)
+    ]
 
 
 def test_tokenizer_round_trips_and_reloads(tokenizer, tmp_path):
@@ -91,6 +109,7 @@ def test_write_shards_packed(tmp_path):
         source={"corpus": ["x"]},
     )
     assert index["format"] == SHARD_FORMAT and index["num_samples"] == 117 // 16
+    assert index["format_version"] == 2 and index["document_boundaries"] is True
     assert [s["num_samples"] for s in index["shards"]] == [3, 3, 1]
     assert [s["name"] for s in index["shards"]] == [f"shard-0000{i}.tar" for i in range(3)]
     read_index, samples = _read_shards(tmp_path)
@@ -100,6 +119,34 @@ def test_write_shards_packed(tmp_path):
     assert all(len(ids) == 16 for _, ids in samples)
     stream = np.concatenate(docs)
     assert np.array_equal(np.concatenate([ids for _, ids in samples]), stream[: 7 * 16])
+    # documents of 50, 7, 60 tokens start at 0, 50, 57: in windows 3 (48..64) and 3 again
+    assert _starts(tmp_path) == [[0], [0], [0], [0, 2, 9], [0], [0], [0]]
+
+
+def test_packed_samples_record_where_their_documents_start(tmp_path):
+    """A document cut at a sample's end continues as the next one's first piece (start 0);
+    one that ends exactly there leaves the next document starting at 0; one-token ones
+    and ones longer than two samples count once each."""
+    lengths = [5, 11, 16, 3, 40, 1, 1, 9, 20, 7]
+    docs = [np.full(n, i) for i, n in enumerate(lengths)]  # document i holds the token i
+    write_shards(docs, tmp_path, 16, samples_per_shard=4, pack=True, vocab_size=10, **KW)
+    _, samples = _read_shards(tmp_path)
+    starts = _starts(tmp_path)
+    assert starts == _expected_starts(lengths, 16)
+    assert starts[:3] == [[0, 5], [0], [0, 3]]  # 5 + 11 fill window 0; 16 fills window 1
+    for (_, ids), first in zip(samples, starts, strict=True):
+        pieces = np.split(ids, first[1:])
+        assert all(len(set(p.tolist())) == 1 for p in pieces)  # one document per piece
+        assert all(a[0] != b[0] for a, b in itertools.pairwise(pieces))  # a new one at each
+
+
+def test_unpacked_shards_record_no_boundaries(tmp_path):
+    index = write_shards([np.arange(40)], tmp_path, 16, pack=False, vocab_size=40, **KW)
+    assert index["format_version"] == 2 and index["document_boundaries"] is False
+    assert _starts(tmp_path) == [] and len(_read_shards(tmp_path)[1]) == 2
+
+
+KW = {"tokenizer_name": "t", "source": "test"}
 
 
 def test_write_shards_unpacked_never_crosses_documents(tmp_path):
@@ -270,7 +317,8 @@ def test_packer_counts_a_document_once_and_its_tokens_exactly():
     packer.add(np.arange(3), b)
     out = [packer.take(), packer.take(), packer.take(), packer.take()]
     assert [o is None for o in out] == [False, False, False, True]
-    assert np.concatenate(out[:3]).tolist() == [*range(10), 0, 1]
+    assert np.concatenate([o.input_ids for o in out[:3]]).tolist() == [*range(10), 0, 1]
+    assert [o.doc_starts.tolist() for o in out[:3]] == [[0], [0], [0, 2]]
     assert (a.used, a.tokens_used, b.used, b.tokens_used, packer.size) == (1, 10, 1, 2, 1)
 
 
@@ -289,6 +337,47 @@ def _ids_jsonl(path, docs) -> str:
 def _prepare(tok_dir, out, **kwargs):
     kwargs.setdefault("progress", False)
     return prepare_shards(tok_dir, str(out), **kwargs)
+
+
+def test_prepare_pack_boundaries_match_the_documents(tokenizer, tok_dir, tmp_path):
+    """`longred prepare --pack`: a document is its tokens and the EOS after them; each
+    whole piece between two starts decodes to its document's text."""
+    texts = [TEXT[i : i + 6 * (i % 7 + 1)] for i in range(24)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    index = _prepare(tok_dir, tmp_path / "out", files=[str(path)], seq_len=32)
+    assert index["format_version"] == 2 and index["document_boundaries"] is True
+    counts = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
+    starts = _starts(tmp_path / "out")
+    assert starts == _expected_starts(counts, 32) and len(starts) == sum(counts) // 32
+    firsts = np.cumsum([0, *counts])[:-1].tolist()
+    _, samples = _read_shards(tmp_path / "out")
+    whole = 0
+    for w, ((_, ids), first) in enumerate(zip(samples, starts, strict=True)):
+        for begin, end in zip(first, first[1:], strict=False):  # pieces that end in the sample
+            k = firsts.index(w * 32 + begin) if w * 32 + begin in firsts else None
+            if k is None:
+                continue  # the rest of a document cut by the previous sample
+            piece = ids[begin:end].tolist()
+            assert len(piece) == counts[k] and piece[-1] == tokenizer.eos_token_id
+            assert tokenizer.decode(piece[:-1]) == texts[k]
+            whole += 1
+    assert whole >= 8, whole
+
+
+def test_pooled_leftovers_keep_their_document_starts(tok_dir, tmp_path):
+    """Two inputs' leftovers packed together: every change of document is a start."""
+    value = itertools.count(2)
+    files = [
+        _ids_jsonl(tmp_path / f"{n}.jsonl", [[next(value)] * k for k in lengths])
+        for n, lengths in enumerate([[7, 30, 3, 12], [5, 1, 19, 9, 4]])
+    ]
+    _prepare(tok_dir, tmp_path / "out", files=files, seq_len=16)
+    _, samples = _read_shards(tmp_path / "out")
+    assert len(samples) == 90 // 16
+    for (_, ids), first in zip(samples, _starts(tmp_path / "out"), strict=True):
+        changes = [0, *(i for i in range(1, 16) if ids[i] != ids[i - 1])]
+        assert first == changes  # every document holds one value of its own
 
 
 def test_max_samples_cut_is_fair_and_counts_documents_used(tok_dir, tmp_path, capsys):
