@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -117,11 +118,18 @@ def expected_byte_perplexity(model_dir: str) -> float:
     return math.exp(-total_logp / total_bytes)
 
 
-def test_scores_local_tasks_like_our_own_forward_pass(tiny_lm):
+def test_scores_local_tasks_like_our_own_forward_pass(tiny_lm, tmp_path):
     states = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    log = tmp_path / "lm_eval.log"
     result = score_with_lm_eval(
-        tiny_lm, [CHOICE, TEXT], include_path=str(TASKS_DIR), batch_size=2, bootstrap_iters=0
+        tiny_lm,
+        [CHOICE, TEXT],
+        include_path=str(TASKS_DIR),
+        batch_size=2,
+        bootstrap_iters=0,
+        log=str(log),
     )
+    assert "Setting random seed to 0" in log.read_text()  # lm-eval's lines, in the log
     # lm-eval seeds the global generators; the caller's states come back
     assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
     assert (np.random.get_state()[1] == states[2]).all()
@@ -138,8 +146,11 @@ def test_scores_local_tasks_like_our_own_forward_pass(tiny_lm):
     assert text["bits_per_byte"] == pytest.approx(math.log2(text["byte_perplexity"]))
 
 
-def test_limit_and_mean_stderr(tiny_lm):
+def test_limit_and_mean_stderr(tiny_lm, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # no log given: a new file there
     result = score_with_lm_eval(tiny_lm, [CHOICE], include_path=str(TASKS_DIR), limit=3)
+    (log,) = tmp_path.glob("longred_lm_eval_*.log")
+    assert "Setting random seed to 0" in log.read_text()
     assert result["n_samples"][CHOICE] == {"original": 6, "effective": 3}
     assert result["tasks"][CHOICE]["acc_stderr"] is not None
     assert result["settings"]["limit"] == 3
