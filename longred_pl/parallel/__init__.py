@@ -2,6 +2,9 @@
 
 * ``ring_attention.py``  the ``longred_ring`` attention function (torch's causal ring with
   head-tail load balancing) and the process-wide CP group;
+* ``document_attention.py`` attention confined to each packed document (all-gather K/V
+  under CP, masked SDPA without), selected by ``longred_ring`` while the process-wide
+  document ids are set (``set_document_ids`` / ``document_mask``);
 * ``sharding.py``        head-tail split of input ids / position ids / shifted labels, its
   inverse, and the token-mean reduction over the CP group;
 * ``strategy.py``        ``ContextParallelStrategy``: Lightning's ``ModelParallelStrategy``
@@ -14,6 +17,16 @@ Importing this package registers ``longred_ring`` with transformers, so that
 
 from __future__ import annotations
 
+from typing import Any
+
+from longred_pl.parallel.document_attention import (
+    DocumentIds,
+    cp_document_attention,
+    document_mask,
+    document_sdpa,
+    get_document_ids,
+    set_document_ids,
+)
 from longred_pl.parallel.ring_attention import (
     RING_ATTENTION,
     context_parallel_group,
@@ -34,30 +47,53 @@ from longred_pl.parallel.sharding import (
     shard_sequence,
     unshard_sequence,
 )
-from longred_pl.parallel.strategy import (
-    ContextParallelStrategy,
-    ParallelLayout,
-    build_dp_cp_mesh,
-    fsdp_mesh,
-    layout_from_mesh,
-    parallel_layout,
-)
 
 register_ring_attention()
+
+# ``strategy.py`` needs Lightning (seconds to import); its names load at first use, so that
+# processes that only attend and shard (CP test workers, benchmarks) do not pay for it.
+_STRATEGY_NAMES = frozenset(
+    {
+        "ContextParallelStrategy",
+        "ParallelLayout",
+        "build_dp_cp_mesh",
+        "fsdp_mesh",
+        "layout_from_mesh",
+        "parallel_layout",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _STRATEGY_NAMES:
+        from longred_pl.parallel import strategy
+
+        return getattr(strategy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _STRATEGY_NAMES)
+
 
 __all__ = [
     "RING_ATTENTION",
     "ContextParallelStrategy",
+    "DocumentIds",
     "ParallelLayout",
     "build_dp_cp_mesh",
     "check_cp_length",
     "context_parallel_group",
     "cp_active",
     "cp_mean",
+    "cp_document_attention",
     "cp_token_mean",
+    "document_mask",
+    "document_sdpa",
     "fsdp_mesh",
     "gather_sequence",
     "get_cp_group",
+    "get_document_ids",
     "label_count",
     "layout_from_mesh",
     "parallel_layout",
@@ -65,6 +101,7 @@ __all__ = [
     "ring_attention",
     "ring_attention_forward",
     "set_cp_group",
+    "set_document_ids",
     "shard_batch",
     "shard_sequence",
     "unshard_sequence",

@@ -12,7 +12,12 @@ the mask transformers builds is ``sdpa``'s (:func:`ring_mask` delegates to ``sdp
 
 Attention under CP is plain causal attention over the token order: skipped position ids
 (docs/method.md, s2l stream) only feed RoPE, which the model applies before this function.
-Masks are ignored under CP, by design: a mask transformers builds on one rank sees only
+Document masks of packed samples are the exception: while whole-sequence document ids are
+set (``document_attention.set_document_ids``), the function runs
+``document_attention.cp_document_attention`` instead (all-gather K/V under CP, masked SDPA
+without), and no transformers mask is built; unmasked streams keep the ring.
+
+Other masks are ignored under CP, by design: a mask transformers builds on one rank sees only
 that rank's shard (e.g. the position jump between its two chunks would be read as a
 packed-sequence boundary), so it is meaningless for the whole sequence. :func:`ring_mask`
 therefore builds none (no ``[B, 1, S, S]`` tensor is allocated) and the attention
@@ -46,6 +51,11 @@ import torch.distributed as dist
 
 from longred_pl import _torch_private
 from longred_pl.errors import UserError
+from longred_pl.parallel.document_attention import (
+    cp_document_attention,
+    document_sdpa,
+    get_document_ids,
+)
 
 RING_ATTENTION = "longred_ring"
 
@@ -320,9 +330,19 @@ def ring_attention_forward(
     """transformers attention function: ``(out [B, T, H, D], None)``.
 
     ``query`` is ``[B, H, T, D]``, ``key``/``value`` ``[B, K, T, D]``, as transformers
-    passes them. Outside CP it delegates to transformers' ``sdpa_attention_forward``.
+    passes them. With document ids set (``document_attention``): the document-masked
+    attention, all-gather K/V under CP, masked SDPA without. Else outside CP it delegates
+    to transformers' ``sdpa_attention_forward``, and under CP it runs the ring.
     """
     group = get_cp_group()
+    documents = get_document_ids()
+    if documents is not None:
+        _check_cp_call(module, dropout, is_causal, kwargs)  # attention_mask ignored: see top
+        if cp_active(group):
+            out_BHSD = cp_document_attention(query, key, value, documents, group, scaling)
+        else:
+            out_BHSD = document_sdpa(query, key, value, documents, scaling)
+        return out_BHSD.transpose(1, 2).contiguous(), None
     if group is None or not cp_active(group):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -335,8 +355,8 @@ def ring_attention_forward(
 
 
 def ring_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
-    """transformers mask builder: none under CP, else exactly ``sdpa_mask``."""
-    if cp_active(get_cp_group()):
+    """transformers mask builder: none under CP or with document ids set, else ``sdpa_mask``."""
+    if cp_active(get_cp_group()) or get_document_ids() is not None:
         return None
     from transformers.masking_utils import sdpa_mask
 

@@ -71,3 +71,55 @@ def hidden_states(model: torch.nn.Module, indices: list[int], **inputs) -> dict[
         for handle in handles:
             handle.remove()
     return states
+
+
+# ---------------------------------------------------------------- document masks (issue 22)
+DOC_LENGTH = 48  # 8 chunks of 6 at cp=4, 4 chunks of 12 at cp=2
+DOC_BLOCK = 4  # a small block: query and key blocks cross chunk and document boundaries
+
+
+def document_ids() -> torch.Tensor:
+    """Three packed rows ``[3, 48]``: documents straddling shard boundaries, with ones of
+    length 1 (row 0); many short documents, a third of length 1 (row 1); one document (row 2).
+    """
+    lengths = [
+        [5, 1, 14, 1, 20, 7],
+        [1, 1, 3, 2, 5, 1, 4, 1, 2, 3, 1, 1, 5, 4, 2, 3, 1, 4, 4],
+        [DOC_LENGTH],
+    ]
+    rows = []
+    for row in lengths:
+        assert sum(row) == DOC_LENGTH
+        rows.append(torch.repeat_interleave(torch.arange(len(row)), torch.tensor(row)))
+    return torch.stack(rows)
+
+
+def document_attention_inputs() -> tuple[torch.Tensor, ...]:
+    """GQA inputs for :func:`document_ids`: 4 query heads on 2 key/value heads, and a weight."""
+    gen = torch.Generator().manual_seed(3)
+    b, t = document_ids().shape
+    q_BHTD = torch.randn(b, 4, t, 8, generator=gen)
+    k_BKTD = torch.randn(b, 2, t, 8, generator=gen)
+    v_BKTD = torch.randn(b, 2, t, 8, generator=gen)
+    w_BHTD = torch.randn(b, 4, t, 8, generator=gen)
+    return q_BHTD, k_BKTD, v_BKTD, w_BHTD
+
+
+def restarting_positions(document_ids_BT: torch.Tensor) -> torch.Tensor:
+    """Position ids that restart at 0 at each document start."""
+    pos_T = torch.arange(document_ids_BT.shape[1])
+    new_BT = torch.ones_like(document_ids_BT, dtype=torch.bool)
+    new_BT[:, 1:] = document_ids_BT[:, 1:] != document_ids_BT[:, :-1]
+    return pos_T - torch.where(new_BT, pos_T, 0).cummax(dim=1).values
+
+
+def document_llama_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids ``[2, 64]``, their document ids and a weight on the final hidden states."""
+    gen = torch.Generator().manual_seed(4)
+    lengths = [[9, 1, 22, 1, 17, 14], [LENGTH]]
+    docs_BT = torch.stack(
+        [torch.repeat_interleave(torch.arange(len(r)), torch.tensor(r)) for r in lengths]
+    )
+    ids_BT = torch.randint(0, VOCAB, (2, LENGTH), generator=gen)
+    w_BTD = torch.randn(2, LENGTH, 32, generator=gen)
+    return ids_BT, docs_BT, w_BTD

@@ -1,6 +1,8 @@
 """One rank of the 2-process context-parallel checks (launched by ``test_cp_attention.py``).
 
-Run as ``python -m torch.distributed.run --nproc_per_node 2 cp_worker.py MODEL TEACHER OUT``.
+Run as ``python -m torch.distributed.run --nproc_per_node 2 cp_worker.py MODEL TEACHER OUT``;
+``--nproc_per_node 4 cp_worker.py --documents MODEL OUT`` runs the document-mask cases
+(issue 22) at cp=4 and cp=2 instead.
 Every rank builds the same whole inputs (fixed seeds), keeps its head-tail shard, runs
 forward + backward under the ``longred_ring`` attention and writes what the single-process
 reference must reproduce (gathered outputs, full gradients, the CP-group loss) to
@@ -17,19 +19,21 @@ import sys
 import torch
 import torch.distributed as dist
 
+import longred_pl.parallel as parallel  # its strategy names (Lightning) load at first use
 from longred_pl.fsdp import shard_fsdp2
 from longred_pl.losses import chunked_next_token_loss, hidden_cosine_loss
 from longred_pl.models import load_causal_lm, load_config
 from longred_pl.parallel import (
-    build_dp_cp_mesh,
+    cp_document_attention,
     cp_mean,
     cp_token_mean,
-    fsdp_mesh,
+    document_mask,
     gather_sequence,
     label_count,
-    layout_from_mesh,
     ring_attention,
+    ring_attention_forward,
     set_cp_group,
+    set_document_ids,
     shard_batch,
     shard_sequence,
 )
@@ -63,13 +67,13 @@ def full_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def long_case(model_dir: str, mesh, checkpointing: bool) -> dict:
     """Next-token loss with shifted-then-sharded labels, FSDP2 over the dp_cp mesh."""
-    layout = layout_from_mesh(mesh)
+    layout = parallel.layout_from_mesh(mesh)
     config = extend_rope(load_config(model_dir), "abf", cp_cases.TARGET, rope_theta=40000.0)
     model = load_causal_lm(model_dir, config, "longred_ring")
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    shard_fsdp2(model, fsdp_mesh(mesh))
+    shard_fsdp2(model, parallel.fsdp_mesh(mesh))
     ids_BT = cp_cases.long_input_ids()
     batch = shard_batch(ids_BT, layout.cp_rank, layout.cp_size, with_labels=True)
     labels = batch.pop("labels")
@@ -98,13 +102,13 @@ def s2l_case(model_dir: str, teacher_dir: str, mesh) -> dict:
     The teacher has other weights than the student, so that the loss and its gradients
     are far from zero (the same weights differ only by RoPE: loss ~1e-6 on a tiny model).
     """
-    layout = layout_from_mesh(mesh)
+    layout = parallel.layout_from_mesh(mesh)
     config = extend_rope(load_config(model_dir), "abf", cp_cases.TARGET, rope_theta=40000.0)
     student = load_causal_lm(model_dir, config, "longred_ring").train()
     teacher = load_causal_lm(teacher_dir, load_config(teacher_dir), "longred_ring")
     teacher.requires_grad_(False)
     teacher.eval()
-    shard_fsdp2(student, fsdp_mesh(mesh))
+    shard_fsdp2(student, parallel.fsdp_mesh(mesh))
     layers = [1, config.num_hidden_layers]
     ids_BT, skipped_BT = cp_cases.s2l_inputs()
     s_batch = shard_batch(ids_BT, layout.cp_rank, layout.cp_size, skipped_BT)
@@ -149,7 +153,7 @@ def strategy_case() -> dict:
             self.layer = torch.nn.Linear(4, 1)
             from torch.distributed.fsdp import fully_shard
 
-            fully_shard(self.layer, mesh=fsdp_mesh(self.device_mesh))
+            fully_shard(self.layer, mesh=parallel.fsdp_mesh(self.device_mesh))
 
         def training_step(self, batch, batch_idx):
             layout = parallel_layout(self.trainer)
@@ -214,11 +218,89 @@ def cuda_case(out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+class _Attention(torch.nn.Module):
+    """What ``longred_ring`` reads of an attention layer."""
+
+    is_causal = True
+    num_key_value_groups = 2
+
+
+def document_attention_case(group: dist.ProcessGroup, rank: int, cp: int, block: int | None):
+    """Document-masked attention (GQA) on head-tail shards, through the registered function
+    (``block`` None: its default blocks) or directly with small blocks; backward inside the
+    ``document_mask`` block. Gathered output and q/k/v gradients."""
+    q_BHTD, k_BKTD, v_BKTD, w_BHTD = cp_cases.document_attention_inputs()
+    ids_BT = cp_cases.document_ids()
+    q, k, v = (
+        shard_sequence(x, rank, cp, dim=2).requires_grad_() for x in (q_BHTD, k_BKTD, v_BKTD)
+    )
+    with document_mask(ids_BT):
+        if block is None:
+            out_BSHD, _ = ring_attention_forward(
+                _Attention(), q, k, v, None, scaling=cp_cases.SCALE
+            )
+            out_BHSD = out_BSHD.transpose(1, 2)
+        else:
+            out_BHSD = cp_document_attention(q, k, v, ids_BT, group, cp_cases.SCALE, block)
+        (out_BHSD * shard_sequence(w_BHTD, rank, cp, dim=2)).sum().backward()
+    return {
+        name: gather_sequence(x.detach().contiguous(), group, dim=2)
+        for name, x in (("out", out_BHSD), ("dq", q.grad), ("dk", k.grad), ("dv", v.grad))
+    }
+
+
+def document_llama_case(model_dir: str, group: dist.ProcessGroup, rank: int, cp: int) -> dict:
+    """A tiny Llama on packed documents with gradient checkpointing: positions restart at
+    each document, document ids set (process-wide) before the forward and cleared only
+    after the backward, in which checkpointing recomputes attention. Replicated weights:
+    the gradient of the whole ``sum(hidden * w)`` is the sum of every rank's."""
+    config = load_config(model_dir)
+    model = load_causal_lm(model_dir, config, "longred_ring")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    ids_BT, docs_BT, w_BTD = cp_cases.document_llama_inputs()
+    batch = shard_batch(ids_BT, rank, cp, cp_cases.restarting_positions(docs_BT))
+    set_document_ids(docs_BT)
+    try:
+        hidden_BSD = model.model(**batch, use_cache=False).last_hidden_state
+        (hidden_BSD * shard_sequence(w_BTD, rank, cp)).sum().backward()
+    finally:
+        set_document_ids(None)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    for grad in grads.values():
+        dist.all_reduce(grad, group=group)
+    return {"hidden": gather_sequence(hidden_BSD.detach(), group), "grads": grads}
+
+
+def documents_main(model_dir: str, out_dir: str) -> None:
+    """The document-mask cases at cp=4 (all 4 ranks of this launch) and cp=2 (ranks 0-1 and
+    2-3, each pair a group): one launch, so the processes start and import once."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    world = dist.get_world_size()
+    whole = dist.new_group(list(range(world)))
+    pairs = [dist.new_group([r, r + 1]) for r in range(0, world, 2)]  # every rank creates all
+    for group in (whole, pairs[dist.get_rank() // 2]):
+        rank, cp = dist.get_rank(group), dist.get_world_size(group)
+        set_cp_group(group)
+        results = {
+            "attention": document_attention_case(group, rank, cp, None),
+            "attention_small_blocks": document_attention_case(group, rank, cp, cp_cases.DOC_BLOCK),
+            "llama": document_llama_case(model_dir, group, rank, cp),
+        }
+        set_cp_group(None)
+        if dist.get_rank() == 0:
+            for name, value in results.items():
+                torch.save(value, os.path.join(out_dir, f"documents_cp{cp}_{name}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def main(model_dir: str, teacher_dir: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    mesh = build_dp_cp_mesh(1, dist.get_world_size(), "cpu")
-    layout = layout_from_mesh(mesh)
+    mesh = parallel.build_dp_cp_mesh(1, dist.get_world_size(), "cpu")
+    layout = parallel.layout_from_mesh(mesh)
     set_cp_group(layout.cp_group)
     results = {
         "attention": attention_case(layout.cp_group, layout.cp_rank, layout.cp_size),
@@ -239,5 +321,7 @@ def main(model_dir: str, teacher_dir: str, out_dir: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "--cuda":
         cuda_case(sys.argv[2])
+    elif sys.argv[1] == "--documents":
+        documents_main(sys.argv[2], sys.argv[3])
     else:
         main(sys.argv[1], sys.argv[2], sys.argv[3])
