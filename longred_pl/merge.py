@@ -197,6 +197,24 @@ def write_merge_card(
     return card
 
 
+def _write_model(
+    model: Any, student: str, teacher: str, t_config: Any, out_dir: Path
+) -> tuple[Any, dict[str, Any]]:
+    """Weights with inference defaults, tokenizer, generation config and license files."""
+    from longred_pl.eval.model_card import license_files
+    from longred_pl.export import finish_directory, inference_config
+
+    with inference_config(model):
+        model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer = _write_tokenizer(student, teacher, out_dir)
+    license_dir = next((d for d in (teacher, student) if license_files(d)), None)
+    old_window = int(t_config.max_position_embeddings)
+    written = finish_directory(
+        out_dir, model.config, tokenizer, [student, teacher], old_window, license_dir
+    )
+    return tokenizer, written
+
+
 def merge_models(
     student: str,
     teacher: str,
@@ -222,8 +240,7 @@ def merge_models(
         base_model: Hub id of the base model for the card's ``base_model`` field (default:
             the teacher's, where it can be known).
     """
-    from longred_pl.eval.model_card import check_base_model, license_files
-    from longred_pl.export import finish_directory, inference_config
+    from longred_pl.eval.model_card import check_base_model
     from longred_pl.models import load_causal_lm, load_config
     from longred_pl.outputs import check_output, replace_output
 
@@ -244,14 +261,7 @@ def merge_models(
     del merged
 
     replace_output(out_dir)  # --overwrite: nothing of what OUT held stays
-    with inference_config(model):
-        model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer = _write_tokenizer(student, teacher, out_dir)
-    license_dir = next((d for d in (teacher, student) if license_files(d)), None)
-    old_window = int(t_config.max_position_embeddings)
-    written = finish_directory(
-        out_dir, model.config, tokenizer, [student, teacher], old_window, license_dir
-    )
+    tokenizer, written = _write_model(model, student, teacher, t_config, out_dir)
     record = {
         "student": os.path.abspath(student),
         "teacher": os.path.abspath(teacher),

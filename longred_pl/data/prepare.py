@@ -37,18 +37,20 @@ shard writer; nothing is read ahead of need, so a corpus larger than memory work
 from __future__ import annotations
 
 import encodings
+import inspect
 import json
 import math
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from longred_pl.data.documents import SPLITS, Split
+from longred_pl.arguments import Output
+from longred_pl.data.documents import SPLITS
 from longred_pl.data.mixing import (
     DROP_REASONS,
     DocFilter,
@@ -65,8 +67,6 @@ from longred_pl.data.mixing import (
     nothing_written_error,
 )
 from longred_pl.data.sources import (
-    DecodeErrors,
-    InputFormat,
     ReadOptions,
     Source,
     TokenizedDocument,
@@ -394,19 +394,12 @@ def _provenance(
     }
 
 
-def _settings_record(
-    corpus: Sequence[str],
-    files: Sequence[str],
-    split: str,
-    text_field: str,
-    format: str,
-    encoding: str,
-    errors: str,
-    min_doc_tokens: int,
-    max_doc_tokens: int | None,
-    max_samples: int | None,
-) -> dict[str, Any]:
+def _settings_record(flags: dict[str, Any]) -> dict[str, Any]:
     """The flags as `index.json` records them (`corpus`, `split`, `files` as before)."""
+    corpus, files, split = flags["corpus"], flags["files"], flags["split"]
+    text_field, format, encoding = flags["text_field"], flags["format"], flags["encoding"]
+    errors, max_samples = flags["errors"], flags["max_samples"]
+    min_doc_tokens, max_doc_tokens = flags["min_doc_tokens"], flags["max_doc_tokens"]
     return {
         "corpus": list(corpus),
         "split": split,
@@ -444,41 +437,30 @@ def _input_stream(
 
 def prepare_shards(
     tokenizer: str,
-    out: str,
     seq_len: int,
+    output: Output,
     corpus: Sequence[str] = (),
     files: Sequence[str] = (),
-    split: Split = "train",
-    text_field: str = "text",
-    format: InputFormat = "auto",
-    encoding: str = "utf-8",
-    errors: DecodeErrors = "strict",
+    read: ReadOptions = ReadOptions(),
     pack: bool = True,
     min_doc_tokens: int = 0,
     max_doc_tokens: int | None = None,
     weights: Sequence[float] | None = None,
     samples_per_shard: int = 1024,
     max_samples: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
 ) -> dict[str, Any]:
     """Tokenise corpora and files into fixed-length webdataset shards (longred-shards-v1, v2).
 
     Args:
         tokenizer: Hugging Face tokenizer (or model) directory; its vocabulary bounds the ids.
-        out: output shard directory; filled only when the run succeeds (a failed run
-            leaves no folder it created, and an existing one as it was).
         seq_len: tokens per sample.
+        output: the shard directory (out), filled only when the run succeeds (a failed run
+            leaves no folder it created, and an existing one as it was; overwrite replaces
+            a non-empty one whole once this run succeeds).
         corpus: embedded corpora to read (shakespeare, python, bible); each is one input.
         files: inputs, each one input of the mix: a .txt/.jsonl/.parquet/.arrow file, a
             quoted glob of them, or a directory written by datasets' save_to_disk.
-        split: split of the embedded corpora and of saved DatasetDicts (train, val, all).
-        text_field: JSONL field or table column of the text, or of token ids (a column of
-            integer lists: no tokenizer pass). With the default `text`, a file without
-            one but with `input_ids` reads that.
-        format: read every --files file as this format (auto: by suffix).
-        encoding: text encoding of .txt/.jsonl files (and of binary columns).
-        errors: undecodable bytes: strict (fail, naming file and byte), replace, ignore.
+        read: how the inputs are read (:class:`~longred_pl.data.sources.ReadOptions`).
         pack: concatenate the documents of an input (short, s2l streams; each sample then
             records where its documents start, for document masks); --no-pack cuts each
             document on its own (long stream).
@@ -490,69 +472,76 @@ def prepare_shards(
             to its end (one that gives nothing is named in a warning).
         samples_per_shard: samples per tar file.
         max_samples: stop after this many samples, taken from the inputs by their weights.
-        overwrite: replace a non-empty `out` whole once this run succeeds (refused
-            without it).
-        progress: show a progress bar.
 
-    Returns:
-        The index, as written to `out/index.json`.
+    Returns the index, as written to `out/index.json`.
     """
     from longred_pl.data.tokenizer import load_tokenizer
 
-    _check_settings(
-        tokenizer,
-        seq_len,
-        samples_per_shard,
-        max_samples,
-        pack,
-        min_doc_tokens,
-        max_doc_tokens,
-        encoding,
-        split,
-        out,
-        overwrite,
-    )
-    options = ReadOptions(text_field, encoding, errors, format, split)
-    sources = _resolve_inputs(corpus, files, weights, options)
+    flags = {**locals(), **asdict(read), **asdict(output)}
+    out, progress = output.out, output.progress
+    _check_settings(**{k: flags[k] for k in inspect.signature(_check_settings).parameters})
+    sources = _resolve_inputs(corpus, files, weights, read)
     loaded = load_tokenizer(tokenizer)
     rule = DocFilter(min_doc_tokens, max_doc_tokens, eos_id(loaded))
+    stats, mix = _mix(sources, read, loaded, rule, seq_len, pack, weights)
+    from longred_pl.outputs import check_output
+
+    inputs = {f"input {f.path}": str(f.path) for source in sources for f in source.files}
+    check_output(out, output.overwrite, "--out", inputs)  # an input inside --out goes with it
+    settings = _settings_record(flags)
+    written = _Written(out, tokenizer, len(loaded), seq_len, pack, samples_per_shard, max_samples)
+    index, empty = _write_staged(written, mix, stats, sources, weights, settings, progress)
+    for number in empty:
+        print(empty_input_warning(number, stats[number - 1], seq_len), file=sys.stderr)
+    print(_summary(index, out, stats, mix, max_doc_tokens is not None))
+    return index
+
+
+@dataclass(frozen=True)
+class _Written:
+    """Where and how ``prepare_shards`` writes."""
+
+    out: str
+    tokenizer: str
+    vocab_size: int
+    seq_len: int
+    pack: bool
+    samples_per_shard: int
+    max_samples: int | None
+
+
+def _mix(
+    sources: list, options: Any, loaded: Any, rule: Any, seq_len: int, pack: bool, weights: Any
+) -> tuple[list[InputStats], Mix]:
+    """Each input's token stream and statistics, and the weighted mix over them."""
     stats = [InputStats(source.label) for source in sources]
     leftovers = Packer(seq_len) if pack and len(sources) > 1 else None
     streams = [
         _input_stream(source, counts, options, loaded, rule, seq_len, pack, leftovers)
         for source, counts in zip(sources, stats, strict=True)
     ]
-    from longred_pl.outputs import check_output, staged_output
+    return stats, Mix(streams, weights, leftovers, [source.label for source in sources])
 
-    inputs = {f"input {f.path}": str(f.path) for source in sources for f in source.files}
-    check_output(out, overwrite, "--out", inputs)  # an input inside --out would go with it
-    mix = Mix(streams, weights, leftovers, [source.label for source in sources])
-    # written aside and moved into --out only when complete: a failed run leaves nothing,
-    # and --overwrite keeps the earlier prepare until this one has succeeded
-    with staged_output(Path(out)) as stage:
-        writer = _write(mix, stage, samples_per_shard, max_samples, progress)
+
+def _write_staged(
+    w: _Written, mix: Mix, stats: list, sources: list, weights: Any, settings: Any, progress: bool
+) -> tuple[dict[str, Any], list[int]]:
+    """Shards and ``index.json``, written aside and moved into ``out`` only when complete
+    (a failed run leaves nothing; ``--overwrite`` keeps the earlier prepare until then).
+
+    Returns the index and the numbers of the inputs that gave nothing (warned of later).
+    """
+    from longred_pl.outputs import staged_output
+
+    with staged_output(Path(w.out)) as stage:
+        writer = _write(mix, stage, w.samples_per_shard, w.max_samples, progress)
         empty = [n for n, s in enumerate(stats, 1) if empty_input(s, weights is not None)]
         if weights is not None and empty:
-            raise empty_input_error(empty[0], stats[empty[0] - 1], seq_len)
+            raise empty_input_error(empty[0], stats[empty[0] - 1], w.seq_len)
         if writer.num_samples == 0:
-            raise nothing_written_error(stats, seq_len)
-        settings = _settings_record(
-            corpus,
-            files,
-            split,
-            text_field,
-            format,
-            encoding,
-            errors,
-            min_doc_tokens,
-            max_doc_tokens,
-            max_samples,
-        )
+            raise nothing_written_error(stats, w.seq_len)
         provenance = _provenance(sources, stats, weights, mix, settings)
-        tokenizer_name = str(Path(tokenizer).resolve())
-        index = _index(writer, seq_len, len(loaded), tokenizer_name, provenance, pack)
+        tokenizer_name = str(Path(w.tokenizer).resolve())
+        index = _index(writer, w.seq_len, w.vocab_size, tokenizer_name, provenance, w.pack)
         (stage / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-    for number in empty:
-        print(empty_input_warning(number, stats[number - 1], seq_len), file=sys.stderr)
-    print(_summary(index, out, stats, mix, max_doc_tokens is not None))
-    return index
+    return index, empty

@@ -244,43 +244,15 @@ def _members(
 
     stream = gopen(url, "rb")
     seekable = getattr(stream, "seekable", lambda: False)()
-    start, count, complete = progress[0], 0, False
+    complete = False
     try:
         if seekable and isinstance(pick, Mapping) and stop is not None:
-            with tarfile.open(fileobj=stream, mode="r:*") as tar:
-                wanted = sorted(i for i in pick if i >= start)
-                found = _jump(tar, wanted, seq_len)
-                for i, (head, info) in zip(wanted, found or (), strict=False):
-                    ids = decode_member(url, info.name, _payload(tar, info), seq_len)
-                    if doc_starts:
-                        named = None if head is None else (head.name, _payload(tar, head))
-                        yield ids, decode_starts(url, info.name, named, seq_len)
-                    else:
-                        yield ids
-                    progress[0] = i + 1
-            if found is not None:
+            found = yield from _by_offset(url, stream, sorted(pick), seq_len, progress, doc_starts)
+            if found:
                 return stop
             stream.seek(0)  # not the regular layout: walk it
-        with tarfile.open(fileobj=stream, mode="r:*" if seekable else "r|*") as tar:
-            head = None  # (name, payload) of the doc_starts member of the next sample
-            for member in tar:
-                if not member.isfile():
-                    continue
-                if count == stop:
-                    return count + 1  # closed early: a pipe's exit status means nothing
-                picked = count >= start and count in pick
-                if _split(member.name)[1] == STARTS_SUFFIX:  # belongs to sample `count`
-                    head = (member.name, _payload(tar, member) if picked and doc_starts else b"")
-                    continue
-                if picked:
-                    ids = decode_member(url, member.name, _payload(tar, member), seq_len)
-                    yield (
-                        (ids, decode_starts(url, member.name, head, seq_len)) if doc_starts else ids
-                    )
-                head = None
-                count += 1
-                progress[0] = max(progress[0], count)
-        complete = True
+        walk = _walk(url, stream, seekable, seq_len, pick, stop, progress, doc_starts)
+        count, complete = yield from walk
         return count
     finally:
         try:
@@ -288,6 +260,56 @@ def _members(
         except OSError:
             if complete:  # e.g. a download that failed after a clean member boundary
                 raise
+
+
+def _by_offset(
+    url: str, stream: Any, pick: list[int], seq_len: int, progress: list[int], doc_starts: bool
+) -> Generator[Any, None, bool]:
+    """The picked samples of a regular local shard, found by offset; False if irregular."""
+    with tarfile.open(fileobj=stream, mode="r:*") as tar:
+        wanted = [i for i in pick if i >= progress[0]]
+        found = _jump(tar, wanted, seq_len)
+        for i, (head, info) in zip(wanted, found or (), strict=False):
+            ids = decode_member(url, info.name, _payload(tar, info), seq_len)
+            if doc_starts:
+                named = None if head is None else (head.name, _payload(tar, head))
+                yield ids, decode_starts(url, info.name, named, seq_len)
+            else:
+                yield ids
+            progress[0] = i + 1
+    return found is not None
+
+
+def _walk(
+    url: str,
+    stream: Any,
+    seekable: bool,
+    seq_len: int,
+    pick: Container[int],
+    stop: int | None,
+    progress: list[int],
+    doc_starts: bool,
+) -> Generator[Any, None, tuple[int, bool]]:
+    """The picked samples of a shard read member by member: ``(samples walked, complete)``."""
+    start, count = progress[0], 0
+    with tarfile.open(fileobj=stream, mode="r:*" if seekable else "r|*") as tar:
+        head = None  # (name, payload) of the doc_starts member of the next sample
+        for member in tar:
+            if not member.isfile():
+                continue
+            if count == stop:
+                return count + 1, False  # closed early: a pipe's exit status means nothing
+            picked = count >= start and count in pick
+            if _split(member.name)[1] == STARTS_SUFFIX:  # belongs to sample `count`
+                head = (member.name, _payload(tar, member) if picked and doc_starts else b"")
+                continue
+            if picked:
+                ids = decode_member(url, member.name, _payload(tar, member), seq_len)
+                yield (ids, decode_starts(url, member.name, head, seq_len)) if doc_starts else ids
+            head = None
+            count += 1
+            progress[0] = max(progress[0], count)
+    return count, True
 
 
 def read_shard(url: str, seq_len: int, doc_starts: bool = False) -> Iterator[Item]:

@@ -65,7 +65,17 @@ Item = Document | TokenizedDocument
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How `--files` inputs are read (the `longred prepare` flags of the same names)."""
+    """How the inputs are read.
+
+    Args:
+        text_field: JSONL field or table column of the text, or of token ids (a column of
+            integer lists: no tokenizer pass). With the default text, a file without one
+            but with input_ids reads that.
+        encoding: text encoding of .txt/.jsonl files (and of binary columns).
+        errors: undecodable bytes: strict (fail, naming file and byte), replace, ignore.
+        format: read every --files file as this format (auto: by suffix).
+        split: split of the embedded corpora and of saved DatasetDicts (train, val, all).
+    """
 
     text_field: str = "text"
     encoding: str = "utf-8"

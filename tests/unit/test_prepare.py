@@ -334,9 +334,19 @@ def _ids_jsonl(path, docs) -> str:
     return str(path)
 
 
-def _prepare(tok_dir, out, **kwargs):
-    kwargs.setdefault("progress", False)
-    return prepare_shards(tok_dir, str(out), **kwargs)
+def _prepare(tok_dir, out, seq_len, **kwargs):
+    """``prepare_shards`` with its argument groups filled from flat keywords, as the CLI does."""
+    from dataclasses import fields
+
+    from longred_pl.arguments import Output
+    from longred_pl.data.sources import ReadOptions
+
+    output = {k: kwargs.pop(k) for k in ("overwrite", "progress") if k in kwargs}
+    read = {f.name: kwargs.pop(f.name) for f in fields(ReadOptions) if f.name in kwargs}
+    output.setdefault("progress", False)
+    return prepare_shards(
+        tok_dir, seq_len, Output(str(out), **output), read=ReadOptions(**read), **kwargs
+    )
 
 
 def test_prepare_pack_boundaries_match_the_documents(tokenizer, tok_dir, tmp_path):
