@@ -45,7 +45,7 @@ from longred_pl.methods import METHODS
 KINDS = ("long", "short", "s2l")
 EVAL_KINDS = ("short", "long")
 SEE = "(README 'Your own DataLoader')"
-READ = frozenset({"kind", "input_ids", "index", "position_ids"})
+READ = frozenset({"kind", "input_ids", "index", "position_ids", "document_ids"})
 # read by MixedLengthDataModule (resume cursor, bad-shard records), not by the module
 DATA_MODULE_KEYS = frozenset({"bad_shards", "faults"})
 # Hugging Face keys accepted where they change nothing (checked on the first batches)
@@ -132,6 +132,8 @@ class BatchContract:
         input_ids = self._input_ids(batch, kind, split)
         if split == "train" and kind == "s2l" and self.s2l_skipped:
             self._s2l(batch, input_ids)
+        if batch.get("document_ids") is not None:
+            self._documents(batch["document_ids"], kind, input_ids)
         if (split, kind) not in self._values_checked:
             self._values(batch, kind, split, input_ids)
             self._values_checked.add((split, kind))
@@ -287,6 +289,26 @@ class BatchContract:
                 ) from err
             self._s2l_lengths.add(length)
 
+    def _documents(self, documents: Any, kind: str, input_ids: torch.Tensor) -> None:
+        """``document_ids``: a LongTensor like input_ids, on long and short batches only."""
+        if kind == "s2l":
+            raise UserError(
+                "batch['document_ids'] on an s2l batch: document masks are not applied to the "
+                "s2l stream (it reads a sample at skipped positions as one text); drop the key "
+                f"from s2l batches {SEE}"
+            )
+        if not isinstance(documents, torch.Tensor) or documents.dtype != torch.long:
+            raise UserError(
+                f"batch['document_ids'] of a {kind!r} batch must be a LongTensor (each token's "
+                f"document index within its row), got {type(documents).__name__} "
+                f"{getattr(documents, 'dtype', '')}; convert with .long() {SEE}"
+            )
+        if documents.shape != input_ids.shape:
+            raise UserError(
+                f"batch['document_ids'] of a {kind!r} batch has shape {_shape(documents)}, "
+                f"input_ids {_shape(input_ids)}: give one document index per token {SEE}"
+            )
+
     def _values(
         self, batch: Mapping[str, Any], kind: str, split: str, input_ids: torch.Tensor
     ) -> None:
@@ -317,6 +339,12 @@ class BatchContract:
                 f"masked tokens): LongReDModule computes its own labels, every next token of "
                 f"input_ids; drop 'labels' {SEE}"
             )
+        documents = batch.get("document_ids")
+        if documents is not None and bool((documents[:, 1:] < documents[:, :-1]).any()):
+            raise UserError(
+                f"batch['document_ids'] of a {kind!r} batch decrease along a row: they number "
+                f"each row's documents 0, 1, 2... in order (a packed row) {SEE}"
+            )
         pos = batch.get("position_ids")
         reads_pos = split == "train" and kind == "s2l" and self.s2l_skipped
         if reads_pos and pos is not None:
@@ -333,14 +361,15 @@ class BatchContract:
         if unread:
             self._warn(
                 f"batch keys {unread} are not read by LongReDModule (it reads 'kind', "
-                f"'input_ids' and, on s2l batches, 'index' or 'position_ids') {SEE}"
+                f"'input_ids', 'document_ids' of packed rows and, on s2l batches, 'index' or "
+                f"'position_ids') {SEE}"
             )
         reads_pos = split == "train" and kind == "s2l" and self.s2l_skipped
         if batch.get("position_ids") is not None and not reads_pos:
             self._warn(
                 f"batch['position_ids'] of {kind!r} {split} batches are not read: "
-                f"LongReDModule reads them at contiguous positions 0..L-1 (documents packed in "
-                f"a row are not separated) {SEE}"
+                f"LongReDModule reads them at contiguous positions 0..L-1 (to separate documents "
+                f"packed in a row, send 'document_ids') {SEE}"
             )
 
     def _warn(self, message: str) -> None:

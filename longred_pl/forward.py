@@ -110,6 +110,7 @@ def run_model(
     indices: Sequence[int] = (),
     position_ids_BT: torch.Tensor | None = None,
     head_fn: HeadFn | None = None,
+    packed: bool = False,
 ) -> tuple[dict[int, torch.Tensor], Any]:
     """The model's own forward; returns ``(hidden states indices, head_fn's result)``.
 
@@ -120,8 +121,15 @@ def run_model(
         position_ids_BT: position ids (skipped ones for s2l); None = contiguous.
         head_fn: ``fn(final_hidden_BTD, head_weight_VD, head_bias_V)`` run inside the
             forward (see module docstring); None runs the head on one position only.
+        packed: ``position_ids`` restart at each document of a packed sample and attention
+            must stay within documents. No attention mask is passed then: transformers 5
+            reads restarting positions (without a mask or cache) as packed sequences and
+            confines attention to each (sdpa, eager, flex; flash-attention by varlen; checked
+            in tests/unit/test_document_masks.py). Otherwise an all-ones mask is passed with
+            explicit positions, so that skipped positions are not read as boundaries.
     """
-    mask_BT = torch.ones_like(input_ids_BT) if position_ids_BT is not None else None
+    explicit = position_ids_BT is not None and not packed
+    mask_BT = torch.ones_like(input_ids_BT) if explicit else None
     head_call = _HeadCall(head_fn) if head_fn is not None else None
     handle = None
     if head_call is not None:

@@ -59,10 +59,19 @@ def hidden_cosine_loss(
     return torch.stack(terms).sum()
 
 
-def shift_labels(input_ids_BT: torch.Tensor) -> torch.Tensor:
-    """Next-token targets: ``labels[:, t] = input_ids[:, t + 1]``, last one ignored."""
+def shift_labels(
+    input_ids_BT: torch.Tensor, document_ids_BT: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token targets: ``labels[:, t] = input_ids[:, t + 1]``, last one ignored.
+
+    With ``document_ids`` (packed samples) a label never crosses a document boundary: the
+    first token of a document is not predicted from the previous document's last one.
+    """
     labels_BT = torch.full_like(input_ids_BT, IGNORE_INDEX)
     labels_BT[:, :-1] = input_ids_BT[:, 1:]
+    if document_ids_BT is not None:
+        crossing_BT = document_ids_BT[:, 1:] != document_ids_BT[:, :-1]
+        labels_BT[:, :-1] = labels_BT[:, :-1].masked_fill(crossing_BT, IGNORE_INDEX)
     return labels_BT
 
 

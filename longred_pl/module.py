@@ -44,6 +44,7 @@ from longred_pl.losses import (
 )
 from longred_pl.methods import default_distill_layers, get_method, param_groups, published_adamw
 from longred_pl.models import load_config, load_student
+from longred_pl.parallel.document_attention import set_document_ids
 from longred_pl.parallel.microbatch import Layout, layout_of, rank_view, token_mean, unsharded
 from longred_pl.stats import StepStats
 from longred_pl.teacher import FrozenTeacher
@@ -216,34 +217,50 @@ class LongReDModule(L.LightningModule):
     # ------------------------------------------------------------------- terms
     def L_long(self, batch: dict[str, Any]) -> torch.Tensor:  # noqa: N802 (the paper's name)
         """Next-token cross-entropy of the student at contiguous positions."""
-        view = rank_view(batch["input_ids"], None, self.layout)  # this rank's tokens, labels
+        documents = batch.get("document_ids")  # packed samples read with document masks
+        view = rank_view(batch["input_ids"], None, self.layout, documents)
 
         def loss(hidden_BTD, weight_VD, bias_V):
             return chunked_next_token_loss(
                 hidden_BTD, weight_VD, view["labels"], self.loss_chunk(), bias_V, self.student_head
             )
 
-        local = run_model(self.student, view["input_ids"], (), view["position_ids"], loss)[1]
+        ids, pos = view["input_ids"], view["position_ids"]
+        local = run_model(self.student, ids, (), pos, loss, packed=view["packed"])[1]
         return token_mean(local, view["targets"], self.layout)
 
     def L_short(self, batch: dict[str, Any]) -> torch.Tensor:  # noqa: N802
         """``sum_l (1 - cos)`` of the distilled layers' hidden states vs the teacher's."""
-        return self.distill(batch["input_ids"], self.distill_layers, None)
+        documents = batch.get("document_ids")  # packed samples read with document masks
+        return self.distill(batch["input_ids"], self.distill_layers, None, documents)
 
     def L_s2l(self, batch: dict[str, Any]) -> torch.Tensor:  # noqa: N802
         """``1 - cos`` of the final hidden state, the student reading skipped positions."""
         return self.distill(batch["input_ids"], [self.n_layers], self.s2l_position_ids(batch))
 
     def distill(
-        self, input_ids_BT: torch.Tensor, layers: list[int], student_pos_BT: Any
+        self,
+        input_ids_BT: torch.Tensor,
+        layers: list[int],
+        student_pos_BT: Any,
+        document_ids_BT: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The teacher reads contiguous positions; the student ``student_pos_BT`` (or contiguous)."""
-        teacher, student = (rank_view(input_ids_BT, p, self.layout) for p in (None, student_pos_BT))
+        """The teacher reads contiguous positions; the student ``student_pos_BT`` (or contiguous).
+
+        With ``document_ids`` both read each document of the packed sample on its own.
+        """
+        teacher, student = (
+            rank_view(input_ids_BT, p, self.layout, document_ids_BT) for p in (None, student_pos_BT)
+        )
         teacher_states = self.teacher.hidden_states(
-            teacher["input_ids"], layers, teacher["position_ids"]
+            teacher["input_ids"], layers, teacher["position_ids"], packed=teacher["packed"]
         )
         student_states, _ = run_model(
-            self.student, student["input_ids"], layers, student["position_ids"]
+            self.student,
+            student["input_ids"],
+            layers,
+            student["position_ids"],
+            packed=student["packed"],
         )
         local = hidden_cosine_loss(student_states, teacher_states, layers)
         return token_mean(local, student["input_ids"].numel(), self.layout)
@@ -298,6 +315,9 @@ class LongReDModule(L.LightningModule):
         self.check_batch(batch, "test")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # the micro-batch's document ids (None: no masks) for the CP attention; they hold
+        # until the next micro-step, so activation recomputation in backward sees them too
+        set_document_ids(batch.get("document_ids"))
         loss, term = self.compute_loss(batch)
         self.step_stats.add(batch["kind"], loss.detach(), term.detach(), batch["input_ids"].numel())
         self.batch_contract.add(batch["kind"], batch["input_ids"])
@@ -329,21 +349,29 @@ class LongReDModule(L.LightningModule):
         Under context parallelism each rank reads its head-tail shard of the sequence, as in
         training: summed over the group's ranks, every token counts once.
         """
-        input_ids, kind = batch["input_ids"], batch["kind"]
-        self.heldout.update(kind, self.token_nll(input_ids))
+        input_ids, kind, documents = batch["input_ids"], batch["kind"], batch.get("document_ids")
+        set_document_ids(documents)
+        self.heldout.update(kind, self.token_nll(input_ids, documents=documents))
         if kind == "short" and self.teacher is not None:
-            self.heldout.update("short_teacher", self.token_nll(input_ids, teacher=True))
+            nll = self.token_nll(input_ids, teacher=True, documents=documents)
+            self.heldout.update("short_teacher", nll)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         """``longred test``: the validation metrics on the held-out streams, as ``test/``."""
         self.validation_step(batch, batch_idx, dataloader_idx)
 
     @torch.no_grad()
-    def token_nll(self, input_ids_BT: torch.Tensor, teacher: bool = False) -> torch.Tensor:
+    def token_nll(
+        self,
+        input_ids_BT: torch.Tensor,
+        teacher: bool = False,
+        documents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Next-token NLLs of the student (or the teacher), computed inside its forward.
 
-        ``[B, T-1]`` for whole sequences; under context parallelism the ``N`` NLLs of this
-        rank's shard (labels shifted before sharding, ``sequence.rank_view``).
+        ``[B, T-1]`` for whole sequences; under context parallelism, or with ``documents``
+        (packed samples: no label crosses a document), the ``N`` NLLs of the labels that
+        count in this rank's view (``parallel.microbatch.rank_view``).
         """
         model, head = (
             (self.teacher.model, self.teacher.head)
@@ -351,22 +379,27 @@ class LongReDModule(L.LightningModule):
             else (self.student, self.student_head)
         )
         chunk = self.loss_chunk()
-        if self.layout.cp_size == 1:
+        if self.layout.cp_size == 1 and documents is None:
 
             def nll(hidden_BTD, weight_VD, bias_V):
                 return chunked_token_nll(hidden_BTD, weight_VD, input_ids_BT, chunk, bias_V, head)
 
             out = run_model(model, input_ids_BT, (), None, nll)[1]
         else:
-            view = rank_view(input_ids_BT, None, self.layout)
+            view = rank_view(input_ids_BT, None, self.layout, documents)
 
             def nll(hidden_BTD, weight_VD, bias_V):
                 return chunked_label_nll(hidden_BTD, weight_VD, view["labels"], chunk, bias_V, head)
 
-            out = run_model(model, view["input_ids"], (), view["position_ids"], nll)[1]
+            ids, pos = view["input_ids"], view["position_ids"]
+            out = run_model(model, ids, (), pos, nll, packed=view["packed"])[1]
         if teacher:
             self.teacher.reshard()
         return out
+
+    def teardown(self, stage: str) -> None:
+        """Clear the last micro-batch's document ids (a later generate reads no stale ones)."""
+        set_document_ids(None)
 
     def on_validation_epoch_end(self) -> None:
         self.heldout.log_and_reset(self, "val")

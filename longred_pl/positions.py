@@ -385,6 +385,20 @@ POSITION_SCHEMES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+def document_position_ids(document_ids_BT: torch.Tensor) -> torch.Tensor:
+    """Positions that restart at 0 at each document start of a packed sample.
+
+    ``document_ids`` ``[B, T]`` holds each token's 0-based document index (non-decreasing
+    along a row); the result is each token's offset within its document.
+    """
+    steps_BT = torch.arange(document_ids_BT.shape[1], device=document_ids_BT.device)
+    steps_BT = steps_BT.expand_as(document_ids_BT)
+    starts_BT = torch.ones_like(document_ids_BT, dtype=torch.bool)
+    starts_BT[:, 1:] = document_ids_BT[:, 1:] != document_ids_BT[:, :-1]
+    first_BT = torch.where(starts_BT, steps_BT, 0).cummax(dim=1).values
+    return steps_BT - first_BT
+
+
 def get_position_scheme(name: str) -> Callable[..., torch.Tensor]:
     """Return the position-id function registered under `name`.
 

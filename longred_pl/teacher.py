@@ -74,9 +74,11 @@ class FrozenTeacher(nn.Module):
         input_ids_BT: torch.Tensor,
         indices: Sequence[int],
         position_ids_BT: torch.Tensor | None = None,
+        packed: bool = False,
     ) -> dict[int, torch.Tensor]:
-        """Hidden states ``indices`` at contiguous (or given) positions, no grad."""
-        states, _ = run_model(self.model, input_ids_BT, indices, position_ids_BT)
+        """Hidden states ``indices`` at contiguous (or given) positions, no grad (``packed``:
+        each document of a packed sample read on its own, ``forward.run_model``)."""
+        states, _ = run_model(self.model, input_ids_BT, indices, position_ids_BT, packed=packed)
         self.reshard()
         return states
 

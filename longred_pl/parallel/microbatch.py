@@ -24,8 +24,9 @@ import torch
 from longred_pl import _lightning_private
 from longred_pl.losses import shift_labels
 from longred_pl.parallel.ring_attention import context_parallel_group
-from longred_pl.parallel.sharding import cp_token_mean, label_count, shard_batch
+from longred_pl.parallel.sharding import cp_token_mean, label_count, shard_batch, shard_sequence
 from longred_pl.parallel.strategy import parallel_layout
+from longred_pl.positions import document_position_ids
 
 
 @dataclass(frozen=True)
@@ -48,20 +49,35 @@ def layout_of(trainer: Any) -> Any:
 
 
 def rank_view(
-    input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor | None, layout: Any
+    input_ids_BT: torch.Tensor,
+    position_ids_BT: torch.Tensor | None,
+    layout: Any,
+    document_ids_BT: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """``input_ids``, ``position_ids`` (None = contiguous, unsharded only), shifted ``labels``
     and, under CP, ``targets``: this rank's count of labels that count (for :func:`token_mean`).
+
+    With ``document_ids`` (a packed sample read with document masks) positions restart at
+    each document (unless given) and no label crosses a document boundary; ``packed`` says
+    so to the forward (``forward.run_model``), which then lets transformers confine
+    attention to each document (cp=1: it reads restarting positions as packed sequences)
+    or the CP attention read the ids (``parallel.document_attention``).
     """
+    packed = document_ids_BT is not None
+    if packed and position_ids_BT is None:
+        position_ids_BT = document_position_ids(document_ids_BT)
+    labels_BT = shift_labels(input_ids_BT, document_ids_BT)
     if layout.cp_size == 1:
         return {
             "input_ids": input_ids_BT,
             "position_ids": position_ids_BT,
-            "labels": shift_labels(input_ids_BT),
-            "targets": None,
+            "labels": labels_BT,
+            "targets": label_count(labels_BT) if packed else None,
+            "packed": packed,
         }
-    view = shard_batch(input_ids_BT, layout.cp_rank, layout.cp_size, position_ids_BT, True)
-    return {**view, "targets": label_count(view["labels"])}
+    view = shard_batch(input_ids_BT, layout.cp_rank, layout.cp_size, position_ids_BT, False)
+    view["labels"] = shard_sequence(labels_BT, layout.cp_rank, layout.cp_size)
+    return {**view, "targets": label_count(view["labels"]), "packed": packed}
 
 
 def token_mean(local_mean: torch.Tensor, count: Any, layout: Any) -> torch.Tensor:

@@ -109,3 +109,24 @@ def test_an_op_outside_the_vouched_list_is_refused():
 def test_module_apply_has_the_signature_the_module_overrides():
     parameters = tuple(inspect.signature(torch.nn.Module._apply).parameters)
     assert parameters == _torch_private.MODULE_APPLY_PARAMETERS
+
+
+# --- lm-eval -----------------------------------------------------------------------------
+def test_lm_eval_loads_task_functions_through_the_loader_the_cap_replaces():
+    pytest.importorskip("lm_eval", reason="the [eval] extra")
+    from lm_eval.tasks import _yaml_loader
+
+    from longred_pl import _lm_eval_private
+
+    original = _yaml_loader._import_func_in_yml
+    assert list(inspect.signature(original).parameters)[:2] == ["qual", "base_dir"]
+
+    def build(num_samples: int = 500):
+        return num_samples
+
+    namespace = {"generate_samples": build}
+    with _lm_eval_private.bounded_build(5, ("generate_samples",)):
+        assert _yaml_loader._import_func_in_yml is not original
+        _lm_eval_private._cap_builders(namespace, ("generate_samples",), 5, [])
+        assert namespace["generate_samples"]() == 5
+    assert _yaml_loader._import_func_in_yml is original
