@@ -384,9 +384,8 @@ def _write(rows: list, ruler_rows: list, tasks: list[str], settings: dict, out: 
         print(f"[longred lm-eval] wrote {out}/lm_eval.json and lm_eval.md")
     if ruler_rows:
         from longred_pl.eval.report import ruler_markdown
-        from longred_pl.eval.ruler import skipped_markdown
 
         paths = write_ruler(ruler_rows, out)
-        print(ruler_markdown(ruler_rows) + skipped_markdown(ruler_rows))
+        print(ruler_markdown(ruler_rows))
         print(f"[longred lm-eval] wrote {', '.join(paths)}")
     return results

@@ -265,7 +265,9 @@ def ruler_markdown(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         for task, values in r["ruler"]["tasks"].items():
             lines.append(f"| {r['name']} | {task} | {cells(r, values)} |")
-    return "\n".join(lines) + "\n"
+    from longred_pl.eval.ruler import skipped_markdown
+
+    return "\n".join(lines) + "\n" + skipped_markdown(rows)
 
 
 # -------------------------------------------------------------------------- figures

@@ -440,7 +440,7 @@ def write_ruler(rows: Sequence[dict[str, Any]], out: str) -> list[str]:
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, name) for name in ("ruler.json", "ruler.md", "ruler.png")]
     Path(paths[0]).write_text(json.dumps({"models": list(rows)}, indent=2) + "\n")
-    Path(paths[1]).write_text(ruler_markdown(rows) + skipped_markdown(rows))
+    Path(paths[1]).write_text(ruler_markdown(rows))
     plot_ruler(rows, paths[2])
     return paths
 

@@ -188,3 +188,18 @@ def test_identical_curves_stay_visible_and_legends_sit_off_the_data(figures, nam
         assert t.get_linewidth() > s.get_linewidth()
         if name == "copy_accuracy.png":  # evenly spaced columns: the points also sit side by side
             assert not math.isclose(t.get_xdata()[0], s.get_xdata()[0])
+
+
+def test_ruler_tables_say_which_cells_were_skipped_and_why():
+    """results.md (longred eval), ruler.md and the model card share ruler_markdown."""
+    from longred_pl.eval.report import ruler_markdown
+
+    ruler = {
+        "average": {"512": 0.5, "1024": 0.25},
+        "tasks": {"niah_single_1": {"512": 0.5, "1024": 0.25}, "ruler_vt": {"1024": 0.0}},
+        "skipped": {"ruler_vt": {"512": "its smallest prompt plus answer needs 1002 tokens"}},
+        "limit": 5,
+    }
+    text = ruler_markdown([{"name": "student", "window": 1024, "ruler": ruler}])
+    assert "| student | ruler_vt | - | 0.0 |" in text
+    assert "- student: ruler_vt at 512 tokens: its smallest prompt plus answer needs 1002" in text
