@@ -368,9 +368,16 @@ class _DocumentAttention(torch.autograd.Function):
         q_BHSD, k_BKSD, v_BKSD, out_BHSD, lse_BKGS = ctx.saved_tensors
         kv_RXBKSD = _gather_kv(k_BKSD, v_BKSD, ctx.group)
         dq_BHSD, dkv_RXBKSD = _local_backward(
-            grad_BHSD, q_BHSD, kv_RXBKSD, out_BHSD, lse_BKGS, ctx.documents, ctx.segments,
-            ctx.scale, ctx.block,
-        )  # fmt: skip
+            grad_BHSD,
+            q_BHSD,
+            kv_RXBKSD,
+            out_BHSD,
+            lse_BKGS,
+            ctx.documents,
+            ctx.segments,
+            ctx.scale,
+            ctx.block,
+        )
         del kv_RXBKSD
         if ctx.group is None:
             dkv_XBKSD = dkv_RXBKSD[0]
