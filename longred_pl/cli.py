@@ -173,7 +173,9 @@ def tool_parser(name: str, fn: Any) -> Any:
         f"accepted as --name_with_underscores, a bool bare or as --no-name)"
     )
     parser = ArgumentParser(prog=f"longred {name}", usage=usage)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these flags")
+    names = {param for param, _, _ in tool_parameters(fn)}
+    if "config" not in names:  # `longred demo --config` is the demo's own (a fit config)
+        parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these flags")
     groups = groups_of(fn)
     parser.add_function_arguments(fn, nested_key=None, skip=set(groups))
     for cls in groups.values():

@@ -113,3 +113,13 @@ def test_version_names_the_package_and_its_stack(capsys):
     out = capsys.readouterr().out.strip()
     assert out.startswith(f"longred_pl {__version__} (torch ")
     assert "lightning " in out and "transformers " in out
+
+
+@pytest.mark.parametrize("name", sorted(cli.TOOLS))
+def test_every_tools_parser_builds_and_shows_the_positional_form(name, capsys):
+    """Each tool's parser (its function and argument groups) builds: a clash of two flags
+    (e.g. the demo's own --config) stopped `make demo` once."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([name, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: longred {name}" in capsys.readouterr().out
