@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import glob
+import os
+from pathlib import Path
 
 import pytest
 from tests_helpers import fit_config
@@ -19,8 +21,8 @@ from tests_helpers import fit_config
 from longred_pl.cli import main
 
 # step -> {metric: value}, recorded on the code of commit 9f0958e. To re-record after an
-# intended change of the losses: run this test; on a mismatch its message ends with the new
-# literal (`golden_literal`) to paste here, and the commit says why the values moved.
+# intended change of the losses: `LONGRED_RECORD_GOLDEN=1 pytest tests/regression` rewrites
+# the literal below (`record_golden`) and the commit says why the values moved.
 GOLDEN = {
     0: {
         "train/loss": 2.4288527965545654,
@@ -67,15 +69,44 @@ def golden_literal(rows: dict[int, dict[str, float]]) -> str:
     return "\n".join([*lines, "}"])
 
 
+def record_golden(rows: dict[int, dict[str, float]], path: Path = Path(__file__)) -> None:
+    """Replace the ``GOLDEN = {...}`` literal of ``path`` with ``rows``."""
+    text = path.read_text()
+    start = text.index("GOLDEN = {")
+    end = text.index("\n}\n", start) + len("\n}")
+    path.write_text(text[:start] + golden_literal(rows) + text[end:])
+
+
 def test_first_losses_equal_recorded_values(tmp_path, tiny_llama, tiny_shards):
     rows = run_tiny_fit(tmp_path, tiny_llama, tiny_shards)
-    record = f"re-record with:\n{golden_literal(rows)}"
+    if os.environ.get("LONGRED_RECORD_GOLDEN") == "1":
+        record_golden(rows)
+        pytest.skip(f"recorded {len(rows)} steps into {Path(__file__).name}")
+    record = f"re-record with LONGRED_RECORD_GOLDEN=1; the values now:\n{golden_literal(rows)}"
     assert sorted(rows) == sorted(GOLDEN), record
     for step, expected in GOLDEN.items():
         for name, value in expected.items():
             assert rows[step][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (
                 f"step {step} {name}: {rows[step][name]} != {value}; {record}"
             )
+
+
+def test_recording_rewrites_only_the_literal(tmp_path):
+    def parts(text: str) -> tuple[str, str, str]:
+        start = text.index("GOLDEN = {")
+        end = text.index("\n}\n", start) + len("\n}")
+        return text[:start], text[start:end], text[end:]
+
+    copy = tmp_path / "golden.py"
+    copy.write_text(Path(__file__).read_text())
+    rows = {0: {"train/loss": 1.5}, 1: {"train/loss": 1.25}}
+    record_golden(rows, copy)
+    before, literal, after = parts(copy.read_text())
+    namespace: dict = {}
+    exec(literal, namespace)  # noqa: S102 (our own literal)
+    assert namespace["GOLDEN"] == rows
+    old = parts(Path(__file__).read_text())
+    assert (before, after) == (old[0], old[2])
 
 
 def test_golden_literal_round_trips():
