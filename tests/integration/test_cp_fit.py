@@ -8,6 +8,12 @@ steps 1 and 3) reads each held-out sequence sharded too (each rank its head-tail
 labels shifted first): the student's and the teacher's perplexities must equal the
 unsharded ones. A resume from the cp=2 sharded checkpoint ends where the uninterrupted
 run does, and it exports.
+
+With document masks (issue 22): the long, short and held-out streams packed from documents
+of 1 token to over a sample (written with ``pack=True``, so each sample records its document
+starts; documents straddle the head-tail shard edges), a masked cp=2 fit (the all-gather
+document attention) gives the single-process masked fit's losses, perplexities and weights,
+and an unmasked fit of the same shards gives other ones.
 """
 
 import glob
@@ -194,3 +200,111 @@ def test_cp_refuses_what_it_cannot_shard(shards, tiny_llama, tmp_path, overrides
     proc = run_fit(shards, tiny_llama, tmp_path / "bad", 2, 1, **overrides)
     assert proc.returncode != 0
     assert re.search(match, proc.stderr), proc.stderr[-2000:]
+
+
+# --- document masks (issue 22): packed samples, a masked cp=2 fit = the masked single process
+
+PACKED = ("long", "short", "val_short", "val_long")  # s2l never reads document masks
+CUTS = {n: (n // 4, n // 2, 3 * n // 4) for n in LENGTHS.values()}  # head-tail shard edges
+
+
+@pytest.fixture(scope="module")
+def packed_shards(tmp_path_factory):
+    """The streams of ``shards`` packed from documents of varied lengths (1 token to over a
+    sample), written with ``pack=True`` so that each sample records its document starts."""
+    root = tmp_path_factory.mktemp("cp_fit_packed")
+    rng = np.random.default_rng(1)
+    for name, length in LENGTHS.items():
+        pack = name in PACKED
+        if pack:  # lengths 1 .. 1.3 x seq_len, some of one token; 8 samples' worth and more
+            sizes = [int(n) for n in rng.integers(1, 4 * length // 3, size=8 * 4)]
+            sizes[::7] = [1] * len(sizes[::7])
+            docs = [rng.integers(0, 128, size=n) for n in sizes]
+        else:
+            docs = [rng.integers(0, 128, size=length) for _ in range(8)]
+        write_shards(
+            docs,
+            root / name,
+            length,
+            samples_per_shard=2,
+            pack=pack,
+            vocab_size=128,
+            tokenizer_name="random",
+            source="tests",
+            max_samples=8,
+        )
+    return root
+
+
+def document_starts(directory, seq_len) -> list[np.ndarray]:
+    from longred_pl.data.shards import read_shard
+
+    found = []
+    for url in sorted(glob.glob(str(directory / "*.tar"))):
+        found += [starts for _, starts in read_shard(url, seq_len, doc_starts=True)]
+    return found
+
+
+def unmasked(root) -> dict:
+    """``run_fit`` overrides: the same packed shards read with ``document_mask: false``."""
+    return {
+        f"data__{k}": {
+            "urls": str(root / k),
+            "seq_len": LENGTHS[k],
+            "batch_size": 2,
+            "document_mask": False,
+        }
+        for k in PACKED
+    }
+
+
+def test_masked_cp2_fit_equals_masked_single_process(packed_shards, tiny_llama, tmp_path):
+    """Packed long, short and held-out streams with document masks: every loss, the held-out
+    perplexities and the weights after 3 SGD steps at cp=2 equal the single-process masked
+    fit's (documents straddle the shard edges, so the CP document attention and the labels
+    cut at boundaries are both exercised), and differ from the unmasked fit's."""
+    for name in PACKED:  # documents straddling each head-tail shard edge, and 1-token ones
+        starts = document_starts(packed_shards / name, LENGTHS[name])
+        assert len(starts) == 8 and any(len(s) > 1 for s in starts), name
+        for cut in CUTS[LENGTHS[name]]:
+            assert any(cut not in s for s in starts), (name, cut)
+        assert any(np.any(np.diff(np.append(s, LENGTHS[name])) == 1) for s in starts), name
+    single = run_fit(packed_shards, tiny_llama, tmp_path / "single", 1, 3)
+    assert single.returncode == 0, single.stderr[-3000:]
+    sharded = run_fit(packed_shards, tiny_llama, tmp_path / "cp2", 2, 3)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    plain = run_fit(packed_shards, tiny_llama, tmp_path / "plain", 1, 3, **unmasked(packed_shards))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    for name in PACKED:
+        line = f"data.{name}: document masks on (shards record document boundaries)"
+        assert line in single.stderr + single.stdout and line in sharded.stderr + sharded.stdout
+        assert f"data.{name}: document masks off" in plain.stderr + plain.stdout
+
+    expected, got, off = (losses(tmp_path / d) for d in ("single", "cp2", "plain"))
+    assert expected.keys() == got.keys() == off.keys() and len(expected) == 15
+    for key, value in expected.items():
+        # measured: L_long equal to 1e-7 relative, the rest as in the unmasked test (1.1e-5
+        # relative at step 2, 6e-8 absolute on the ~1e-6 s2l term at step 0)
+        rel = 1e-6 if key[1] == "train/loss_long" else 2e-5
+        assert got[key] == pytest.approx(value, rel=rel, abs=2e-7), key
+    # masks change the terms: L_long before any update by 4e-5 relative (40x the equality
+    # measured, 10x its tolerance); after 2 steps L_short by 44%, L_s2l by 16%
+    assert abs(off[0, "train/loss_long"] / expected[0, "train/loss_long"] - 1) > 1e-5
+    for key in [(2, "train/loss_short"), (2, "train/loss_s2l"), (2, "train/grad_norm")]:
+        assert abs(off[key] / expected[key] - 1) > 0.05, key
+    expected, got, off = (validation(tmp_path / d) for d in ("single", "cp2", "plain"))
+    assert set(expected) == set(VAL) and got.keys() == expected.keys()
+    for key, value in expected.items():  # measured equal to the last bit; unmasked 2e-4 apart
+        assert got[key] == pytest.approx(value, rel=1e-5), key
+        assert abs(off[key] / value - 1) > 5e-5, key
+
+    def weights(run):
+        (path,) = glob.glob(str(tmp_path / run / "ckpt" / "*step=3.ckpt"))
+        return load_checkpoint(path)["state_dict"]
+
+    reference, full, other = weights("single"), weights("cp2"), weights("plain")
+    assert reference.keys() == full.keys() == other.keys()
+    for key, value in reference.items():  # 3 SGD steps (lr 0.5); measured max difference 8.5e-6
+        torch.testing.assert_close(full[key], value, rtol=1e-4, atol=2e-5, msg=key)
+    apart = max(float((other[k] - v).abs().max()) for k, v in reference.items())
+    assert apart > 0.1  # measured 0.51: the unmasked fit ends far away, so the above can fail
