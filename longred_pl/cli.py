@@ -79,10 +79,11 @@ def tool_parameters(fn: Any) -> list[tuple[str, Any, bool]]:
 
 
 def _kind(annotation: Any) -> str:
-    """``bool``, ``numbers`` (a list of int/float), ``list`` or ``other``."""
+    """``bool`` (also ``bool | None``: unset = the tool's default), ``numbers`` (a list of
+    int/float), ``list`` or ``other``."""
     text = str(annotation)
     listy = any(word in text.lower() for word in ("list[", "sequence[", "tuple["))
-    if annotation is bool:
+    if annotation is bool or annotation == bool | None:
         return "bool"
     if listy:
         return "numbers" if any(word in text for word in ("[int]", "[float]")) else "list"

@@ -16,7 +16,12 @@ from typing import Any
 
 from longred_pl.arguments import AttnImplementation, ModelLoading, Output
 from longred_pl.errors import UserError
-from longred_pl.eval.evaluator import _tokenizer, evaluate_model, stream_lengths
+from longred_pl.eval.evaluator import (
+    _tokenizer,
+    document_mask_line,
+    evaluate_model,
+    stream_lengths,
+)
 from longred_pl.eval.probes import passkey_min_length
 from longred_pl.eval.report import model_names, plot_results, results_markdown
 from longred_pl.eval.settings import EvalData, Probes
@@ -66,6 +71,8 @@ def evaluate_models(
         int(load_config(d, loading.trust_remote_code).max_position_embeddings) for d in dirs
     )
     probes = replace(probes, ruler_tasks=tasks)
+    if line := document_mask_line(data):
+        print(line)
     rows = []
     for name, model_dir in zip(model_names(dirs), dirs, strict=True):
         print(f"[longred eval] {name}: {model_dir}")
@@ -125,6 +132,7 @@ def _check(
     _, long_len = stream_lengths(data)  # given, or read from index.json; refused if unlike it
     if long_len is not None and data.buckets >= long_len:
         raise UserError(f"--buckets must be < --long-seq-len ({long_len})")
+    document_mask_line(data)  # --document-mask true on shards without boundaries: refused
     for path in dirs:
         load_config(
             path, loading.trust_remote_code, field="--teacher" if path == teacher else "MODEL_DIR"

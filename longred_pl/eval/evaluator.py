@@ -4,6 +4,9 @@
   exported student): short-text perplexity (what LongReD must keep; docs/method.md), long-text
   perplexity by position bucket and repeat-copy accuracy by distance (what the extension
   must add), and optionally passkey retrieval and RULER (real LMs with a tokenizer).
+  Held-out shards that record document boundaries (``longred prepare --pack``) are read
+  with document masks unless ``--no-document-mask`` (:func:`document_masks`): each document
+  of a packed sample on its own, and the long buckets by position within documents.
 * ``longred eval`` (:func:`longred_pl.eval.commands.evaluate_models`): several models
   side by side, written as
   ``results.json``, ``results.md`` and PNG plots (:mod:`longred_pl.eval.report`). With a
@@ -32,11 +35,12 @@ from longred_pl.eval.metrics import TokenPerplexity
 from longred_pl.eval.probes import (
     MAX_LOG_PPL,
     PASSKEY_ANSWER_TOKENS,
+    Batch,
+    batch_nll,
     passkey_min_length,
     passkey_probe,
     position_bucket_perplexity,
     repeat_copy_probe,
-    token_nll,
 )
 from longred_pl.eval.settings import COPY_MAX_DISTANCE, PASSKEY_DEPTHS, EvalData, Probes
 from longred_pl.models import freeze, load_causal_lm, load_config, resolve_device
@@ -44,6 +48,8 @@ from longred_pl.models import freeze, load_causal_lm, load_config, resolve_devic
 __all__ = [
     "default_copy_distances",
     "default_passkey_lengths",
+    "document_mask_line",
+    "document_masks",
     "evaluate_model",
     "read_batches",
     "resolve_device",
@@ -59,18 +65,26 @@ def read_batches(
     vocab_size: int | None = None,
     flag: str = "urls",
     order: str = "first",
-) -> Iterator[torch.Tensor]:
+    documents: bool = False,
+) -> Iterator[Batch]:
     """``num_samples`` samples of a shard stream as ``[b, seq_len]`` batches.
 
     ``order="first"`` reads the first ones in file order; ``"spread"`` every k-th over the
     whole stream (k = total // num_samples, from ``index.json``), as validation picks them
     (``data.datamodule.FixedStream``), so a small count covers every held-out document.
+    With ``documents`` (shards that record document starts) each batch is ``(input_ids,
+    document_ids)``, both ``[b, seq_len]`` (``data.datamodule.document_ids``).
     """
     stride = spread_stride(urls, num_samples, flag) if order == "spread" else 1
-    picked = itertools.islice(_samples(urls, seq_len, vocab_size, flag), 0, None, stride)
-    samples = itertools.islice(picked, num_samples)
+    read = _samples(urls, seq_len, vocab_size, flag, documents)
+    samples = itertools.islice(itertools.islice(read, 0, None, stride), num_samples)
     while batch := list(itertools.islice(samples, batch_size)):
-        yield torch.stack(batch)
+        if not documents:
+            yield torch.stack(batch)
+            continue
+        from longred_pl.data.datamodule import document_ids
+
+        yield torch.stack([ids for ids, _ in batch]), document_ids([s for _, s in batch], seq_len)
 
 
 def spread_stride(urls: str | Sequence[str], num_samples: int, flag: str) -> int:
@@ -79,15 +93,64 @@ def spread_stride(urls: str | Sequence[str], num_samples: int, flag: str) -> int
     return max(1, total // num_samples) if total else 1
 
 
-def _samples(urls: str | Sequence[str], seq_len: int, vocab_size: int | None, flag: str):
+def _samples(
+    urls: str | Sequence[str], seq_len: int, vocab_size: int | None, flag: str, documents: bool
+) -> Iterator[Any]:
+    """Each sample's ids (a LongTensor), with ``documents`` as ``(ids, document starts)``."""
     for url in expand_urls(urls, field=flag):
-        for sample in read_shard(url, seq_len):
+        for item in read_shard(url, seq_len, doc_starts=documents):
+            sample = item[0] if isinstance(item, tuple) else item
             if vocab_size is not None and int(sample.max()) >= vocab_size:
                 raise UserError(
                     f"{flag}: token id {int(sample.max())} >= the model's vocab_size {vocab_size}; "
                     f"the shards were prepared with another tokenizer"
                 )
-            yield torch.from_numpy(sample).long()
+            ids = torch.from_numpy(sample.astype("int64"))
+            yield (ids, item[1]) if isinstance(item, tuple) else ids
+
+
+def document_masks(data: EvalData) -> dict[str, bool]:
+    """Whether the short and the long held-out streams are read with document masks.
+
+    ``data.document_mask`` None follows each stream's shards (``index.json``'s
+    ``document_boundaries``); False is off for both; True needs boundaries in both.
+
+    Raises:
+        UserError: ``--document-mask`` true for shards that record no boundaries.
+    """
+    streams = {"short": data.short_data, "long": data.long_data}
+    found = {}
+    for kind, urls in streams.items():
+        if urls is None:
+            continue
+        index = stream_index(urls, f"--{kind}-data")
+        found[kind] = data.document_mask is not False and index.document_boundaries
+        if data.document_mask and not found[kind]:
+            why = (
+                "written with --no-pack: one document per sample"
+                if index.unpacked
+                else "written before format_version 2, or without an index.json"
+            )
+            raise UserError(
+                f"--document-mask: the shards of --{kind}-data {urls} record no document "
+                f"boundaries ({why}); re-write them with `longred prepare --pack`, or drop "
+                f"--document-mask (--no-document-mask: off for both streams)"
+            )
+    return found
+
+
+def document_mask_line(data: EvalData) -> str | None:
+    """The line ``longred eval`` says when document masks are on (None when off for both)."""
+    on = [f"--{kind}-data" for kind, masked in document_masks(data).items() if masked]
+    if not on:
+        return None
+    why = "--document-mask" if data.document_mask else "shards record document boundaries"
+    long = "; long perplexity by position within documents" if "--long-data" in on else ""
+    return (
+        f"[longred eval] document masks on for {', '.join(on)} ({why}): each document of a "
+        f"packed sample is read on its own (positions restart at its start, no label crosses "
+        f"a boundary){long}"
+    )
 
 
 def default_copy_distances(
@@ -166,17 +229,21 @@ def evaluate_model(
             model_dir, config, attn_implementation, loading.dtype, loading.trust_remote_code
         )
     ).to(resolve_device(loading.device))
-    read = functools.partial(_read, data, int(config.vocab_size))
+    masks = document_masks(data)
+    read = functools.partial(_read, data, int(config.vocab_size), masks)
     result: dict[str, Any] = {
         "model": str(model_dir),
         "window": window,
         "rope": _rope_summary(config),
     }
     result["short"] = _short_perplexity(model, read("short", short_len), short_len, progress)
+    result["short"]["document_mask"] = masks["short"]
     result["long"] = None
     if data.long_data is not None and long_len is not None:
         long = read("long", long_len)
         result["long"] = _long_perplexity(model, long, long_len, data.buckets, progress)
+        result["long"]["document_mask"] = masks["long"]
+        result["long"]["positions"] = "within documents" if masks["long"] else "within samples"
     result["copy"] = _copy(model, config, probes, progress)
     result["passkey"] = None
     if tokenizer is not None:
@@ -211,12 +278,14 @@ def _stream_length(urls: str, given: int | None, field: str, flag: str) -> int:
     return int(given if given is not None else recorded)  # type: ignore[arg-type]
 
 
-def _read(data: EvalData, vocab: int, kind: str, seq_len: int) -> Iterator[torch.Tensor]:
+def _read(
+    data: EvalData, vocab: int, masks: dict[str, bool], kind: str, seq_len: int
+) -> Iterator[Batch]:
     urls = data.short_data if kind == "short" else data.long_data
     num = data.num_short if kind == "short" else data.num_long
     batch = data.batch_size if kind == "short" else 1  # long samples run one at a time
-    flag = f"--{kind}-data"
-    return read_batches(urls, seq_len, num, batch, vocab, flag, order=data.order)  # type: ignore[arg-type]
+    flag, documents = f"--{kind}-data", masks[kind]
+    return read_batches(urls, seq_len, num, batch, vocab, flag, data.order, documents)  # type: ignore[arg-type]
 
 
 def _passkey(
@@ -298,19 +367,20 @@ def _fitting(lengths: Sequence[int], tokenizer: Any) -> list[int]:
 
 
 def _short_perplexity(
-    model: torch.nn.Module, batches: Iterator[torch.Tensor], seq_len: int, progress: bool
-) -> dict[str, float]:
+    model: torch.nn.Module, batches: Iterator[Batch], seq_len: int, progress: bool
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     metric = TokenPerplexity()
     for batch in tqdm(batches, desc="short ppl", unit="batch", disable=not progress):
-        metric.update(token_nll(model, batch).cpu())
+        nll_BT, kept_BT, _ = batch_nll(model, batch)
+        metric.update(nll_BT[kept_BT])  # with document masks: no target across a boundary
     return _loss_entry(float(metric.compute_loss()), int(metric.count), seq_len)
 
 
 def _long_perplexity(
     model: torch.nn.Module,
-    batches: Iterator[torch.Tensor],
+    batches: Iterator[Batch],
     seq_len: int,
     buckets: int,
     progress: bool,

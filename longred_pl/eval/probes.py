@@ -11,7 +11,10 @@
   own tokenizer as they are fed (special tokens included), so any real tokenizer can fill
   the whole window. Only meaningful for real LMs.
 * :func:`position_bucket_perplexity`: next-token cross-entropy by position bucket, the
-  usual check that perplexity stays flat up to the extended window.
+  usual check that perplexity stays flat up to the extended window. Packed samples with
+  document ids (:func:`document_token_nll`) are read one document at a time: positions
+  restart at each document start, no label crosses a boundary, and a target's bucket is
+  its position within its document.
 
 A *model* here is anything whose ``model(input_ids=...)`` returns logits ``[B, T, V]``
 (or an object with ``.logits``); Hugging Face models take the faster paths
@@ -39,8 +42,11 @@ from longred_pl.eval.metrics import next_token_nll
 MAX_LOG_PPL = 50.0  # perplexities are reported as exp(min(loss, 50)) to stay finite
 
 __all__ = [
+    "Batch",
+    "batch_nll",
     "bucket_edges",
     "copy_task_ids",
+    "document_token_nll",
     "forward_logits",
     "greedy_decode",
     "passkey_min_length",
@@ -109,9 +115,21 @@ def token_nll(model: nn.Module, input_ids_BT: torch.Tensor, chunk_size: int = 40
     input_ids_BT = input_ids_BT.to(_device(model))
     if not _llama_like(model):
         return next_token_nll(forward_logits(model, input_ids_BT), input_ids_BT)
+    return _llama_nll(model, input_ids_BT, None, chunk_size)
+
+
+def _llama_nll(
+    model: nn.Module,
+    input_ids_BT: torch.Tensor,
+    position_BT: torch.Tensor | None,
+    chunk_size: int,
+) -> torch.Tensor:
+    """:func:`token_nll` of a Llama-like model; ``position_BT`` given: restarting positions
+    of packed documents (``run_model(packed=True)``: no mask, attention within each)."""
     from longred_pl.forward import check_logit_head, logit_head, run_model
     from longred_pl.losses import chunked_token_nll
 
+    input_ids_BT = input_ids_BT.to(_device(model))
     head = logit_head(model)
     if model not in _CHECKED:  # once per model: its logits are what the formula says
         check_logit_head(model, head, field="MODEL_DIR")
@@ -120,7 +138,60 @@ def token_nll(model: nn.Module, input_ids_BT: torch.Tensor, chunk_size: int = 40
     def nll(hidden_BTD, weight_VD, bias_V):
         return chunked_token_nll(hidden_BTD, weight_VD, input_ids_BT, chunk_size, bias_V, head)
 
-    return run_model(model, input_ids_BT, (), None, nll)[1]
+    if position_BT is not None:
+        position_BT = position_BT.to(input_ids_BT.device)
+    return run_model(model, input_ids_BT, (), position_BT, nll, packed=position_BT is not None)[1]
+
+
+@torch.no_grad()
+def document_token_nll(
+    model: nn.Module,
+    input_ids_BT: torch.Tensor,
+    document_ids_BT: torch.Tensor,
+    chunk_size: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next-token NLLs of packed samples, each document read on its own.
+
+    ``document_ids`` ``[B, T]``: each token's 0-based document index in its sample
+    (non-decreasing along a row). Llama-like Hugging Face causal LMs run once per batch
+    with positions restarting at each document start and no attention mask
+    (``forward.run_model(packed=True)``: transformers confines attention to each
+    document); other models run each document piece alone.
+
+    Returns:
+        ``(nll, kept, position)``, each ``[B, T-1]``: entry ``t`` is for target ``t+1``
+        (as :func:`token_nll`); ``kept`` is False where ``t+1`` starts a document (no label
+        crosses a boundary: ``losses.shift_labels``; ``nll`` there means nothing);
+        ``position`` is the target's position within its document (``>= 1`` where kept).
+    """
+    from longred_pl.losses import IGNORE_INDEX, shift_labels
+    from longred_pl.positions import document_position_ids
+
+    document_ids_BT = document_ids_BT.to(input_ids_BT.device)
+    kept_BT = shift_labels(input_ids_BT, document_ids_BT)[:, :-1] != IGNORE_INDEX
+    position_BT = document_position_ids(document_ids_BT)
+    if _llama_like(model):
+        nll_BT = _llama_nll(model, input_ids_BT, position_BT, chunk_size).cpu()
+    else:
+        nll_BT = _nll_document_by_document(model, input_ids_BT, document_ids_BT)
+    return nll_BT, kept_BT.cpu(), position_BT[:, 1:].cpu()
+
+
+def _nll_document_by_document(
+    model: nn.Module, input_ids_BT: torch.Tensor, document_ids_BT: torch.Tensor
+) -> torch.Tensor:
+    """``[B, T-1]`` NLLs, each document piece of each row a forward of its own (0 at starts)."""
+    nll_BT = torch.zeros(input_ids_BT.shape[0], input_ids_BT.shape[1] - 1)
+    for row, (ids_T, docs_T) in enumerate(zip(input_ids_BT, document_ids_BT, strict=True)):
+        _, counts = torch.unique_consecutive(docs_T, return_counts=True)
+        start = 0
+        for n in counts.tolist():
+            if n > 1:
+                piece_1N = ids_T[start : start + n].unsqueeze(0).to(_device(model))
+                nll_1N = next_token_nll(forward_logits(model, piece_1N), piece_1N)
+                nll_BT[row, start : start + n - 1] = nll_1N[0].float().cpu()
+            start += n
+    return nll_BT
 
 
 # ------------------------------------------------------------------------ repeat-copy
@@ -368,10 +439,28 @@ def bucket_edges(buckets: int | Sequence[int], seq_len: int) -> list[int]:
     return edges
 
 
+Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+"""``input_ids [B, T]``, or ``(input_ids, document_ids)`` of packed samples (both ``[B, T]``)."""
+
+
+def batch_nll(
+    model: nn.Module, batch: Batch, chunk_size: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(nll, kept, position)`` ``[B, T-1]`` of a batch (:func:`document_token_nll`).
+
+    Without document ids every target is kept and its position is its index in the sample.
+    """
+    if isinstance(batch, tuple):
+        return document_token_nll(model, batch[0], batch[1], chunk_size)
+    nll_BT = token_nll(model, batch, chunk_size).cpu()
+    position_BT = torch.arange(1, batch.shape[1]).expand_as(nll_BT)
+    return nll_BT, torch.ones_like(nll_BT, dtype=torch.bool), position_BT
+
+
 @torch.no_grad()
 def position_bucket_perplexity(
     model: nn.Module,
-    input_ids_BT: torch.Tensor | Iterable[torch.Tensor],
+    input_ids_BT: Batch | Iterable[Batch],
     buckets: int | Sequence[int] = 8,
     chunk_size: int = 4096,
     progress: bool = False,
@@ -379,11 +468,14 @@ def position_bucket_perplexity(
     """Mean next-token cross-entropy and perplexity per bucket of target positions.
 
     The token at position ``t`` (``1 <= t < T``), predicted from positions ``0..t-1``,
-    falls in the bucket ``[e_j, e_{j+1})`` that holds ``t``.
+    falls in the bucket ``[e_j, e_{j+1})`` that holds ``t``. A packed batch with document
+    ids is read one document at a time (:func:`document_token_nll`): ``t`` is then the
+    target's position within its document, and a document's first token is no target.
 
     Args:
         model: a causal LM.
-        input_ids_BT: one ``[B, T]`` batch or an iterable of batches of equal ``T``.
+        input_ids_BT: one batch or an iterable of batches of equal ``T``; a batch is
+            ``[B, T]`` ids or ``(ids, document_ids)`` (:data:`Batch`).
         buckets: number of equal-width buckets over ``[0, T)``, or explicit edges.
         chunk_size: positions per LM-head chunk (see :func:`token_nll`).
         progress: show a tqdm bar over batches.
@@ -393,25 +485,23 @@ def position_bucket_perplexity(
     """
     from tqdm.auto import tqdm
 
-    batches = iter([input_ids_BT] if isinstance(input_ids_BT, torch.Tensor) else input_ids_BT)
+    one = isinstance(input_ids_BT, torch.Tensor | tuple)
+    batches = iter([input_ids_BT] if one else input_ids_BT)  # type: ignore[list-item]
     first = next(batches, None)
     if first is None:
         raise ValueError("position_bucket_perplexity got no batch")
-    edges = bucket_edges(buckets, first.shape[1])
+    edges = bucket_edges(buckets, (first[0] if isinstance(first, tuple) else first).shape[1])
     sums = torch.zeros(len(edges) - 1, dtype=torch.float64)
     counts = torch.zeros(len(edges) - 1, dtype=torch.float64)
     inner = torch.tensor(edges[1:-1])
-    for batch_BT in tqdm(
+    for batch in tqdm(
         itertools.chain([first], batches), desc="position ppl", unit="batch", disable=not progress
     ):
-        nll_BT = token_nll(model, batch_BT, chunk_size).double().cpu()
-        positions_T = torch.arange(1, batch_BT.shape[1])
-        inside_T = (positions_T >= edges[0]) & (positions_T < edges[-1])
-        index_T = torch.bucketize(positions_T, inner, right=True)[inside_T]
-        sums.index_add_(0, index_T, nll_BT.sum(0)[inside_T])
-        counts.index_add_(
-            0, index_T, torch.full_like(index_T, batch_BT.shape[0], dtype=torch.float64)
-        )
+        nll_BT, kept_BT, position_BT = batch_nll(model, batch, chunk_size)
+        inside_BT = kept_BT & (position_BT >= edges[0]) & (position_BT < edges[-1])
+        index_N = torch.bucketize(position_BT[inside_BT], inner, right=True)
+        sums.index_add_(0, index_N, nll_BT.double()[inside_BT])
+        counts.index_add_(0, index_N, torch.ones_like(index_N, dtype=torch.float64))
     rows = []
     for j in range(len(edges) - 1):
         loss = float(sums[j] / counts[j]) if counts[j] else float("nan")

@@ -192,10 +192,17 @@ def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [_summary_line(r) for r in rows]
+    masked = [k for k in ("short", "long") if any((r[k] or {}).get("document_mask") for r in rows)]
+    if masked:
+        lines += [
+            "",
+            f"Document masks on ({' and '.join(masked)} text): each document of a packed sample "
+            "is read on its own (positions restart at its start, no label crosses a boundary).",
+        ]
     if any(r["long"] for r in rows):
         edges = next(r["long"]["buckets"] for r in rows if r["long"])
         keys = [f"{b['start']}-{b['end']}" for b in edges]
-        title = "Long-text perplexity by target position:"
+        title = f"Long-text perplexity by target position{_within(rows)}:"
         lines += _column_table(title, "positions", keys, rows, lambda r, k: _fmt(_bucket_ppl(r, k)))
     lines += _copy_table(rows)
     if any(r["passkey"] for r in rows):
@@ -203,6 +210,11 @@ def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
     if any(r.get("ruler") for r in rows):
         lines += ["", ruler_markdown([r for r in rows if r.get("ruler")]).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def _within(rows: Sequence[dict[str, Any]]) -> str:
+    """`` within documents`` when the long text was read with document masks, else empty."""
+    return " within documents" if any((r["long"] or {}).get("document_mask") for r in rows) else ""
 
 
 def _bucket_ppl(row: dict[str, Any], key: str) -> float | None:
@@ -324,7 +336,7 @@ def _ppl_figure(plt: Any, rows: Sequence[dict[str, Any]]) -> Any:
             ax.axvline(r["window"], ls=":", color=_style(k)["color"], alpha=0.6)
     ppls = [b["ppl"] for r in rows if r["long"] for b in r["long"]["buckets"]]
     ax.set(
-        xlabel="target position (dotted: model window)",
+        xlabel=f"target position{_within(rows)} (dotted: model window)",
         ylabel="perplexity",
         title="long-text perplexity by position",
         yscale="log" if max(ppls) > 10 * min(ppls) else "linear",

@@ -26,6 +26,11 @@ class EvalData:
         order: which samples: spread (every k-th over the whole stream, as validation
             picks them: the same samples when num_short = the run's val_batches x
             batch_size x world size) or first (the first ones in file order).
+        document_mask: read each document of a packed sample on its own: positions
+            restart at each document start, attention and labels stay within it, and the
+            long perplexity is bucketed by position within documents. Unset: on for
+            shards that record document boundaries (`longred prepare --pack`); true:
+            refused on shards without; false: off.
     """
 
     short_data: str
@@ -37,6 +42,7 @@ class EvalData:
     batch_size: int = 4
     buckets: int = 8
     order: Literal["spread", "first"] = "spread"
+    document_mask: bool | None = None
 
 
 @dataclass(frozen=True)
