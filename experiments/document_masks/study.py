@@ -15,7 +15,7 @@ Two arms, identical but for ``data.long.document_mask``: ``false`` (unmasked: a 
 attends to the unrelated documents before it, positions run 0..1023) and ``true`` (each
 document read alone: positions restart, attention and labels stay inside it). The short
 stream keeps the library default in both arms (masks on where its shards record
-boundaries: whole plays, so about one boundary in 300 samples); s2l is never masked. Each
+boundaries: whole plays, so about one boundary in 380 samples); s2l is never masked. Each
 arm trains for the same optimizer steps with seeds 0..N-1 (``seed_everything``,
 ``model.seed``, ``data.seed``), and the library's ``evaluate_model`` measures every student,
 the teacher and the untrained extended student: long perplexity by position bucket on the
