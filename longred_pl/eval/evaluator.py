@@ -178,7 +178,8 @@ def default_copy_distances(
 
 def _rope_summary(config: Any) -> str:
     params = dict(getattr(config, "rope_parameters", None) or {})
-    parts = [str(params.get("rope_type", "default"))]
+    kind = str(params.get("rope_type", "default"))
+    parts = [] if kind == "default" else [kind]  # default: no scaling, only the base
     if "rope_theta" in params:
         parts.append(f"theta={params['rope_theta']:g}")
     if "factor" in params:

@@ -153,7 +153,8 @@ def _summary_line(r: dict[str, Any]) -> str:
     copy = list(r["copy"]["accuracy"].values())
     keys = [v for row in (r["passkey"] or {}).values() for v in row.values()]
     ruler = r.get("ruler") or {}
-    name = r["name"] + (" (teacher)" if r.get("is_teacher") else "")
+    named = r.get("is_teacher") and r["name"] != "teacher"  # not "teacher (teacher)"
+    name = r["name"] + (" (teacher)" if named else "")
     ruler_mean = _mean([100 * v for v in ruler.get("average", {}).values()])
     return (
         f"| {name} | {r['window']} | {r['rope']} | {_fmt(r['short']['ppl'])} | "

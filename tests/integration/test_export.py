@@ -247,7 +247,7 @@ def test_the_evaluation_table_goes_into_the_card(run, tiny_shards, tmp_path, cap
     assert f"model card: evaluation from {results}" in capsys.readouterr().out
     body = card(out)[1]
     assert "From `eval/results.json`:" in body and "| model | window | RoPE | short ppl |" in body
-    assert "| hf (this model) | 256 | default theta=40000 |" in body  # rows named by model
+    assert "| hf (this model) | 256 | theta=40000 |" in body  # rows named by model
     assert f"| {run['teacher'].name} (base model) | 64 |" in body and "(teacher)" not in body
     assert str(tmp_path) not in (out / "README.md").read_text()
     other = export_main([str(run["ckpt"]), str(tmp_path / "other")])

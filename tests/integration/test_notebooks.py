@@ -109,7 +109,7 @@ def test_results_runs_in_smoke_mode(kernel_env):
     header = csv.read_text().splitlines()[0].split(",")
     assert {"train/loss_long", "train/loss_short", "train/loss_s2l", "val/ppl_short"} <= set(header)
     assert "| val/ppl_short | 1 |" in shown  # the last validation, at the second step
-    assert "| teacher (teacher) |" in shown and "| student |" in shown  # evaluator table
+    assert "| teacher |" in shown and "| student |" in shown  # evaluator table
     # training losses, validation, long ppl by position, copy accuracy
     assert images(outputs[:-1]) == 4  # the last cell shows reproduce.png when it exists
     assert (kernel_env / "quickstart" / "student" / "config.json").is_file()

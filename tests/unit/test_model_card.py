@@ -245,7 +245,9 @@ def test_evaluation_rows_are_named_by_model(tmp_path):
     ]
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"models": rows}))
-    assert "| teacher (teacher) |" in results_markdown(rows)  # what the command prints
+    assert "| teacher | 256 |" in results_markdown(
+        rows
+    )  # what the command prints (not "teacher (teacher)")
     names = {
         str(tmp_path / "teacher"): "org/base (base model)",
         str(tmp_path / "student"): "student-256 (this model)",
