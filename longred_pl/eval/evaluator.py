@@ -89,7 +89,7 @@ def read_batches(
 
 def spread_stride(urls: str | Sequence[str], num_samples: int, flag: str) -> int:
     """Every how many samples a spread read takes one (1 when the count is unknown)."""
-    total = stream_index(list(expand_urls(urls, field=flag)), flag).total
+    total = stream_index(urls if isinstance(urls, str) else list(urls), flag).total
     return max(1, total // num_samples) if total else 1
 
 

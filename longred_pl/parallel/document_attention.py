@@ -79,6 +79,7 @@ import torch.nn.functional as F
 
 from longred_pl.errors import UserError
 from longred_pl.parallel.sharding import chunk_indices
+from longred_pl.positions import document_position_ids
 
 BLOCK_SIZE = 512  # queries (and keys) per block; one fp32 score block is B x H x 512 x 512
 
@@ -89,12 +90,12 @@ class DocumentIds:
     """Whole-sequence document ids ``[B, T]``, checked, with each token's document start.
 
     ``starts_BT[b, t]`` is the first position of token ``t``'s document in row ``b``;
-    ``starts_cpu_BT`` is a CPU copy (block key ranges are planned without device syncs).
+    ``starts_cpu_BT`` a CPU copy, made at its first use (block key ranges are planned
+    without device syncs; a forward that never plans blocks never copies).
     """
 
     ids_BT: torch.Tensor
     starts_BT: torch.Tensor
-    starts_cpu_BT: torch.Tensor
     _on_device: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -128,10 +129,13 @@ class DocumentIds:
                 f"{int(ids[b, t + 1])} at position {t + 1}; number documents in order"
             )
         pos_T = torch.arange(ids.shape[1], device=ids.device)
-        is_start_BT = torch.ones_like(ids, dtype=torch.bool)
-        is_start_BT[:, 1:] = ids[:, 1:] != ids[:, :-1]
-        starts_BT = torch.where(is_start_BT, pos_T, 0).cummax(dim=1).values
-        return cls(ids, starts_BT, starts_BT.cpu())
+        return cls(ids, pos_T - document_position_ids(ids))
+
+    @property
+    def starts_cpu_BT(self) -> torch.Tensor:
+        if "starts_cpu" not in self._on_device:
+            self._on_device["starts_cpu"] = self.starts_BT.cpu()
+        return self._on_device["starts_cpu"]
 
     @property
     def shape(self) -> tuple[int, int]:
